@@ -1,0 +1,65 @@
+"""Loads the compiled ops (``trpo_torchrl._C``) and says whether a call may use them.
+
+The library is optional: without it every op runs its pure-PyTorch reference, and the first
+such call warns once with the command that builds it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+try:
+    from trpo_torchrl import _C  # noqa: F401  (loading it registers the ops)
+
+    _LOAD_ERROR: Exception | None = None
+except ImportError as err:  # no compiler at install time, or built against another torch
+    _LOAD_ERROR = err
+
+_warned = False
+
+BUILD_HINT = (
+    "build them with `pip install --no-build-isolation .` (or "
+    "`python setup.py build_ext --inplace` in a checkout) in an environment that has torch"
+)
+
+
+def library_loaded() -> bool:
+    """True when ``trpo_torchrl._C`` was imported (whatever TRPO_TORCHRL_FORCE_REFERENCE says)."""
+    return _LOAD_ERROR is None
+
+
+def force_reference() -> bool:
+    """True when TRPO_TORCHRL_FORCE_REFERENCE=1 asks for the pure-PyTorch path."""
+    return os.environ.get("TRPO_TORCHRL_FORCE_REFERENCE", "0").strip().lower() in ("1", "true", "yes")
+
+
+def extension_loaded() -> bool:
+    """True when calls go to the compiled ops: the library loaded and the reference is not forced."""
+    return library_loaded() and not force_reference()
+
+
+def has_kernel(op: str, device: torch.device) -> bool:
+    """True when ``trpo_torchrl::<op>`` has a compiled kernel for ``device``'s type."""
+    if not extension_loaded():
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+    if key is None:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"trpo_torchrl::{op}", key)
+
+
+def warn_reference_once(op: str) -> None:
+    """Warns, once per process, that an op runs on its reference because the library is missing."""
+    global _warned
+    if _warned or force_reference():
+        return
+    _warned = True
+    warnings.warn(
+        f"trpo_torchrl: compiled ops are not available ({_LOAD_ERROR}); {op} and the other ops run "
+        f"on their pure-PyTorch reference. To get the fast kernels, {BUILD_HINT}.",
+        RuntimeWarning,
+        stacklevel=3,
+    )

@@ -1,0 +1,147 @@
+"""FusedGAE: TorchRL's GAE value estimator with the advantage scan done by our fused op."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import dispatch
+from torchrl.objectives.utils import hold_out_net
+from torchrl.objectives.value import GAE
+from torchrl.objectives.value.advantages import _self_set_grad_enabled, _self_set_skip_existing
+
+from .ops import generalized_advantage_estimate
+
+__all__ = ["FusedGAE"]
+
+
+class FusedGAE(GAE):
+    """Drop-in replacement for :class:`torchrl.objectives.value.GAE` on the fused scan.
+
+    Same constructor, keys, value-network calls, ``shifted`` mode, ``average_gae``,
+    ``auto_reset_env`` and ``time_dim`` handling; only the advantage recursion changes, from
+    TorchRL's O(T·K) vectorized convolution (or its Python loop) to
+    :func:`trpo_torchrl.ops.generalized_advantage_estimate`, an O(T) scan in C++/CUDA.
+    The ``vectorized`` flag is accepted and ignored: there is one implementation.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import TensorDictModule
+        >>> from trpo_torchrl import FusedGAE
+        >>> value_net = TensorDictModule(torch.nn.Linear(3, 1), in_keys=["obs"], out_keys=["state_value"])
+        >>> gae = FusedGAE(gamma=0.99, lmbda=0.95, value_network=value_net)
+        >>> td = TensorDict({
+        ...     "obs": torch.randn(4, 10, 3),
+        ...     "next": {"obs": torch.randn(4, 10, 3), "reward": torch.randn(4, 10, 1),
+        ...              "done": torch.zeros(4, 10, 1, dtype=torch.bool),
+        ...              "terminated": torch.zeros(4, 10, 1, dtype=torch.bool)},
+        ... }, [4, 10])
+        >>> gae(td)["advantage"].shape
+        torch.Size([4, 10, 1])
+    """
+
+    def _gae_inputs(self, tensordict, params, target_params, time_dim):
+        """Everything the recursion needs, gathered exactly as TorchRL's GAE gathers it."""
+        if tensordict.batch_dims < 1:
+            raise RuntimeError(
+                "FusedGAE: the input tensordict needs at least one (time) dimension, got batch_size "
+                f"{tensordict.batch_size}"
+            )
+        reward = tensordict.get(("next", self.tensor_keys.reward))
+        if reward is None:
+            raise KeyError(f"FusedGAE: the tensordict has no {('next', self.tensor_keys.reward)} entry")
+        device = reward.device
+        if self.gamma.device != device:
+            self.gamma = self.gamma.to(device)
+        if self.lmbda.device != device:
+            self.lmbda = self.lmbda.to(device)
+        gamma, lmbda = self.gamma, self.lmbda
+        steps_to_next_obs = tensordict.get(self.tensor_keys.steps_to_next_obs, None)
+        if steps_to_next_obs is not None:
+            gamma = gamma ** steps_to_next_obs.view_as(reward)
+
+        if self.value_network is not None:
+            if params is not None:
+                params = params.detach()
+                if target_params is None:
+                    target_params = params.clone(False)
+            no_params = params is None and target_params is None
+            with hold_out_net(self.value_network) if no_params else nullcontext():
+                value, next_value, valid = self._call_value_nets(
+                    data=tensordict,
+                    params=params,
+                    next_params=target_params,
+                    single_call=self.shifted,
+                    value_key=self.tensor_keys.value,
+                    detach_next=True,
+                    vmap_randomness=self.vmap_randomness,
+                )
+            if valid is not None:
+                tensordict.set("shifted_valid", valid)
+        else:
+            value = tensordict.get(self.tensor_keys.value)
+            next_value = tensordict.get(("next", self.tensor_keys.value))
+            for key, tensor in ((self.tensor_keys.value, value), (("next", self.tensor_keys.value), next_value)):
+                if tensor is None:
+                    raise ValueError(f"FusedGAE: the tensor with key {key} is missing and no value network was given")
+
+        time_dim = self._get_time_dim(time_dim, tensordict)
+        valid = tensordict.get("shifted_valid", default=None)
+        data = self._prepare_shifted_tensordict(tensordict, valid, time_dim)
+        reward = data.get(("next", self.tensor_keys.reward))
+        done = data.get(("next", self.tensor_keys.done))
+        terminated = data.get(("next", self.tensor_keys.terminated), default=done)
+        reward, done, terminated = self._prepare_signals(reward, done, terminated, value)
+        if self.auto_reset_env:
+            # an auto-resetting env's "next" observation is the reset one: bootstrap a truncated
+            # step from the value of the state it left instead
+            truncated = self._broadcast_optional(tensordict.get(("next", "truncated")), value)
+            reward = reward + gamma * value * truncated
+            terminated = done
+        return gamma, lmbda, value, next_value, reward, done, terminated, valid, time_dim
+
+    @_self_set_skip_existing
+    @_self_set_grad_enabled
+    @dispatch
+    def forward(
+        self,
+        tensordict: TensorDictBase,
+        *,
+        params: TensorDictBase | None = None,
+        target_params: TensorDictBase | None = None,
+        time_dim: int | None = None,
+    ) -> TensorDictBase:
+        """Writes the advantage and value target into ``tensordict`` (see :class:`torchrl.objectives.value.GAE`)."""
+        gamma, lmbda, value, next_value, reward, done, terminated, valid, time_dim = self._gae_inputs(
+            tensordict, params, target_params, time_dim
+        )
+        adv, value_target = generalized_advantage_estimate(
+            gamma, lmbda, value, next_value, reward, done=done, terminated=terminated, time_dim=time_dim
+        )
+        if self.average_gae:
+            adv = self._normalize_advantage(adv, valid, groups=self._group_ids(tensordict))
+        tensordict.set(self.tensor_keys.advantage, adv)
+        tensordict.set(self.tensor_keys.value_target, value_target)
+        self._mask_shifted_output(tensordict, valid)
+        return tensordict
+
+    def value_estimate(
+        self,
+        tensordict: TensorDictBase,
+        params: TensorDictBase | None = None,
+        target_params: TensorDictBase | None = None,
+        time_dim: int | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """The λ-return value target alone."""
+        if self.is_stateless and params is None:
+            raise RuntimeError("FusedGAE: expected params to be passed to a stateless value estimator")
+        gamma, lmbda, value, next_value, reward, done, terminated, _, time_dim = self._gae_inputs(
+            tensordict, params, target_params, time_dim
+        )
+        _, value_target = generalized_advantage_estimate(
+            gamma, lmbda, value, next_value, reward, done=done, terminated=terminated, time_dim=time_dim
+        )
+        return value_target
