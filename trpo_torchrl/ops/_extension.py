@@ -41,14 +41,26 @@ def extension_loaded() -> bool:
     return library_loaded() and not force_reference()
 
 
+_kernel_cache: dict[tuple[str, str], bool] = {}
+
+
 def has_kernel(op: str, device: torch.device) -> bool:
-    """True when ``trpo_torchrl::<op>`` has a compiled kernel for ``device``'s type."""
+    """True when ``trpo_torchrl::<op>`` has a compiled kernel for ``device``'s type.
+
+    The dispatcher is asked once per (op, device type) and the answer cached, so that the check
+    costs nothing per call and stays out of the way of torch.compile tracing.
+    """
     if not extension_loaded():
         return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
-    if key is None:
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"trpo_torchrl::{op}", key)
+    key = (op, device.type)
+    found = _kernel_cache.get(key)
+    if found is None:
+        dispatch_key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+        found = dispatch_key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+            f"trpo_torchrl::{op}", dispatch_key
+        )
+        _kernel_cache[key] = found
+    return found
 
 
 def warn_reference_once(op: str) -> None:
