@@ -1,0 +1,137 @@
+"""``trpo-torchrl``: train, evaluate and plot from the command line.
+
+    trpo-torchrl train [--env ENV] [--preset NAME] [--total-frames N] [--seed S] [--config FILE] ...
+    trpo-torchrl train --resume RUN_DIR_OR_CHECKPOINT [--total-frames N]
+    trpo-torchrl eval --checkpoint PATH [--episodes N] [--video DIR] [--json]
+    trpo-torchrl plot RUN_DIR... [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import FIELDS, ConfigError, build_config, field_docs
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    docs = field_docs()
+    for name, f in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        default = f.default
+        help_text = f"{docs.get(name, '')} (default: {default!r})"
+        # every flag defaults to "not given", so only what the user typed overrides presets/files
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar="BOOL", help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
+    parser.add_argument("--config", dest="_config", default=None, metavar="FILE", help="YAML file of config keys")
+    parser.add_argument(
+        "--resume", dest="_resume", default=None, metavar="PATH", help="continue the run saved in this checkpoint or run directory"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trpo-torchrl", description="TRPO for TorchRL: train, evaluate, plot.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a policy", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_train_flags(train)
+    ev = sub.add_parser("eval", help="evaluate a checkpoint deterministically")
+    ev.add_argument("--checkpoint", required=True, help="a checkpoint file or a run directory")
+    ev.add_argument("--episodes", type=int, default=10, help="episodes to run (default: 10)")
+    ev.add_argument("--seed", type=int, default=12345, help="seed of the evaluation environments (default: 12345)")
+    ev.add_argument("--video", default=None, metavar="DIR", help="also render one episode to DIR/episode.gif")
+    ev.add_argument("--json", action="store_true", help="print the result as JSON")
+    pl = sub.add_parser("plot", help="plot learning curves (mean ± std across seeds)")
+    pl.add_argument("runs", nargs="+", help="run directories, or folders holding them")
+    pl.add_argument("--out", default=None, help="PNG to write (default: curves.png beside the first run)")
+    pl.add_argument("--column", default="train_return", help="progress.csv column to plot (default: train_return)")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import Trainer, resume_trainer
+
+    cli = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}
+    if args._resume:
+        trainer = resume_trainer(args._resume, cli)
+        print(f"resuming {trainer.run_dir} at iteration {trainer.iteration} ({trainer.frames} frames)")
+    else:
+        config = build_config(cli, args._config)
+        trainer = Trainer(config)
+        print(
+            f"training {config.env} (preset {config.preset or (config.env + ' if defined, else sb3-default')}) "
+            f"for {config.total_frames} frames, seed {config.seed} -> {trainer.run_dir}"
+        )
+    result = trainer.train()
+    if result.interrupted:
+        return 130
+    from .plot import plot_runs
+
+    curve = plot_runs([result.run_dir], result.run_dir / "curve.png")
+    print(f"done: {result.frames} frames in {result.iterations} iterations")
+    if result.eval_mean is not None:
+        print(f"evaluation: mean_return={result.eval_mean:.2f} std_return={result.eval_std:.2f} episodes={trainer.config.eval_episodes}")
+    print(f"logs:       {result.run_dir / 'progress.csv'} (and {trainer.config.logger} logs in {result.run_dir / 'logs'})")
+    print(f"checkpoint: {result.checkpoint}")
+    print(f"curve:      {curve}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .config import config_from_dict
+    from .envs import make_vector_env
+    from .evaluate import evaluate_actor, record_video
+    from .models import build_models
+
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
+    state = load_checkpoint(args.checkpoint)
+    config = config_from_dict(state["config"])
+    venv = make_vector_env(config.env, 1, seed=args.seed)
+    actor, critic, _ = build_models(config, venv.single_observation_space, venv.single_action_space)
+    venv.close()
+    actor.load_state_dict(state["actor"])
+    actor.eval()
+    returns = evaluate_actor(actor, config.env, args.episodes, seed=args.seed, device=torch.device(config.device))
+    mean, std = float(np.mean(returns)), float(np.std(returns))
+    if args.video:
+        Path(args.video).mkdir(parents=True, exist_ok=True)
+        gif = Path(args.video) / "episode.gif"
+        record_video(actor, config.env, gif, seed=args.seed, device=config.device)
+        print(f"video: {gif}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"mean_return": mean, "std_return": std, "episodes": len(returns), "returns": returns, "env": config.env}))
+    else:
+        print(f"mean_return={mean:.4f} std_return={std:.4f} episodes={len(returns)}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .plot import plot_runs
+
+    out = args.out or Path(args.runs[0]).resolve().parent / "curves.png"
+    print(f"wrote {plot_runs(args.runs, out, column=args.column)}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .envs import EnvError
+
+    try:
+        return {"train": _train, "eval": _eval, "plot": _plot}[args.command](args)
+    except (ConfigError, CheckpointError, EnvError, FileNotFoundError, ValueError) as err:
+        print(f"trpo-torchrl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

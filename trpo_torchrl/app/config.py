@@ -1,0 +1,279 @@
+"""The training configuration: one dataclass, a docstring per field, presets and YAML overrides.
+
+Precedence, lowest first: the dataclass defaults (Stable-Baselines3-contrib's TRPO defaults), the
+environment's preset (:mod:`trpo_torchrl.app.presets`), a YAML file (``--config``), command-line
+flags. Every layer is validated: an unknown key or a value of the wrong type or range is an error
+that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved in every checkpoint."""
+
+    env: str = "CartPole-v1"
+    """Gymnasium environment id (MuJoCo tasks need the ``mujoco`` extra)."""
+    preset: str | None = None
+    """Hyperparameter preset; defaults to the environment's own preset when there is one."""
+    total_frames: int = 1_000_000
+    """Environment steps to train for (all environments together)."""
+    seed: int = 0
+    """Seed of the environments, the policy's sampling and every other random draw."""
+    device: str = "cpu"
+    """Device of the networks and the update (``cpu`` or ``cuda``)."""
+    logdir: str = "runs"
+    """Folder under which each run gets its own directory."""
+    run_name: str | None = None
+    """The run directory's name; defaults to ``<env>__seed<seed>__<time>``."""
+
+    num_envs: int = 1
+    """Environments stepped together in one synchronous vector environment."""
+    steps_per_env: int = 2048
+    """Steps each environment contributes to a batch (one TRPO iteration uses num_envs × this)."""
+    collector: str = "sync"
+    """``sync`` (one process) or ``multisync`` (TorchRL's multi-process collector)."""
+    workers: int = 1
+    """Collector worker processes for ``multisync``."""
+
+    gamma: float = 0.99
+    """Discount factor γ."""
+    gae_lambda: float = 0.95
+    """GAE's λ."""
+    normalize_advantage: bool = True
+    """Standardise advantages over the batch before the actor step."""
+    max_kl: float = 0.01
+    """Trust-region radius δ on the mean KL(π_old‖π_θ)."""
+    damping: float = 0.1
+    """Damping added to the Fisher's diagonal in the CG solve."""
+    cg_iters: int = 15
+    """Conjugate-gradient iterations."""
+    backtrack_iters: int = 10
+    """Line-search candidates."""
+    backtrack_coeff: float = 0.8
+    """Line-search shrink factor β."""
+    fvp: str = "gauss_newton"
+    """Fisher-vector product: ``gauss_newton`` (JᵀMJ) or ``kl_hessian`` (double backward)."""
+    fvp_subsample: float = 1.0
+    """Fraction of the batch's states the Fisher is averaged over."""
+    entropy_coeff: float = 0.0
+    """Weight of the entropy bonus in the surrogate."""
+
+    critic_lr: float = 1e-3
+    """Adam learning rate of the critic."""
+    critic_epochs: int = 10
+    """Passes of the critic fit over each batch."""
+    critic_minibatch: int = 128
+    """States per critic Adam step."""
+
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden layer widths of the actor and critic MLPs."""
+    activation: str = "tanh"
+    """Hidden activation: ``tanh`` or ``relu``."""
+    init_log_std: float = 0.0
+    """Initial log standard deviation of a Gaussian policy (state independent)."""
+    normalize_observations: bool = False
+    """Normalise observations with running statistics (saved in checkpoints)."""
+    normalize_rewards: bool = False
+    """Scale rewards by the running std of the discounted return."""
+    clip_actions: bool = True
+    """Clip continuous actions to the action box before they reach the environment."""
+
+    eval_episodes: int = 10
+    """Episodes of the final deterministic evaluation (0: none)."""
+    eval_every: int = 0
+    """Evaluate every this many iterations as well (0: only at the end)."""
+    checkpoint_every: int = 10
+    """Write a checkpoint every this many iterations (and always at the end and on Ctrl-C)."""
+    logger: str = "csv"
+    """TorchRL logger: ``csv``, ``tensorboard``, ``wandb`` or ``none``."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    @property
+    def frames_per_batch(self) -> int:
+        return self.num_envs * self.steps_per_env
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hidden_sizes"] = list(self.hidden_sizes)
+        return d
+
+    def validate(self) -> "TrainConfig":
+        """Checks ranges and choices; returns self."""
+        checks = [
+            ("total_frames", self.total_frames >= 1, "must be >= 1"),
+            ("num_envs", self.num_envs >= 1, "must be >= 1"),
+            ("steps_per_env", self.steps_per_env >= 1, "must be >= 1"),
+            ("workers", self.workers >= 1, "must be >= 1"),
+            ("gamma", 0 < self.gamma <= 1, "must be in (0, 1]"),
+            ("gae_lambda", 0 <= self.gae_lambda <= 1, "must be in [0, 1]"),
+            ("max_kl", self.max_kl > 0 and math.isfinite(self.max_kl), "must be > 0"),
+            ("damping", self.damping >= 0, "must be >= 0"),
+            ("cg_iters", self.cg_iters >= 1, "must be >= 1"),
+            ("backtrack_iters", self.backtrack_iters >= 1, "must be >= 1"),
+            ("backtrack_coeff", 0 < self.backtrack_coeff < 1, "must be in (0, 1)"),
+            ("fvp", self.fvp in ("gauss_newton", "kl_hessian"), "must be 'gauss_newton' or 'kl_hessian'"),
+            ("fvp_subsample", 0 < self.fvp_subsample <= 1, "must be in (0, 1]"),
+            ("entropy_coeff", self.entropy_coeff >= 0, "must be >= 0"),
+            ("critic_lr", self.critic_lr > 0, "must be > 0"),
+            ("critic_epochs", self.critic_epochs >= 0, "must be >= 0"),
+            ("critic_minibatch", self.critic_minibatch >= 1, "must be >= 1"),
+            ("hidden_sizes", len(self.hidden_sizes) >= 1 and all(h >= 1 for h in self.hidden_sizes), "must be positive widths"),
+            ("activation", self.activation in ("tanh", "relu"), "must be 'tanh' or 'relu'"),
+            ("eval_episodes", self.eval_episodes >= 0, "must be >= 0"),
+            ("eval_every", self.eval_every >= 0, "must be >= 0"),
+            ("checkpoint_every", self.checkpoint_every >= 0, "must be >= 0"),
+            ("logger", self.logger in ("csv", "tensorboard", "wandb", "none"), "must be csv, tensorboard, wandb or none"),
+            ("collector", self.collector in ("sync", "multisync"), "must be 'sync' or 'multisync'"),
+            ("device", self.device.split(":")[0] in ("cpu", "cuda"), "must be 'cpu' or 'cuda[:N]'"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"config: {name}={getattr(self, name)!r} {why}")
+        if self.collector == "sync" and self.workers != 1:
+            raise ConfigError(f"config: workers={self.workers} needs collector='multisync'")
+        return self
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def field_docs() -> dict[str, str]:
+    """Each field's docstring (the string literal under it in the class body), for --help."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(TrainConfig))
+    docs, body = {}, tree.body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Converts a value from YAML or the command line to field ``name``'s type, or raises ConfigError."""
+    if name not in FIELDS:
+        close = difflib.get_close_matches(name, FIELDS, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"config: unknown key {name!r}{hint}")
+    hint = _HINTS[name]
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+                return value.lower() in ("true", "1", "yes", "on")
+            raise ValueError
+        if hint is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) else int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if origin is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(int(v) for v in items)
+        if type(None) in args:  # str | None
+            if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+                return None
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"config: {name}={value!r} is not a valid {getattr(hint, '__name__', hint)}")
+
+
+def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str) -> TrainConfig:
+    """A copy of ``config`` with ``overrides`` applied (keys may use - or _)."""
+    changes = {}
+    for key, value in overrides.items():
+        name = str(key).replace("-", "_")
+        try:
+            changes[name] = coerce(name, value)
+        except ConfigError as err:
+            raise ConfigError(f"{err} (from {source})") from None
+    return dataclasses.replace(config, **changes)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Reads a flat mapping of config keys from a YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config: {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {path} must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def build_config(
+    cli: dict[str, Any] | None = None, config_file: str | Path | None = None, base: TrainConfig | None = None
+) -> TrainConfig:
+    """Defaults (or ``base``) < preset < YAML file < command line; validated."""
+    from .presets import preset_overrides
+
+    cli = dict(cli or {})
+    file_values = load_yaml(config_file) if config_file else {}
+    config = base or TrainConfig()
+    # the environment and preset decide which preset applies, so read them first
+    env = cli.get("env", file_values.get("env", config.env))
+    preset = cli.get("preset", file_values.get("preset", config.preset))
+    if base is None:
+        config = apply_overrides(config, {"env": env, "preset": preset}, "arguments")
+        config = apply_overrides(config, preset_overrides(config.preset, config.env), f"preset {config.preset or config.env}")
+    config = apply_overrides(config, file_values, str(config_file))
+    config = apply_overrides(config, cli, "the command line")
+    return config.validate()
+
+
+def save_yaml(config: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    return apply_overrides(TrainConfig(), data, "a checkpoint").validate()
+
+
+__all__ = [
+    "ConfigError",
+    "TrainConfig",
+    "apply_overrides",
+    "build_config",
+    "coerce",
+    "config_from_dict",
+    "field_docs",
+    "load_yaml",
+    "save_yaml",
+]

@@ -1,0 +1,164 @@
+"""Environments for the training app: Gymnasium tasks as one synchronous vector env in TorchRL.
+
+``gymnasium.make_vec(..., vectorization_mode="sync")`` with same-step autoreset, wrapped by
+TorchRL's ``GymWrapper``: several times faster than one TorchRL env per task on a small CPU (see
+DESIGN.md), and a done step still reports the episode's real final observation, so truncated
+episodes bootstrap from the right state. Continuous actions are clipped to the box on their way
+into the environment only: the batch keeps the sampled action, whose log-probability TRPO needs.
+
+:func:`env_state` / :func:`load_env_state` capture and restore the simulators' state, which is
+what lets a run resumed from a checkpoint continue exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import warnings
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+from torchrl.envs import GymWrapper, RewardSum, Transform, TransformedEnv
+
+
+class EnvError(ValueError):
+    """An environment that cannot be made."""
+
+
+class ClipActionToBox(Transform):
+    """Clips the action sent to the simulator to ``[low, high]`` (per dimension); the action kept
+    in the batch is the one the policy sampled."""
+
+    def __init__(self, low: torch.Tensor, high: torch.Tensor):
+        super().__init__(in_keys_inv=["action"], out_keys_inv=["action"])
+        self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32))
+        self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32))
+
+    def _inv_apply_transform(self, action: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(action, self.low.to(action.dtype), self.high.to(action.dtype))
+
+
+def _check_env_id(env_id: str) -> None:
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise EnvError(f"unknown environment {env_id!r}{hint} (any id in gymnasium's registry works)")
+
+
+def make_vector_env(env_id: str, num_envs: int, seed: int, **make_kwargs) -> gym.vector.SyncVectorEnv:
+    """The raw Gymnasium vector env (same-step autoreset), seeded."""
+    _check_env_id(env_id)
+    try:
+        venv = gym.make_vec(
+            env_id,
+            num_envs=num_envs,
+            vectorization_mode="sync",
+            vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+            **make_kwargs,
+        )
+    except gym.error.DependencyNotInstalled as err:
+        raise EnvError(f"environment {env_id!r} needs an optional dependency: {err}") from None
+    venv.reset(seed=seed)
+    venv.action_space.seed(seed)
+    return venv
+
+
+def make_env(env_id: str, num_envs: int, seed: int, *, clip_actions: bool = True, device: str = "cpu") -> TransformedEnv:
+    """A TorchRL env of batch size ``[num_envs]`` over a synchronous Gymnasium vector env.
+
+    Adds ``episode_reward`` (the running undiscounted return, reported at episode ends) and, for
+    box actions when ``clip_actions``, a clip of the action sent to the simulator.
+    """
+    venv = make_vector_env(env_id, num_envs, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        env = GymWrapper(venv, device=device)
+    env.set_seed(seed)
+    env = env if isinstance(env, TransformedEnv) else TransformedEnv(env)
+    env.append_transform(RewardSum(in_keys=["reward"], out_keys=["episode_reward"]))
+    space = venv.single_action_space
+    if clip_actions and isinstance(space, gym.spaces.Box):
+        env.append_transform(ClipActionToBox(space.low, space.high))
+    return env
+
+
+def gym_vector_env(env: TransformedEnv) -> gym.vector.SyncVectorEnv:
+    """The Gymnasium vector env inside a TorchRL env made by :func:`make_env`."""
+    return env.base_env._env
+
+
+# -- simulator state ------------------------------------------------------------------------------
+
+_PLAIN = (np.ndarray, np.generic, int, float, bool, str, type(None), tuple, np.random.Generator)
+
+
+def _plain_attributes(obj: Any) -> dict[str, Any]:
+    """Copies of an object's plain attributes: arrays, numbers, flags, RNGs (not spaces, renderers)."""
+    out = {}
+    for name, value in vars(obj).items():
+        if isinstance(value, _PLAIN) and (not isinstance(value, tuple) or all(isinstance(v, _PLAIN) for v in value)):
+            out[name] = copy.deepcopy(value)
+    return out
+
+
+def _wrapper_chain(env: gym.Env) -> list[Any]:
+    chain = [env]
+    while hasattr(chain[-1], "env") and chain[-1] is not chain[-1].unwrapped:
+        chain.append(chain[-1].env)
+    if chain[-1] is not env.unwrapped:
+        chain.append(env.unwrapped)
+    return chain
+
+
+def _mujoco_state(env: Any) -> np.ndarray | None:
+    data, model = getattr(env, "data", None), getattr(env, "model", None)
+    if data is None or model is None:
+        return None
+    import mujoco
+
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    state = np.empty(mujoco.mj_stateSize(model, spec))
+    mujoco.mj_getState(model, data, state, spec)
+    return state
+
+
+def env_state(env: TransformedEnv) -> dict[str, Any]:
+    """A picklable snapshot of every simulator in ``env``: the plain attributes of each env and
+    wrapper (positions, step counters, RNGs) and, for MuJoCo tasks, the full integration state."""
+    venv = gym_vector_env(env)
+    envs = []
+    for sub in venv.envs:
+        chain = _wrapper_chain(sub)
+        envs.append(
+            {
+                "attributes": [_plain_attributes(obj) for obj in chain],
+                "mujoco": _mujoco_state(sub.unwrapped),
+            }
+        )
+    return {"vector": _plain_attributes(venv), "envs": envs}
+
+
+def load_env_state(env: TransformedEnv, state: dict[str, Any]) -> None:
+    """Restores a snapshot taken by :func:`env_state` on an env made with the same id and size."""
+    venv = gym_vector_env(env)
+    if len(state["envs"]) != len(venv.envs):
+        raise EnvError(f"the saved state has {len(state['envs'])} environments, this env has {len(venv.envs)}")
+    for name, value in state["vector"].items():
+        setattr(venv, name, copy.deepcopy(value))
+    for sub, saved in zip(venv.envs, state["envs"]):
+        chain = _wrapper_chain(sub)
+        if len(chain) != len(saved["attributes"]):
+            raise EnvError("the saved environment state does not match this environment's wrappers")
+        for obj, attrs in zip(chain, saved["attributes"]):
+            for name, value in attrs.items():
+                setattr(obj, name, copy.deepcopy(value))
+        if saved["mujoco"] is not None:
+            import mujoco
+
+            u = sub.unwrapped
+            mujoco.mj_setState(u.model, u.data, saved["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
+            mujoco.mj_forward(u.model, u.data)

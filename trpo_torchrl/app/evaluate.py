@@ -1,0 +1,81 @@
+"""Deterministic evaluation: the policy's mode on fresh environments, normaliser statistics frozen."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from .envs import gym_vector_env, make_env
+
+MAX_PARALLEL = 16
+
+
+@torch.no_grad()
+def evaluate_actor(actor, env_id: str, episodes: int, *, seed: int, device="cpu", max_steps: int = 100_000) -> list[float]:
+    """Undiscounted returns of ``episodes`` episodes, run up to MAX_PARALLEL at a time.
+
+    Each environment contributes its first episode only, so the set of episodes (and the result)
+    does not depend on which environment finishes first.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    returns: list[float] = []
+    round_seed = seed
+    while len(returns) < episodes:
+        n = min(MAX_PARALLEL, episodes - len(returns))
+        env = make_env(env_id, n, seed=round_seed, device=str(device))
+        returns += _first_episodes(actor, env, max_steps)
+        env.close()
+        round_seed += n
+    return returns
+
+
+def _first_episodes(actor, env, max_steps: int) -> list[float]:
+    n = env.batch_size[0]
+    total = torch.zeros(n, dtype=torch.float64)
+    finished = torch.zeros(n, dtype=torch.bool)
+    td = env.reset()
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        for _ in range(max_steps):
+            td = actor(td)
+            td, td_next = env.step_and_maybe_reset(td)
+            reward = td["next", "reward"].reshape(n).to(torch.float64)
+            done = td["next", "done"].reshape(n)
+            total += torch.where(finished, torch.zeros_like(reward), reward)
+            finished |= done
+            if bool(finished.all()):
+                break
+            td = td_next
+    return total.tolist()
+
+
+@torch.no_grad()
+def record_video(actor, env_id: str, path, *, seed: int, device="cpu", max_steps: int = 10_000, fps: int = 30) -> float:
+    """Renders one deterministic episode to ``path`` (a GIF); returns its return."""
+    import imageio.v2 as imageio
+    import gymnasium as gym
+    from tensordict import TensorDict
+
+    env = gym.make(env_id, render_mode="rgb_array")
+    obs, _ = env.reset(seed=seed)
+    frames, total = [env.render()], 0.0
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        for _ in range(max_steps):
+            td = TensorDict({"observation": torch.as_tensor(obs, dtype=torch.float32, device=device)}, [])
+            action = actor(td)["action"].cpu().numpy()
+            if isinstance(env.action_space, gym.spaces.Discrete):
+                action = int(np.argmax(action))
+            else:
+                action = np.clip(action, env.action_space.low, env.action_space.high)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            frames.append(env.render())
+            if terminated or truncated:
+                break
+    env.close()
+    imageio.mimsave(str(path), frames, duration=1000 / fps)
+    return total
+
+
+__all__ = ["evaluate_actor", "record_video", "gym_vector_env"]
