@@ -1,0 +1,208 @@
+"""The training application: CLI end to end, exact resume, eval, plot, configs, errors, learning."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from trpo_torchrl.app import checkpoint as ckpt
+from trpo_torchrl.app.cli import main
+from trpo_torchrl.app.config import ConfigError, TrainConfig, build_config
+from trpo_torchrl.app.envs import env_state, gym_vector_env, load_env_state, make_env
+from trpo_torchrl.app.normalize import RunningMoments
+from trpo_torchrl.app.train import Trainer, resume_trainer
+
+TINY = ["--num-envs", "2", "--steps-per-env", "64", "--critic-epochs", "2", "--critic-minibatch", "64", "--progress", "false"]
+
+
+def _train(tmp_path, *extra):
+    return main(["train", "--logdir", str(tmp_path), "--run-name", "run", *TINY, *extra])
+
+
+def test_cli_train_eval_plot_end_to_end(tmp_path, capsys):
+    assert _train(tmp_path, "--env", "CartPole-v1", "--total-frames", "512", "--eval-episodes", "3") == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "run"
+    for name in ("progress.csv", "config.yaml", "curve.png", "checkpoints/final.pt", "checkpoints/last.pt"):
+        assert (run / name).is_file(), name
+        assert str(run / name) in out or name in ("config.yaml", "checkpoints/last.pt")
+    assert "mean_return=" in out
+    rows = (run / "progress.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 4 + 1  # header, 4 iterations of 128 frames, the final evaluation
+    assert (run / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert main(["eval", "--checkpoint", str(run), "--episodes", "2"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("mean_return=") and last.endswith("episodes=2")
+    assert main(["eval", "--checkpoint", str(run / "checkpoints/final.pt"), "--episodes", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["episodes"] == 2 and len(result["returns"]) == 2
+    assert result["mean_return"] == pytest.approx(float(np.mean(result["returns"])))
+
+    out_png = tmp_path / "plots" / "curves.png"
+    assert main(["plot", str(run), "--out", str(out_png)]) == 0
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_is_deterministic(tmp_path, capsys):
+    assert _train(tmp_path, "--total-frames", "128", "--eval-episodes", "0") == 0
+    capsys.readouterr()
+    lines = []
+    for _ in range(2):
+        assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--episodes", "3", "--seed", "7"]) == 0
+        lines.append(capsys.readouterr().out.strip().splitlines()[-1])
+    assert lines[0] == lines[1]
+
+
+def _config(tmp_path, name, total_frames, env="CartPole-v1", **kw):
+    base = dict(
+        env=env, total_frames=total_frames, num_envs=2, steps_per_env=64, critic_epochs=2,
+        critic_minibatch=64, progress=False, eval_episodes=0, logdir=str(tmp_path), run_name=name,
+        checkpoint_every=1, logger="none",
+    )
+    base.update(kw)
+    return build_config(base)
+
+
+def _params(trainer):
+    return {**{f"a.{k}": v for k, v in trainer.actor.state_dict().items()},
+            **{f"c.{k}": v for k, v in trainer.critic.state_dict().items()}}
+
+
+@pytest.mark.parametrize(
+    "env,kw",
+    [
+        ("CartPole-v1", {}),
+        ("Pendulum-v1", {"normalize_observations": True, "normalize_rewards": True}),
+    ],
+)
+def test_resume_equals_uninterrupted_run(tmp_path, env, kw):
+    full = Trainer(_config(tmp_path, "full", 4 * 128, env=env, **kw))
+    full.train()
+    part = Trainer(_config(tmp_path, "part", 2 * 128, env=env, **kw))
+    part.train()
+    resumed = resume_trainer(part.run_dir / "checkpoints" / "last.pt", {"total_frames": 4 * 128})
+    assert resumed.iteration == 2
+    resumed.train()
+    a, b = _params(full), _params(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    # and the run really moved: parameters differ from a fresh initialisation
+    fresh = _params(Trainer(_config(tmp_path, "fresh", 128, env=env, **kw)))
+    assert any(not torch.equal(a[k], fresh[k]) for k in a if k.startswith("a."))
+
+
+def test_resume_refuses_changes_to_the_past(tmp_path):
+    t = Trainer(_config(tmp_path, "r", 128))
+    t.train()
+    with pytest.raises(ValueError, match="cannot change: max_kl"):
+        resume_trainer(t.run_dir, {"max_kl": 0.5})
+
+
+def test_env_snapshot_restores_the_simulators():
+    env = make_env("CartPole-v1", 2, seed=3)
+    env.rollout(20, break_when_any_done=False)
+    saved = pickle.loads(pickle.dumps(env_state(env)))
+    venv = gym_vector_env(env)
+    actions = np.array([0, 1])
+    first = [venv.step(actions)[0] for _ in range(30)]
+    load_env_state(env, saved)
+    second = [venv.step(actions)[0] for _ in range(30)]
+    np.testing.assert_array_equal(np.stack(first), np.stack(second))
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    ckpt.save_checkpoint(path, {"x": 1})
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_checkpoint(path, {"x": 2})
+    monkeypatch.undo()
+    assert ckpt.load_checkpoint(path)["x"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ckpt.CheckpointError, match="corrupt"):
+        ckpt.load_checkpoint(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(ckpt.CheckpointError, match="not a trpo_torchrl checkpoint"):
+        ckpt.load_checkpoint(foreign)
+    assert main(["eval", "--checkpoint", str(bad)]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--env", "CartPol-v1"], "unknown environment 'CartPol-v1'; did you mean CartPole-v1"),
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--max-kll", "0.1"], "unrecognized arguments"),
+        (["--max-kl", "-1"], "max_kl=-1.0 must be > 0"),
+        (["--max-kl", "big"], "max_kl='big' is not a valid float"),
+        (["--workers", "2"], "needs collector='multisync'"),
+    ],
+)
+def test_cli_errors(tmp_path, capsys, args, message):
+    try:
+        code = _train(tmp_path, "--total-frames", "128", *args)
+    except SystemExit as exit_:  # argparse rejects unknown flags itself
+        code = exit_.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_config_file_and_precedence(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("env: CartPole-v1\nmax_kl: 0.02\ngamma: 0.95\n")
+    c = build_config({"gamma": "0.9"}, cfg)
+    assert (c.max_kl, c.gamma) == (0.02, 0.9)  # file over preset, command line over file
+    assert c.steps_per_env == 512  # from the CartPole-v1 preset (rl-zoo3)
+    assert build_config({"env": "HalfCheetah-v5"}).max_kl == 0.04
+    assert build_config({"env": "Ant-v5"}).normalize_observations
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_kl: 0.01\nnot_a_key: 3\n")
+    with pytest.raises(ConfigError, match="unknown key 'not_a_key'"):
+        build_config({}, bad)
+    bad.write_text("cg_iters: ten\n")
+    with pytest.raises(ConfigError, match="cg_iters='ten' is not a valid int"):
+        build_config({}, bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_config({}, tmp_path / "missing.yaml")
+    assert TrainConfig().frames_per_batch == 2048
+
+
+def test_running_moments_match_numpy():
+    m = RunningMoments((3,), eps=0.0)
+    data = torch.randn(1000, 3, dtype=torch.float64) * 3 + 1
+    for chunk in data.split(137):
+        m.update(chunk)
+    np.testing.assert_allclose(m.mean.numpy(), data.mean(0).numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(m.var.numpy(), data.var(0, unbiased=False).numpy(), rtol=1e-10)
+
+
+def test_cartpole_learns(tmp_path):
+    """The learning test CI runs: the default preset on CartPole-v1, a fixed seed and frame budget,
+    evaluated deterministically on 10 episodes."""
+    config = build_config(
+        dict(env="CartPole-v1", seed=0, total_frames=int(os.environ.get("TRPO_TEST_FRAMES", 60_000)),
+             progress=False, logdir=str(tmp_path), run_name="learn", logger="none", checkpoint_every=0)
+    )
+    result = Trainer(config).train()
+    assert result.eval_mean is not None and result.eval_mean >= 400, result
