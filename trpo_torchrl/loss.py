@@ -84,6 +84,21 @@ def distribution_parameters(dist: D.Distribution, num_states: int):
     )
 
 
+def _categorical_kl(old: D.Distribution, new: D.Distribution) -> torch.Tensor:
+    """KL between two categoricals from their normalised logits, written without the boolean-mask
+    indexing torch's own version uses (which vmap cannot batch and which syncs on CUDA)."""
+    old_logp, new_logp = old.logits, new.logits
+    terms = old_logp.exp() * (old_logp - new_logp)
+    # a zero-probability class contributes nothing, even where the new policy also gives it -inf
+    return torch.where(old_logp > -torch.inf, terms, torch.zeros_like(terms)).sum(-1)
+
+
+def _analytic_kl(old: D.Distribution, new: D.Distribution) -> torch.Tensor:
+    if distribution_family(old) == "categorical" and distribution_family(new) == "categorical":
+        return _categorical_kl(old, new)
+    return D.kl_divergence(old, new)
+
+
 class _DistParams(torch.nn.Module):
     """Wraps the actor so ``torch.func.functional_call`` can run its deterministic part alone."""
 
@@ -382,7 +397,7 @@ class TRPOLoss(LossModule):
         """Mean KL(π_old ‖ π_θ) over the states: analytic, or the sampled estimate when asked for."""
         old = self.old_dist(batch)
         try:
-            kl = D.kl_divergence(old, dist)
+            kl = _analytic_kl(old, dist)
         except NotImplementedError:
             if self.kl_estimate != "sampled":
                 raise NotImplementedError(

@@ -7,7 +7,7 @@ log-probability into the collected batch, which is what :class:`~trpo_torchrl.TR
 from __future__ import annotations
 
 import torch
-from tensordict.nn import NormalParamExtractor, TensorDictModule
+from tensordict.nn import InteractionType, NormalParamExtractor, TensorDictModule
 from torch import nn
 from torchrl.modules import IndependentNormal, OneHotCategorical, ProbabilisticActor
 from torch.distributions import Categorical
@@ -58,6 +58,8 @@ def gaussian_actor(
         in_keys=["loc", "scale"],
         distribution_class=IndependentNormal,
         return_log_prob=True,
+        # sample when no exploration type is set: TRPO's surrogate needs on-policy random actions
+        default_interaction_type=InteractionType.RANDOM,
         spec=spec,
     )
 
@@ -71,5 +73,7 @@ def categorical_actor(net: nn.Module, *, in_keys=("observation",), one_hot: bool
         in_keys=["logits"],
         distribution_class=OneHotCategorical if one_hot else Categorical,
         return_log_prob=True,
+        # sample when no exploration type is set: TRPO's surrogate needs on-policy random actions
+        default_interaction_type=InteractionType.RANDOM,
         spec=spec,
     )

@@ -147,7 +147,7 @@ class TrustRegionUpdate:
         loss = self.loss_module
         if self.fvp_subsample < 1.0:
             idx = subsample_indices(batch.advantage.shape[0], self.fvp_subsample, generator=self.generator)
-            batch = batch.index(idx)
+            batch = batch.index(idx.to(batch.advantage.device))
         num_states = batch.advantage.shape[0]
         if self.fvp == "gauss_newton":
             family = distribution_family(dist)
