@@ -412,7 +412,14 @@ class TRPOLoss(LossModule):
     def policy_terms(self, batch: PolicyBatch, params: dict[str, torch.Tensor] | None = None) -> PolicyTerms:
         """Surrogate, KL, entropy and ratios at θ (the actor's parameters, or ``params``)."""
         dist = self.policy_dist(batch, params)
-        log_prob = dist.log_prob(batch.action).reshape(-1)
+        log_prob = dist.log_prob(batch.action)
+        if log_prob.numel() != batch.old_log_prob.numel():
+            raise ValueError(
+                f"TRPOLoss: {type(dist).__name__}.log_prob gave shape {tuple(log_prob.shape)}, expected one "
+                f"value per state ({batch.old_log_prob.numel()}); use a distribution that sums over the action "
+                "dimensions (e.g. torchrl's IndependentNormal)"
+            )
+        log_prob = log_prob.reshape(-1)
         log_ratio = log_prob - batch.old_log_prob
         ratio = log_ratio.exp()
         surrogate = (ratio * batch.advantage).mean()
