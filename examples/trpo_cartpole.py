@@ -56,6 +56,7 @@ def main(argv=None) -> None:
         actor,
         frames_per_batch=args.frames_per_batch,
         total_frames=args.iterations * args.frames_per_batch,
+        auto_register_policy_transforms=False,  # the policy is memoryless: it needs no env transform
     )
     start = time.perf_counter()
     for iteration, batch in enumerate(collector):
