@@ -10,7 +10,7 @@ from torchrl.modules import ProbabilisticActor
 from torchrl.objectives.utils import ValueEstimators
 from torchrl.objectives.value import TD0Estimator
 
-from _trpo_batches import POLICY_KINDS, collect, make_actor, make_critic, trajectory_batch
+from tests._trpo_batches import POLICY_KINDS, collect, make_actor, make_critic, trajectory_batch
 from trpo_torchrl import FusedGAE, TRPOLoss
 
 

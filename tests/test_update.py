@@ -4,7 +4,7 @@ rejects cleanly, and never syncs with the host."""
 import pytest
 import torch
 
-from _trpo_batches import POLICY_KINDS, actor_state, collect, make_actor, make_critic
+from tests._trpo_batches import POLICY_KINDS, actor_state, collect, make_actor, make_critic
 from trpo_torchrl import TRPOLoss, TrustRegionUpdate
 
 METRICS = {
