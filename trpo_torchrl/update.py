@@ -101,12 +101,22 @@ class TrustRegionUpdate:
         self.fvp = fvp
         self.fvp_subsample = float(fvp_subsample)
         self.generator = generator
-        # the actor's own Parameter objects (shared with the collector's policy), in a fixed order
+        # the layout of θ is fixed here; the Parameter objects themselves are looked up at each call
+        # (they are the actor's own, shared with the collector's policy, wherever they have moved)
         named = _trainable_parameters(loss_module.actor_network)
         self._names = [name for name, _ in named]
-        self._params = [p for _, p in named]
-        self._shapes = [p.shape for p in self._params]
-        self._numels = [p.numel() for p in self._params]
+        self._shapes = [p.shape for _, p in named]
+        self._numels = [p.numel() for _, p in named]
+
+    @property
+    def _params(self) -> list[torch.nn.Parameter]:
+        named = dict(_trainable_parameters(self.loss_module.actor_network))
+        if list(named) != self._names:
+            raise RuntimeError(
+                "TrustRegionUpdate: the actor's trainable parameters changed since the update was built "
+                f"(had {self._names}, now {list(named)}); build a new TrustRegionUpdate"
+            )
+        return [named[name] for name in self._names]
 
     # ---------------------------------------------------------------- flat parameter views
     @property
