@@ -4,7 +4,7 @@ rejects cleanly, and never syncs with the host."""
 import pytest
 import torch
 
-from tests._trpo_batches import POLICY_KINDS, actor_state, collect, make_actor, make_critic
+from tests._trpo_batches import POLICY_KINDS, actor_state, collect, make_actor, make_critic, trajectory_batch
 from trpo_torchrl import TRPOLoss, TrustRegionUpdate
 
 METRICS = {
@@ -123,11 +123,12 @@ def test_fisher_subsample_and_entropy_bonus():
     assert metrics["objective_after"] > metrics["objective_before"]
 
 
-def test_the_whole_update_never_syncs_with_the_host(monkeypatch):
-    actor = make_actor("gaussian")
+@pytest.mark.parametrize("kind,fvp", [("gaussian", "gauss_newton"), ("categorical", "kl_hessian")])
+def test_the_whole_update_never_syncs_with_the_host(monkeypatch, kind, fvp):
+    actor = make_actor(kind)
     loss = TRPOLoss(actor, make_critic())
     td = collect(actor)
-    update = TrustRegionUpdate(loss, fvp_subsample=0.5)
+    update = TrustRegionUpdate(loss, fvp=fvp, fvp_subsample=0.5)
     state = actor_state(actor)
 
     def refuse(*args, **kwargs):
@@ -178,3 +179,35 @@ def test_bad_batches_fail_before_touching_the_parameters():
         update(td)
     for a, b in zip(state, actor.parameters()):
         assert torch.equal(a, b)
+
+
+def test_batched_candidates_match_one_at_a_time_evaluation():
+    actor = make_actor("gaussian_state_scale")
+    loss = TRPOLoss(actor, make_critic())
+    td = collect(actor)
+    update = TrustRegionUpdate(loss)
+    batch = loss.policy_batch(td)
+    theta_old = update.flat_parameters()
+    candidates = theta_old + 0.05 * torch.randn(4, theta_old.numel(), generator=torch.Generator().manual_seed(0))
+    # unflatten keeps leading dimensions: the layout a population of actors would use
+    assert all(v.shape[0] == 4 for v in update.unflatten(candidates).values())
+    with torch.no_grad():
+        objective, surrogate, kl = torch.vmap(lambda th: update._evaluate(batch, th))(candidates)
+    for i, theta in enumerate(candidates):
+        update.write_parameters(theta)
+        out = loss(td)
+        torch.testing.assert_close(surrogate[i], out["surrogate"])
+        torch.testing.assert_close(kl[i], out["kl"])
+    update.write_parameters(theta_old)
+
+
+def test_update_on_a_trajectory_batch_estimates_the_advantages_itself():
+    actor = make_actor("categorical")
+    loss = TRPOLoss(actor, make_critic()).make_value_estimator(gamma=0.95, lmbda=0.9)
+    td = trajectory_batch(actor, num_envs=4, steps=32)
+    state = actor_state(actor)
+    metrics = TrustRegionUpdate(loss, max_kl=0.01)(td)
+    assert metrics["kl"] <= 0.01
+    # rewards are noise here, so a step may or may not be found; either way the outcome is consistent
+    changed = any(not torch.equal(a, b) for a, b in zip(state, actor.parameters()))
+    assert changed == bool(metrics["step_accepted"])

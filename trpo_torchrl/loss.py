@@ -149,7 +149,8 @@ class TRPOLoss(LossModule):
         >>> actor = gaussian_actor(torch.nn.Linear(3, 2), action_dim=2)
         >>> critic = TensorDictModule(torch.nn.Linear(3, 1), in_keys=["observation"], out_keys=["state_value"])
         >>> loss = TRPOLoss(actor, critic)
-        >>> td = actor(TensorDict({"observation": torch.randn(8, 3)}, [8]))
+        >>> with torch.no_grad():  # as a collector runs the policy
+        ...     td = actor(TensorDict({"observation": torch.randn(8, 3)}, [8]))
         >>> td["advantage"], td["value_target"] = torch.randn(8, 1), torch.randn(8, 1)
         >>> out = loss(td)
         >>> float(out["kl"])
