@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 from tensordict import TensorDict
-from tensordict.nn import TensorDictModule
+from tensordict.nn import InteractionType, NormalParamExtractor, TensorDictModule
+from torch import distributions as D
 from torch import nn
+from torchrl.modules import ProbabilisticActor
 
 from trpo_torchrl import categorical_actor, gaussian_actor
 
@@ -86,3 +88,40 @@ def trajectory_batch(actor, num_envs: int = 4, steps: int = 16, *, seed: int = 3
 
 def actor_state(actor) -> list[torch.Tensor]:
     return [p.detach().clone() for p in actor.parameters()]
+
+
+class _NoKLNormal(D.Distribution):
+    """A Normal that torch.distributions has no registered KL for (a type of its own)."""
+
+    arg_constraints = {}
+    has_rsample = True
+
+    def __init__(self, loc, scale):
+        self._normal = D.Independent(D.Normal(loc, scale), 1)
+        super().__init__(self._normal.batch_shape, self._normal.event_shape, validate_args=False)
+
+    def rsample(self, sample_shape=torch.Size()):
+        return self._normal.rsample(sample_shape)
+
+    def log_prob(self, value):
+        return self._normal.log_prob(value)
+
+    def entropy(self):
+        return self._normal.entropy()
+
+    @property
+    def deterministic_sample(self):
+        return self._normal.mean
+
+
+def no_kl_actor():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), NormalParamExtractor())
+    module = TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"])
+    return ProbabilisticActor(
+        module,
+        in_keys=["loc", "scale"],
+        distribution_class=_NoKLNormal,
+        return_log_prob=True,
+        default_interaction_type=InteractionType.RANDOM,
+    )

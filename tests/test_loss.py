@@ -3,14 +3,13 @@
 import pytest
 import torch
 from tensordict import TensorDict
-from tensordict.nn import InteractionType, NormalParamExtractor, TensorDictModule
+from tensordict.nn import TensorDictModule
 from torch import distributions as D
 from torch import nn
-from torchrl.modules import ProbabilisticActor
 from torchrl.objectives.utils import ValueEstimators
 from torchrl.objectives.value import TD0Estimator
 
-from tests._trpo_batches import POLICY_KINDS, collect, make_actor, make_critic, trajectory_batch
+from tests._trpo_batches import POLICY_KINDS, collect, make_actor, make_critic, no_kl_actor, trajectory_batch
 from trpo_torchrl import FusedGAE, TRPOLoss
 
 
@@ -179,45 +178,8 @@ def test_networks_without_parameters_are_rejected():
         TRPOLoss(actor, make_critic(), loss_critic_type="huber?")
 
 
-class _NoKLNormal(D.Distribution):
-    """A Normal that torch.distributions has no registered KL for (a type of its own)."""
-
-    arg_constraints = {}
-    has_rsample = True
-
-    def __init__(self, loc, scale):
-        self._normal = D.Independent(D.Normal(loc, scale), 1)
-        super().__init__(self._normal.batch_shape, self._normal.event_shape, validate_args=False)
-
-    def rsample(self, sample_shape=torch.Size()):
-        return self._normal.rsample(sample_shape)
-
-    def log_prob(self, value):
-        return self._normal.log_prob(value)
-
-    def entropy(self):
-        return self._normal.entropy()
-
-    @property
-    def deterministic_sample(self):
-        return self._normal.mean
-
-
-def _no_kl_actor():
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(3, 4), NormalParamExtractor())
-    module = TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"])
-    return ProbabilisticActor(
-        module,
-        in_keys=["loc", "scale"],
-        distribution_class=_NoKLNormal,
-        return_log_prob=True,
-        default_interaction_type=InteractionType.RANDOM,
-    )
-
-
 def test_distribution_without_analytic_kl_needs_the_sampled_estimate():
-    actor = _no_kl_actor()
+    actor = no_kl_actor()
     td = collect(actor, num_states=4096)
     with pytest.raises(NotImplementedError, match="kl_estimate='sampled'"):
         TRPOLoss(actor, make_critic())(td)

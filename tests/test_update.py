@@ -4,7 +4,7 @@ rejects cleanly, and never syncs with the host."""
 import pytest
 import torch
 
-from tests._trpo_batches import POLICY_KINDS, actor_state, collect, make_actor, make_critic, trajectory_batch
+from tests._trpo_batches import POLICY_KINDS, actor_state, collect, make_actor, make_critic, no_kl_actor, trajectory_batch
 from trpo_torchrl import TRPOLoss, TrustRegionUpdate
 
 METRICS = {
@@ -211,3 +211,16 @@ def test_update_on_a_trajectory_batch_estimates_the_advantages_itself():
     # rewards are noise here, so a step may or may not be found; either way the outcome is consistent
     changed = any(not torch.equal(a, b) for a, b in zip(state, actor.parameters()))
     assert changed == bool(metrics["step_accepted"])
+
+
+def test_sampled_kl_policy_steps_with_the_kl_hessian_product():
+    actor = no_kl_actor()
+    loss = TRPOLoss(actor, make_critic(), kl_estimate="sampled")
+    td = collect(actor, num_states=512)
+    with pytest.raises(TypeError, match="kl_hessian"):
+        TrustRegionUpdate(loss)(td)
+    metrics = TrustRegionUpdate(loss, fvp="kl_hessian", max_kl=0.01)(td)
+    assert metrics["step_accepted"]
+    after = loss(td)
+    assert 0 < after["kl"] <= 0.01
+    assert after["surrogate"] > metrics["surrogate_before"]
