@@ -330,6 +330,8 @@ class TRPOLoss(LossModule):
         """Gathers and checks what the actor step needs; computes the advantage when it is missing.
 
         The batch dimensions are flattened: the surrogate and the KL are means over all states.
+        Non-finite advantages raise a RuntimeError naming the key; the check is an assert on the
+        tensor's device, so on CUDA it does not sync but fails as a device-side assert.
         """
         data = tensordict.clone(False)
         advantage = data.get(self.tensor_keys.advantage, None)

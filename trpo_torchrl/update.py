@@ -225,26 +225,31 @@ class TrustRegionUpdate:
             & (improvement >= self.accept_ratio * expected_improvement * fractions)
         )
         accepted = acceptable.any()
-        first = acceptable.to(torch.int32).argmax()  # index of the first True (0 when none; masked below)
+        first = acceptable.to(torch.int32).argmax(dim=0, keepdim=True)  # the first True (0 when none; masked below)
+
+        def chosen(values: torch.Tensor) -> torch.Tensor:
+            # index_select, not values[first]: indexing with a tensor scalar may read it on the host
+            return values.index_select(0, first).squeeze(0)
+
         # where() picks θ_old's own bits when nothing is accepted: a rejected step changes nothing
-        theta_new = torch.where(accepted, candidates[first], theta_old)
-        backtracks = torch.where(accepted, first, torch.full_like(first, self.backtrack_iters))
+        theta_new = torch.where(accepted, chosen(candidates), theta_old)
+        backtracks = torch.where(accepted, first.squeeze(0), torch.full_like(first.squeeze(0), self.backtrack_iters))
         zero = torch.zeros_like(objective_old)
 
         metrics = TensorDict(
             {
-                "kl": torch.where(accepted, cand_kl[first], kl_old),
+                "kl": torch.where(accepted, chosen(cand_kl), kl_old),
                 "kl_full_step": cand_kl[0],
                 "surrogate_before": surrogate_old,
-                "surrogate_after": torch.where(accepted, cand_surrogate[first], surrogate_old),
+                "surrogate_after": torch.where(accepted, chosen(cand_surrogate), surrogate_old),
                 "objective_before": objective_old,
-                "objective_after": torch.where(accepted, cand_objective[first], objective_old),
+                "objective_after": torch.where(accepted, chosen(cand_objective), objective_old),
                 "expected_improvement": expected_improvement.detach(),
-                "actual_improvement": torch.where(accepted, improvement[first], zero),
+                "actual_improvement": torch.where(accepted, chosen(improvement), zero),
                 "step_accepted": accepted,
                 "backtrack_steps": backtracks,
-                "step_fraction": torch.where(accepted, fractions[first], zero),
-                "step_norm": torch.where(accepted, fractions[first], zero) * full_step.norm(),
+                "step_fraction": torch.where(accepted, chosen(fractions), zero),
+                "step_norm": torch.where(accepted, chosen(fractions), zero) * full_step.norm(),
                 "grad_norm": g.norm(),
                 "fisher_curvature": curvature,
                 "cg_residual": cg_info.residual_norm,
