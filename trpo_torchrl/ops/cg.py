@@ -144,3 +144,12 @@ def conjugate_gradient(
             x = x[0]
             info = CGInfo(*(t[0] for t in info))
     return x, info
+
+
+if library_loaded() and hasattr(torch.ops.trpo_torchrl, "cg_step"):
+
+    @torch.library.register_fake("trpo_torchrl::cg_step")
+    def _cg_step_fake(x, r, p, Ap, rdotr, iterations, converged, breakdown, residual_tol):
+        # the op only writes into its (a!)..(g!) arguments: no outputs to describe
+        torch._check(x.dim() == 2, lambda: "trpo_torchrl::cg_step: x must be 2-D [B, n]")
+        return None
