@@ -173,7 +173,6 @@ def test_sync_free(monkeypatch, use_op):
     n = 12
     A = _low_rank_spd(n, [3, n], [1.0, 0.1], torch.float64, "cpu")
     b = torch.randn(2, n, dtype=torch.float64)
-    W = torch.randn(5, 4, dtype=torch.float64)
     obs = torch.randn(6, 4, dtype=torch.float64)
     theta = torch.randn(20, dtype=torch.float64)
 
@@ -196,12 +195,14 @@ def test_sync_free(monkeypatch, use_op):
     g = torch.randn(20, dtype=torch.float64)
     sa, _ = conjugate_gradient(fvp_a, g, max_iter=5)
     sb, _ = conjugate_gradient(fvp_b, torch.stack([g, g]), max_iter=5)
+    fvp_c = gauss_newton_fisher_vector_product(logits_fn, theta, "categorical", damping=0.1, use_linearize=False)
+    sc, _ = conjugate_gradient(fvp_c, g, max_iter=5)
     monkeypatch.undo()
+    torch.testing.assert_close(sc, sa)
     assert bool(info.converged.all())
     torch.testing.assert_close(x, torch.linalg.solve(A, b))
     torch.testing.assert_close(sa, sb[0])
     torch.testing.assert_close(sb[0], sb[1])
-    del W
 
 
 def _random_step_inputs(B, n, dtype, device="cpu"):

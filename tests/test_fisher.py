@@ -79,9 +79,10 @@ class TinyPolicy:
         return F / N_STATES
 
 
+@pytest.mark.parametrize("use_linearize", [True, False])
 @pytest.mark.parametrize("family", ["normal", "categorical"])
 @pytest.mark.parametrize("damping", [0.0, 0.1])
-def test_both_forms_equal_dense_fisher(family, damping):
+def test_both_forms_equal_dense_fisher(family, damping, use_linearize):
     pol = TinyPolicy(family)
     n = pol.theta.numel()
     F = pol.dense_fisher()
@@ -90,7 +91,7 @@ def test_both_forms_equal_dense_fisher(family, damping):
     torch.testing.assert_close(H, F, rtol=1e-9, atol=1e-11)
     F_damped = F + damping * torch.eye(n, dtype=torch.float64)
     fvp_a = kl_fisher_vector_product(pol.kl, pol.theta, damping=damping)
-    fvp_b = gauss_newton_fisher_vector_product(pol.dist, pol.theta, family, damping=damping)
+    fvp_b = gauss_newton_fisher_vector_product(pol.dist, pol.theta, family, damping=damping, use_linearize=use_linearize)
     V = torch.randn(4, n, dtype=torch.float64)
     expected = V @ F_damped.T
     assert expected.abs().max() > 1e-3  # a zero Fisher would make the comparison empty
