@@ -115,6 +115,13 @@ def test_one_dimensional_b_and_x0(path):
     torch.testing.assert_close(x3, x)
 
 
+def test_identity_operator_returning_its_input(path):
+    b = torch.randn(3, 7, dtype=torch.float64)
+    x, info = conjugate_gradient(lambda v: v, b, max_iter=4)
+    torch.testing.assert_close(x, b, rtol=0, atol=1e-15)
+    assert info.converged.all() and (info.iterations == 1).all()
+
+
 def test_indefinite_and_singular_systems_break_down_finitely(path):
     n = 3
     A = torch.zeros(4, n, n, dtype=torch.float64)
