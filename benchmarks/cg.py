@@ -187,7 +187,7 @@ def machine():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="n in {5k, 70k}, B in {1, 8}, 64x64 policy only, fewer repeats")
+    ap.add_argument("--quick", action="store_true", help="CG on n in {5k, 70k} and B in {1, 8} only; fewer repeats")
     ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"], help="where to run (all: CPU, and CUDA when present)")
     ap.add_argument("--max-iter", type=int, default=10, help="CG iterations per solve")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -203,7 +203,7 @@ def main():
         raise SystemExit("no device to run on (asked for CUDA without one?)")
     sizes = [5_000, 70_000] if args.quick else [5_000, 70_000, 1_000_000]
     batches = [1, 8] if args.quick else [1, 8, 64]
-    hiddens = [64] if args.quick else [64, 256]
+    hiddens = [64, 256]
     reps = 5 if args.quick else 20
 
     info = machine()

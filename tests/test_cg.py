@@ -331,3 +331,14 @@ def test_cuda_solver_in_a_cuda_graph():
     torch.cuda.synchronize()
     x_eager, _ = conjugate_gradient(mv, b, max_iter=20)
     torch.testing.assert_close(x, x_eager)
+
+
+def test_reference_path_warns_when_the_library_is_missing(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cg_module, "has_kernel", lambda op, device: False)
+    monkeypatch.setattr(cg_module, "library_loaded", lambda: False)
+    monkeypatch.setattr(cg_module, "warn_reference_once", calls.append)
+    b = torch.ones(2, 3, dtype=torch.float64)
+    x, info = conjugate_gradient(lambda v: 2 * v, b, max_iter=2)
+    assert calls == ["conjugate_gradient"]
+    torch.testing.assert_close(x, b / 2)
