@@ -101,9 +101,10 @@ void cg_step_cpu(at::Tensor& x, at::Tensor& r, at::Tensor& p, const at::Tensor& 
     int64_t* it = iterations.mutable_data_ptr<int64_t>();
     bool* conv = converged.mutable_data_ptr<bool>();
     bool* brk = breakdown.mutable_data_ptr<bool>();
-    // Systems are independent: one thread takes whole rows. Small rows are grouped so that a
-    // thread gets enough work to be worth waking.
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1));
+    // Systems are independent: one thread takes whole rows. Rows are grouped so that a thread
+    // gets at least ~256k elements: below that, waking a second thread costs more than it saves
+    // (and far more when the cores are shared with other processes).
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(n, 1));
     at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         cg_step_row<scalar_t>(xp + b * n, rp + b * n, pp + b * n, App + b * n, n, rr[b], it[b],

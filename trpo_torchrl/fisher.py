@@ -20,11 +20,12 @@ caller, who builds ``kl_fn`` / ``dist_fn`` on the chosen states.
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Real
 from typing import Callable
 
 import torch
-from torch.func import grad, jvp, vjp, vmap
+from torch.func import grad, jvp, linearize, vjp, vmap
 
 __all__ = ["gauss_newton_fisher_vector_product", "kl_fisher_vector_product", "subsample_indices"]
 
@@ -146,6 +147,7 @@ def gauss_newton_fisher_vector_product(
     family: str,
     *,
     damping: float = 0.0,
+    use_linearize: bool = False,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``v -> (J^T M J / N + damping I) v``: the Fisher of the policy at ``theta`` through one
     jvp and one vjp of the network (Gauss-Newton form; exact at theta_old).
@@ -157,6 +159,11 @@ def gauss_newton_fisher_vector_product(
         theta: the flat parameter vector ``[n]`` (theta_old).
         family: ``"normal"`` or ``"categorical"``.
         damping: added multiple of the identity (>= 0).
+        use_linearize: record the jvp once with ``torch.func.linearize`` instead of running
+            ``torch.func.jvp`` (which repeats the forward pass) per product. Each product then
+            gets about 2x cheaper on a small MLP, but the tracing costs tens of products' worth
+            of time up front (80 ms for a 64x64 policy on a 2-core CPU), so it only pays when
+            many products are taken at one theta. Default ``False``.
 
     Returns:
         ``fvp(v)`` for ``v`` of shape ``[n]`` or ``[B, n]`` (vmapped), same shape out.
@@ -174,9 +181,17 @@ def gauss_newton_fisher_vector_product(
     with torch.no_grad():
         out, pullback = vjp(dist_fn, theta)
     metric = (_normal_metric if family == "normal" else _categorical_metric)(out, where)
+    if use_linearize:
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch's constant folding inside linearize warns about its own graph bookkeeping on
+            # every call; it says nothing the user can act on
+            warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node", category=UserWarning)
+            _, push = linearize(dist_fn, theta)
+    else:
+        push = None
 
     def single(v: torch.Tensor) -> torch.Tensor:
-        _, jv = jvp(dist_fn, (theta,), (v,))
+        jv = push(v) if push is not None else jvp(dist_fn, (theta,), (v,))[1]
         if family == "normal":
             jv = tuple(jv)
         return pullback(metric(jv))[0]

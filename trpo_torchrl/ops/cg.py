@@ -48,8 +48,12 @@ def _matvec(matvec: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, squ
             f"conjugate_gradient: matvec returned {out.dtype} on {out.device} for an input of "
             f"{v.dtype} on {v.device}; it must keep dtype and device"
         )
-    out = out.detach()
-    return out.reshape(v.shape).contiguous()
+    out = out.detach().reshape(v.shape).contiguous()
+    if out.untyped_storage().data_ptr() == v.untyped_storage().data_ptr():
+        # an operator that hands back its input (the identity, a view of it) would make the op's
+        # read-only Ap alias the p it overwrites; a copy keeps the two apart
+        out = out.clone()
+    return out
 
 
 def conjugate_gradient(
@@ -66,6 +70,7 @@ def conjugate_gradient(
     Args:
         matvec: ``v -> A v``. Called with ``[B, n]`` when ``b`` is ``[B, n]`` (row i belongs to
             system i and must not mix with the other rows) and with ``[n]`` when ``b`` is ``[n]``.
+            It must not modify its argument.
         b: right-hand sides, ``[B, n]`` or ``[n]``, float32 or float64.
         max_iter: the number of iterations run (>= 1). Every iteration calls ``matvec`` once on
             the whole batch; systems that have stopped are passed as zero rows.
@@ -144,3 +149,12 @@ def conjugate_gradient(
             x = x[0]
             info = CGInfo(*(t[0] for t in info))
     return x, info
+
+
+if library_loaded() and hasattr(torch.ops.trpo_torchrl, "cg_step"):
+
+    @torch.library.register_fake("trpo_torchrl::cg_step")
+    def _cg_step_fake(x, r, p, Ap, rdotr, iterations, converged, breakdown, residual_tol):
+        # the op only writes into its (a!)..(g!) arguments: no outputs to describe
+        torch._check(x.dim() == 2, lambda: "trpo_torchrl::cg_step: x must be 2-D [B, n]")
+        return None
