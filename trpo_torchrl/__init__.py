@@ -1,12 +1,30 @@
 """trpo_torchrl: Trust Region Policy Optimization for TorchRL, with fused C++/CUDA kernels.
 
+* :class:`TRPOLoss` – the TRPO surrogate, mean KL and critic loss as a TorchRL loss module.
+* :class:`TrustRegionUpdate` – the actor step: Fisher-vector products, CG, KL-scaled step, line search.
+* :class:`CriticFit` – the critic's regression on the λ-returns.
+* :func:`gaussian_actor`, :func:`categorical_actor` – policies whose batches hold what TRPOLoss reads.
 * :class:`FusedGAE` – TorchRL's GAE value estimator on a fused C++/CUDA scan.
 * :mod:`trpo_torchrl.ops` – the compiled ops and their pure-PyTorch references.
 """
 
+from .critic import CriticFit
+from .loss import TRPOLoss
 from .ops import extension_loaded
+from .policies import StateIndependentScale, categorical_actor, gaussian_actor
+from .update import TrustRegionUpdate
 from .value import FusedGAE
 
 __version__ = "0.1.0"
 
-__all__ = ["FusedGAE", "extension_loaded", "__version__"]
+__all__ = [
+    "CriticFit",
+    "FusedGAE",
+    "StateIndependentScale",
+    "TRPOLoss",
+    "TrustRegionUpdate",
+    "categorical_actor",
+    "extension_loaded",
+    "gaussian_actor",
+    "__version__",
+]

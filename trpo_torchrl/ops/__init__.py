@@ -2,6 +2,13 @@
 and the pure-PyTorch reference (:mod:`trpo_torchrl.ops.reference`) otherwise."""
 
 from ._extension import extension_loaded, library_loaded
+from .cg import CGInfo, conjugate_gradient
 from .gae import generalized_advantage_estimate
 
-__all__ = ["extension_loaded", "library_loaded", "generalized_advantage_estimate"]
+__all__ = [
+    "CGInfo",
+    "conjugate_gradient",
+    "extension_loaded",
+    "library_loaded",
+    "generalized_advantage_estimate",
+]

@@ -1,0 +1,231 @@
+"""How much faster is our batched, sync-free conjugate gradient than the usual PyTorch CG loop,
+and how much cheaper is the Gauss-Newton Fisher-vector product than the KL double backward?
+
+Part 1 (CG): B systems of size n with the tridiagonal SPD operator
+A v = d * v + 0.25 * (v shifted left + v shifted right), d in [1, 10] (diagonally dominant). It
+is cheap, allocates one tensor, and costs the same per row batched or not, so the time measured
+is the solver's own. Columns:
+  * sync-loop:   the peers' loop (sb3-contrib's shape), one system at a time, a host read of
+                 r.r every iteration to decide `break`; B systems = B solves.
+  * ours:        trpo_torchrl.ops.conjugate_gradient on the whole [B, n] batch (compiled op).
+  * ours-ref:    the same solver on the pure-PyTorch reference step.
+All run max_iter = 10 iterations (residual_tol is small enough that none stops early).
+
+Part 2 (FVP): one product (F + 0.1 I) v for tanh MLP diagonal-Gaussian policies on 2048 states
+(17 observations, 6 actions, HalfCheetah's sizes), (a) KL double backward vs (b) J^T M J
+(default, jvp per product), with (b)'s one-off setup per theta, and (b) with
+use_linearize=True (cheaper products, costly setup).
+
+Warm-up calls are excluded; CUDA timings synchronise before reading the clock.
+Usage: python benchmarks/cg.py [--quick] [--device cpu|cuda|all] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.func import functional_call
+
+import trpo_torchrl.ops.cg as cg_module
+from trpo_torchrl.fisher import gauss_newton_fisher_vector_product, kl_fisher_vector_product
+from trpo_torchrl.ops import conjugate_gradient, extension_loaded
+
+
+def sync_loop_cg(matvec, b, max_iter=10, residual_tol=1e-10):
+    """CG the way the peers write it: one [n] system, Python control flow on tensor values."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rdotr = torch.dot(r, r)
+    for _ in range(max_iter):
+        Ap = matvec(p)
+        alpha = rdotr / torch.dot(p, Ap)
+        x += alpha * p
+        r -= alpha * Ap
+        new_rdotr = torch.dot(r, r)
+        if new_rdotr.item() < residual_tol:  # the host waits for the device here, every iteration
+            break
+        p = r + (new_rdotr / rdotr) * p
+        rdotr = new_rdotr
+    return x
+
+
+def timeit(fn, device, reps, warmup=2):
+    """Median wall time of fn() in ms."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def bench_cg(device, sizes, batches, max_iter, reps):
+    rows = []
+    for n in sizes:
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        d = (1 + 9 * torch.rand(n, generator=gen)).to(device)
+
+        def matvec(v):  # [.., n] -> [.., n], rows independent
+            # in-place slice updates: torch.roll's temporaries made the operator (not the
+            # solver) the bulk of the time for batched inputs on CPU
+            out = d * v
+            out[..., 1:].add_(v[..., :-1], alpha=0.25)
+            out[..., :-1].add_(v[..., 1:], alpha=0.25)
+            return out
+
+        for B in batches:
+            b = torch.randn(B, n, generator=gen).to(device)
+
+            def run_sync():
+                for i in range(B):
+                    sync_loop_cg(matvec, b[i], max_iter, 1e-30)
+
+            def run_ours():
+                conjugate_gradient(matvec, b, max_iter=max_iter, residual_tol=1e-30)
+
+            def run_ref():
+                saved = cg_module.has_kernel
+                cg_module.has_kernel = lambda op, dev: False
+                try:
+                    conjugate_gradient(matvec, b, max_iter=max_iter, residual_tol=1e-30)
+                finally:
+                    cg_module.has_kernel = saved
+
+            r = max(2, reps if n * B <= 1_000_000 else reps // 3)
+            t_sync = timeit(run_sync, device, r)
+            t_ours = timeit(run_ours, device, r)
+            t_ref = timeit(run_ref, device, r)
+            rows.append(
+                dict(device=device.type, n=n, B=B, sync_loop_ms=t_sync, ours_ms=t_ours, ours_ref_ms=t_ref,
+                     speedup=t_sync / t_ours)
+            )
+            print(f"{device.type:>4} {n:>9} {B:>4} {t_sync:>11.3f} {t_ours:>9.3f} {t_ref:>9.3f} {t_sync / t_ours:>8.2f}x",
+                  flush=True)
+    return rows
+
+
+def make_policy(hidden, device, n_states=2048, obs_dim=17, act_dim=6):
+    """A tanh MLP Gaussian policy (state-independent log-std) as functions of a flat theta."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(obs_dim, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, hidden), torch.nn.Tanh(),
+        torch.nn.Linear(hidden, act_dim),
+    ).to(device)
+    names = [k for k, _ in net.named_parameters()]
+    shapes = [p.shape for p in net.parameters()]
+    theta = torch.cat([torch.nn.utils.parameters_to_vector(net.parameters()).detach(),
+                       torch.full((act_dim,), -0.5, device=device)])
+    obs = torch.randn(n_states, obs_dim, device=device)
+
+    def dist_fn(th):
+        params, i = {}, 0
+        for name, shape in zip(names, shapes):
+            params[name] = th[i : i + shape.numel()].view(shape)
+            i += shape.numel()
+        loc = functional_call(net, params, (obs,))
+        return loc, th[i:].exp().expand_as(loc)
+
+    loc0, scale0 = (t.detach() for t in dist_fn(theta))
+
+    def kl_fn(th):
+        loc, scale = dist_fn(th)
+        kl = torch.log(scale / scale0) + (scale0**2 + (loc0 - loc) ** 2) / (2 * scale**2) - 0.5
+        return kl.sum(-1).mean()
+
+    return theta, dist_fn, kl_fn
+
+
+def bench_fvp(device, hiddens, reps):
+    rows = []
+    for hidden in hiddens:
+        theta, dist_fn, kl_fn = make_policy(hidden, device)
+        v = torch.randn_like(theta)
+        fvp_a = kl_fisher_vector_product(kl_fn, theta, damping=0.1)
+        t_setup_j = timeit(lambda: gauss_newton_fisher_vector_product(dist_fn, theta, "normal", damping=0.1),
+                           device, max(2, reps // 4), warmup=1)
+        t_setup_l = timeit(
+            lambda: gauss_newton_fisher_vector_product(dist_fn, theta, "normal", damping=0.1, use_linearize=True),
+            device, max(2, reps // 8), warmup=1)
+        fvp_b = gauss_newton_fisher_vector_product(dist_fn, theta, "normal", damping=0.1)
+        fvp_l = gauss_newton_fisher_vector_product(dist_fn, theta, "normal", damping=0.1, use_linearize=True)
+        # agreement of the undamped products (damping would hide a difference in F v)
+        fa = kl_fisher_vector_product(kl_fn, theta)(v)
+        fb = gauss_newton_fisher_vector_product(dist_fn, theta, "normal")(v)
+        err = ((fa - fb).norm() / fa.norm()).item()
+        t_a = timeit(lambda: fvp_a(v), device, reps)
+        t_b = timeit(lambda: fvp_b(v), device, reps)
+        t_l = timeit(lambda: fvp_l(v), device, reps)
+        rows.append(dict(device=device.type, policy=f"{hidden}x{hidden}", params=theta.numel(), states=2048,
+                         kl_double_backward_ms=t_a, gauss_newton_ms=t_b, gauss_newton_setup_ms=t_setup_j,
+                         gauss_newton_linearize_ms=t_l, gauss_newton_linearize_setup_ms=t_setup_l,
+                         speedup=t_a / t_b, rel_diff=err))
+        print(f"{device.type:>4} {hidden:>4}x{hidden:<4} {theta.numel():>7} {t_a:>10.3f} {t_b:>10.3f} {t_setup_j:>9.3f} "
+              f"{t_l:>9.3f} {t_setup_l:>9.1f} {t_a / t_b:>7.2f}x  {err:.1e}", flush=True)
+    return rows
+
+
+def machine():
+    info = dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
+                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
+                python=platform.python_version(), compiled_ops=extension_loaded())
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="CG on n in {5k, 70k} and B in {1, 8} only; fewer repeats")
+    ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"], help="where to run (all: CPU, and CUDA when present)")
+    ap.add_argument("--max-iter", type=int, default=10, help="CG iterations per solve")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
+    if args.device in ("cuda", "all") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    if not devices:
+        raise SystemExit("no device to run on (asked for CUDA without one?)")
+    sizes = [5_000, 70_000] if args.quick else [5_000, 70_000, 1_000_000]
+    batches = [1, 8] if args.quick else [1, 8, 64]
+    hiddens = [64, 256]
+    reps = 5 if args.quick else 20
+
+    info = machine()
+    print("machine:", json.dumps(info))
+    results = dict(machine=info, max_iter=args.max_iter, cg=[], fvp=[])
+    print(f"\nCG, {args.max_iter} iterations; times in ms per solve of the whole batch")
+    print(f"{'dev':>4} {'n':>9} {'B':>4} {'sync-loop':>11} {'ours':>9} {'ours-ref':>9} {'speedup':>9}")
+    for dev in devices:
+        results["cg"] += bench_cg(dev, sizes, batches, args.max_iter, reps)
+    print("\nFisher-vector product (F + 0.1 I) v, 2048 states; ms per product")
+    print(f"{'dev':>4} {'policy':>9} {'params':>7} {'(a) KL-2bw':>10} {'(b) JtMJ':>10} {'(b) setup':>9} "
+          f"{'(b) lin.':>9} {'lin.setup':>9} {'a/b':>8}  rel.diff")
+    for dev in devices:
+        results["fvp"] += bench_fvp(dev, hiddens, reps * 4)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+        print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""CriticFit: regression of the critic on the λ-returns, leaving the actor alone."""
+
+import pytest
+import torch
+
+from tests._trpo_batches import actor_state, collect, make_actor, make_critic
+from trpo_torchrl import CriticFit, TRPOLoss
+
+
+def test_fit_lowers_the_critic_loss_and_leaves_the_actor_alone():
+    actor = make_actor("gaussian")
+    loss = TRPOLoss(actor, make_critic())
+    td = collect(actor, num_states=512)
+    before = loss(td)["loss_critic"]
+    state = actor_state(actor)
+    fit = CriticFit(loss, lr=1e-2, epochs=10, minibatch_size=64, generator=torch.Generator().manual_seed(0))
+    metrics = fit(td)
+    after = loss(td)["loss_critic"]
+    assert after < 0.2 * before
+    assert metrics["explained_variance"] > 0.8
+    for a, b in zip(state, actor.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_fit_needs_value_targets_and_sane_arguments():
+    actor = make_actor("categorical")
+    loss = TRPOLoss(actor, make_critic())
+    with pytest.raises(KeyError, match="value_target"):
+        CriticFit(loss)(collect(actor).exclude("value_target"))
+    with pytest.raises(ValueError, match="epochs"):
+        CriticFit(loss, epochs=0)
+    with pytest.raises(ValueError, match="minibatch_size"):
+        CriticFit(loss, minibatch_size=0)

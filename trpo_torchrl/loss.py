@@ -1,0 +1,472 @@
+"""TRPOLoss: the TRPO surrogate, the mean KL to the behaviour policy and the critic loss, as a TorchRL loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import dispatch
+from tensordict.utils import NestedKey
+from torch import distributions as D
+from torchrl.objectives.common import LossModule
+from torchrl.objectives.utils import (
+    ValueEstimators,
+    _coerce_value_type,
+    default_value_kwargs,
+    dispatch_value_estimator,
+    distance_loss,
+)
+from torchrl.objectives.value import ValueEstimatorBase
+
+from .value import FusedGAE
+
+__all__ = ["TRPOLoss", "PolicyBatch", "distribution_family"]
+
+
+class PolicyBatch(NamedTuple):
+    """One on-policy batch, flattened to ``[N]`` states, with everything the actor step reads.
+
+    ``inputs`` holds only the actor's input entries, so a policy evaluation never sees (or
+    overwrites) the stored distribution parameters; ``old_params`` holds those stored parameters.
+    """
+
+    inputs: TensorDictBase
+    action: torch.Tensor
+    old_log_prob: torch.Tensor
+    old_params: TensorDictBase
+    advantage: torch.Tensor
+    data: TensorDictBase
+
+    def index(self, idx: torch.Tensor) -> "PolicyBatch":
+        """The same batch restricted to the states ``idx`` (used for Fisher subsampling)."""
+        return PolicyBatch(
+            self.inputs[idx], self.action[idx], self.old_log_prob[idx], self.old_params[idx],
+            self.advantage[idx], self.data[idx],
+        )
+
+
+class PolicyTerms(NamedTuple):
+    """What one policy evaluation on a :class:`PolicyBatch` yields; all scalars are batch means."""
+
+    objective: torch.Tensor  # surrogate + entropy_coeff * entropy: what the actor step maximises
+    surrogate: torch.Tensor
+    kl: torch.Tensor
+    entropy: torch.Tensor
+    ratio: torch.Tensor  # [N]
+    dist: D.Distribution
+
+
+def distribution_family(dist: D.Distribution) -> str | None:
+    """``"normal"``, ``"categorical"`` or ``None``: the families whose Fisher we know in closed form."""
+    if isinstance(dist, D.Independent):
+        dist = dist.base_dist
+    if isinstance(dist, D.Normal):
+        return "normal"
+    if isinstance(dist, (D.Categorical, D.OneHotCategorical)):
+        return "categorical"
+    return None
+
+
+def distribution_parameters(dist: D.Distribution, num_states: int):
+    """The distribution's natural parameters per state: ``(loc, scale)`` as ``[N, d]`` or logits ``[N, k]``."""
+    family = distribution_family(dist)
+    if isinstance(dist, D.Independent):
+        dist = dist.base_dist
+    if family == "normal":
+        return dist.loc.reshape(num_states, -1), dist.scale.reshape(num_states, -1)
+    if family == "categorical":
+        # torch keeps Categorical logits normalised; the Fisher is the same for any logit shift
+        return dist.logits.reshape(num_states, -1)
+    raise TypeError(
+        f"TRPOLoss: no closed-form Fisher for {type(dist).__name__}; use TrustRegionUpdate(..., fvp='kl_hessian')"
+    )
+
+
+def _categorical_kl(old: D.Distribution, new: D.Distribution) -> torch.Tensor:
+    """KL between two categoricals from their normalised logits, written without the boolean-mask
+    indexing torch's own version uses (which vmap cannot batch and which syncs on CUDA)."""
+    old_logp, new_logp = old.logits, new.logits
+    terms = old_logp.exp() * (old_logp - new_logp)
+    # a zero-probability class contributes nothing, even where the new policy also gives it -inf
+    return torch.where(old_logp > -torch.inf, terms, torch.zeros_like(terms)).sum(-1)
+
+
+def _analytic_kl(old: D.Distribution, new: D.Distribution) -> torch.Tensor:
+    if distribution_family(old) == "categorical" and distribution_family(new) == "categorical":
+        return _categorical_kl(old, new)
+    return D.kl_divergence(old, new)
+
+
+class _DistParams(torch.nn.Module):
+    """Wraps the actor so ``torch.func.functional_call`` can run its deterministic part alone."""
+
+    def __init__(self, actor):
+        super().__init__()
+        self.actor = actor
+
+    def forward(self, inputs: TensorDictBase) -> TensorDictBase:
+        return self.actor.get_dist_params(inputs)
+
+
+def _trainable_parameters(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+
+
+class TRPOLoss(LossModule):
+    """Trust Region Policy Optimization loss.
+
+    Computes, from one on-policy batch, the importance-sampled surrogate
+    ``L(θ) = mean(π_θ(a|s) / π_old(a|s) · A)``, the mean analytic ``KL(π_old ‖ π_θ)`` over the batch
+    states, the entropy and the critic regression loss. ``π_old`` is rebuilt from what the collector
+    stored: the distribution parameters the actor wrote (e.g. ``loc``/``scale`` or ``logits``) and the
+    log-probability of the stored action. The loss alone gives gradients; the constrained step itself is
+    :class:`~trpo_torchrl.TrustRegionUpdate`, which uses this module's policy evaluation.
+
+    Args:
+        actor_network (ProbabilisticTensorDictSequential): the policy, e.g. a
+            :class:`~torchrl.modules.ProbabilisticActor` run with ``return_log_prob=True``, so that the
+            collected batch holds its distribution parameters and the log-probability.
+        critic_network (TensorDictModule): the state-value network.
+
+    Keyword Args:
+        entropy_coeff (float): weight of the entropy bonus added to the surrogate. Defaults to ``0.0``
+            (no ``loss_entropy`` entry).
+        critic_coeff (float): weight of ``loss_critic``. Defaults to ``1.0``.
+        normalize_advantage (bool): standardise the advantages over the batch. Defaults to ``True``.
+        loss_critic_type (str): ``"l2"``, ``"l1"`` or ``"smooth_l1"``. Defaults to ``"l2"``.
+        kl_estimate (str): ``"analytic"`` (default) uses ``torch.distributions.kl_divergence`` and fails
+            for distributions that have none; ``"sampled"`` falls back, for those only, to the
+            non-negative estimate ``mean(r - 1 - log r)``, ``r = π_θ/π_old`` on the stored actions.
+        device (torch.device, optional): where the coefficient buffers live.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import TensorDictModule
+        >>> from trpo_torchrl import TRPOLoss, gaussian_actor
+        >>> actor = gaussian_actor(torch.nn.Linear(3, 2), action_dim=2)
+        >>> critic = TensorDictModule(torch.nn.Linear(3, 1), in_keys=["observation"], out_keys=["state_value"])
+        >>> loss = TRPOLoss(actor, critic)
+        >>> with torch.no_grad():  # as a collector runs the policy
+        ...     td = actor(TensorDict({"observation": torch.randn(8, 3)}, [8]))
+        >>> td["advantage"], td["value_target"] = torch.randn(8, 1), torch.randn(8, 1)
+        >>> out = loss(td)
+        >>> float(out["kl"])
+        0.0
+
+    Reference: Schulman et al., "Trust Region Policy Optimization", ICML 2015.
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Tensordict keys the loss reads, renamable with :meth:`set_keys`.
+
+        Attributes:
+            advantage (NestedKey): the advantage; computed by the value estimator when missing.
+                Defaults to ``"advantage"``.
+            value_target (NestedKey): the critic's regression target (λ-return). Defaults to ``"value_target"``.
+            value (NestedKey): the critic's output. Defaults to ``"state_value"``.
+            sample_log_prob (NestedKey): the stored log π_old(a|s). Defaults to the actor's log-prob key,
+                else ``"action_log_prob"``.
+            action (NestedKey): the stored action. Defaults to the actor's sample key, else ``"action"``.
+            reward, done, terminated (NestedKey): forwarded to the value estimator.
+        """
+
+        advantage: NestedKey = "advantage"
+        value_target: NestedKey = "value_target"
+        value: NestedKey = "state_value"
+        sample_log_prob: NestedKey = "action_log_prob"
+        action: NestedKey = "action"
+        reward: NestedKey = "reward"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
+
+    default_keys = _AcceptedKeys
+    tensor_keys: _AcceptedKeys
+    default_value_estimator = ValueEstimators.GAE
+    SUPPORTED_VALUE_ESTIMATORS = (
+        ValueEstimators.TD0,
+        ValueEstimators.TD1,
+        ValueEstimators.TDLambda,
+        ValueEstimators.GAE,
+    )
+
+    actor_network: torch.nn.Module
+    critic_network: torch.nn.Module
+    actor_network_params: TensorDictBase
+    critic_network_params: TensorDictBase
+    target_actor_network_params: TensorDictBase
+    target_critic_network_params: TensorDictBase
+
+    def __init__(
+        self,
+        actor_network,
+        critic_network,
+        *,
+        entropy_coeff: float = 0.0,
+        critic_coeff: float = 1.0,
+        normalize_advantage: bool = True,
+        loss_critic_type: str = "l2",
+        kl_estimate: str = "analytic",
+        device: torch.device | None = None,
+    ):
+        if not (hasattr(actor_network, "get_dist_params") and hasattr(actor_network, "build_dist_from_params")):
+            raise TypeError(
+                "TRPOLoss: actor_network must be a ProbabilisticTensorDictSequential (e.g. a torchrl "
+                f"ProbabilisticActor), got {type(actor_network).__name__}"
+            )
+        if not _trainable_parameters(actor_network):
+            raise ValueError("TRPOLoss: actor_network has no trainable parameters")
+        if critic_network is None:
+            raise TypeError("TRPOLoss: critic_network is required (it feeds the value estimator)")
+        if not _trainable_parameters(critic_network):
+            raise ValueError("TRPOLoss: critic_network has no trainable parameters")
+        if loss_critic_type not in ("l1", "l2", "smooth_l1"):
+            raise ValueError(f"TRPOLoss: loss_critic_type must be 'l1', 'l2' or 'smooth_l1', got {loss_critic_type!r}")
+        if kl_estimate not in ("analytic", "sampled"):
+            raise ValueError(f"TRPOLoss: kl_estimate must be 'analytic' or 'sampled', got {kl_estimate!r}")
+        if critic_coeff < 0 or entropy_coeff < 0:
+            raise ValueError("TRPOLoss: critic_coeff and entropy_coeff must be >= 0")
+        self._in_keys = None
+        super().__init__()
+        # the loss keeps the user's modules and their Parameter objects (no copies): an actor step
+        # written into them is what the collector's policy runs next
+        self.convert_to_functional(actor_network, "actor_network")
+        self.convert_to_functional(critic_network, "critic_network")
+        self.__dict__["_dist_params_module"] = _DistParams(actor_network)
+        if device is None:
+            device = next(actor_network.parameters()).device
+        self.register_coeff_buffer("entropy_coeff", float(entropy_coeff), device=device)
+        self.register_coeff_buffer("critic_coeff", float(critic_coeff), device=device)
+        # decided on the host once, so forward never branches on a tensor
+        self._use_entropy = entropy_coeff > 0
+        self.normalize_advantage = normalize_advantage
+        self.loss_critic_type = loss_critic_type
+        self.kl_estimate = kl_estimate
+        keys = {}
+        log_prob_keys = getattr(actor_network, "log_prob_keys", [])
+        sample_keys = getattr(actor_network, "dist_sample_keys", [])
+        if len(log_prob_keys) == 1:
+            keys["sample_log_prob"] = log_prob_keys[0]
+        if len(sample_keys) == 1:
+            keys["action"] = sample_keys[0]
+        if keys:
+            self.set_keys(**keys)
+
+    # ---------------------------------------------------------------- TorchRL plumbing
+    @property
+    def dist_params_keys(self) -> list[NestedKey]:
+        """Where the collector stored π_old's parameters (the actor's distribution-parameter keys)."""
+        return list(self.actor_network.dist_params_keys)
+
+    def _set_in_keys(self):
+        keys = []
+        for key in (
+            *self.actor_network.in_keys,
+            *self.dist_params_keys,
+            *self.critic_network.in_keys,
+            self.tensor_keys.action,
+            self.tensor_keys.sample_log_prob,
+            ("next", self.tensor_keys.reward),
+            ("next", self.tensor_keys.done),
+            ("next", self.tensor_keys.terminated),
+            *[("next", k) if isinstance(k, str) else ("next", *k) for k in self.critic_network.in_keys],
+        ):
+            if key not in keys:
+                keys.append(key)
+        self._in_keys = keys
+
+    @property
+    def in_keys(self):
+        if self._in_keys is None:
+            self._set_in_keys()
+        return self._in_keys
+
+    @property
+    def out_keys(self):
+        keys = ["loss_objective", "loss_critic"]
+        if self._use_entropy:
+            keys.append("loss_entropy")
+        return keys + ["kl", "entropy", "surrogate", "ratio_mean", "ratio_min", "ratio_max"]
+
+    def _forward_value_estimator_keys(self, **kwargs) -> None:
+        if getattr(self, "_value_estimator", None) is not None:
+            self._value_estimator.set_keys(
+                advantage=self.tensor_keys.advantage,
+                value_target=self.tensor_keys.value_target,
+                value=self.tensor_keys.value,
+                reward=self.tensor_keys.reward,
+                done=self.tensor_keys.done,
+                terminated=self.tensor_keys.terminated,
+            )
+        self._set_in_keys()
+
+    def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams) -> "TRPOLoss":
+        """Builds the advantage estimator; GAE (the default) is :class:`~trpo_torchrl.FusedGAE`. Returns ``self``."""
+        if value_type is None:
+            value_type = self.default_value_estimator
+        if isinstance(value_type, ValueEstimatorBase) or (
+            isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase)
+        ):
+            LossModule.make_value_estimator(self, value_type, **hyperparams)
+            self._forward_value_estimator_keys()
+            return self
+        value_type = _coerce_value_type(value_type)
+        hp = dict(default_value_kwargs(value_type))
+        hp.update(hyperparams)
+        if value_type == ValueEstimators.GAE:
+            hp.pop("differentiable", None)
+            self._value_estimator = FusedGAE(value_network=self.critic_network, **hp)
+            self.value_type = value_type
+        else:
+            dispatch_value_estimator(self, value_type, supported=self.SUPPORTED_VALUE_ESTIMATORS, **hp)
+        self._forward_value_estimator_keys()
+        return self
+
+    # ---------------------------------------------------------------- the batch
+    def policy_batch(self, tensordict: TensorDictBase) -> PolicyBatch:
+        """Gathers and checks what the actor step needs; computes the advantage when it is missing.
+
+        The batch dimensions are flattened: the surrogate and the KL are means over all states.
+        Non-finite advantages raise a RuntimeError naming the key; the check is an assert on the
+        tensor's device, so on CUDA it does not sync but fails as a device-side assert.
+        """
+        data = tensordict.clone(False)
+        advantage = data.get(self.tensor_keys.advantage, None)
+        if advantage is None:
+            with torch.no_grad():
+                self.value_estimator(data)
+            advantage = data.get(self.tensor_keys.advantage)
+        data = data.reshape(-1)
+        num_states = data.numel()
+        old_log_prob = data.get(self.tensor_keys.sample_log_prob, None)
+        if old_log_prob is None:
+            raise KeyError(
+                f"TRPOLoss: the batch has no stored log-probability {self.tensor_keys.sample_log_prob!r}; "
+                "collect with an actor built with return_log_prob=True or rename the key with set_keys"
+            )
+        if old_log_prob.requires_grad:
+            raise RuntimeError(f"TRPOLoss: the stored {self.tensor_keys.sample_log_prob!r} requires grad; collect under torch.no_grad()")
+        missing = [key for key in self.dist_params_keys if data.get(key, None) is None]
+        if missing:
+            raise KeyError(
+                f"TRPOLoss: the batch lacks the distribution parameters {missing} the actor stored while "
+                "collecting; they are needed to rebuild π_old for the KL"
+            )
+        action = data.get(self.tensor_keys.action, None)
+        if action is None:
+            raise KeyError(f"TRPOLoss: the batch has no action {self.tensor_keys.action!r}")
+        if advantage.numel() != num_states:
+            raise ValueError(
+                f"TRPOLoss: the advantage {self.tensor_keys.advantage!r} has shape {tuple(advantage.shape)}, "
+                f"expected one value per state of the batch {tuple(tensordict.batch_size)}"
+            )
+        advantage = advantage.detach().reshape(num_states)
+        # an assert on the device: raises here on CPU, asynchronously on CUDA, never syncs the host
+        torch._assert_async(
+            torch.isfinite(advantage).all(),
+            f"TRPOLoss: the advantage {self.tensor_keys.advantage!r} has non-finite values",
+        )
+        if self.normalize_advantage and num_states > 1:
+            advantage = (advantage - advantage.mean()) / advantage.std().clamp_min(1e-8)
+        return PolicyBatch(
+            inputs=data.select(*self.actor_network.in_keys).detach(),
+            action=action.detach(),
+            old_log_prob=old_log_prob.reshape(num_states),
+            old_params=data.select(*self.dist_params_keys).detach(),
+            advantage=advantage,
+            data=data,
+        )
+
+    # ---------------------------------------------------------------- the policy terms
+    def policy_dist(self, batch: PolicyBatch, params: dict[str, torch.Tensor] | None = None) -> D.Distribution:
+        """π_θ on the batch states, with the actor's own parameters or with ``params`` (name → tensor,
+        names as in ``actor_network.named_parameters()``) substituted functionally."""
+        inputs = batch.inputs.copy()
+        if params is None:
+            out = self.actor_network.get_dist_params(inputs)
+        else:
+            params = {"actor." + name: value for name, value in params.items()}
+            out = torch.func.functional_call(self._dist_params_module, params, (inputs,))
+        return self.actor_network.build_dist_from_params(out)
+
+    def old_dist(self, batch: PolicyBatch) -> D.Distribution:
+        """π_old rebuilt from the stored distribution parameters."""
+        return self.actor_network.build_dist_from_params(batch.old_params.copy())
+
+    def mean_kl(self, batch: PolicyBatch, dist: D.Distribution, log_ratio: torch.Tensor) -> torch.Tensor:
+        """Mean KL(π_old ‖ π_θ) over the states: analytic, or the sampled estimate when asked for."""
+        old = self.old_dist(batch)
+        try:
+            kl = _analytic_kl(old, dist)
+        except NotImplementedError:
+            if self.kl_estimate != "sampled":
+                raise NotImplementedError(
+                    f"TRPOLoss: torch has no analytic KL for {type(dist).__name__}; pass "
+                    "TRPOLoss(..., kl_estimate='sampled') to use a sampled estimate on the stored actions"
+                ) from None
+            # r - 1 - log r >= 0, unbiased for KL(π_old‖π_θ) under a ~ π_old, and its Hessian at θ_old
+            # is the (empirical) Fisher, so the trust region keeps its meaning
+            return torch.expm1(log_ratio).sub(log_ratio).mean()
+        return kl.reshape(-1).mean()
+
+    def policy_terms(self, batch: PolicyBatch, params: dict[str, torch.Tensor] | None = None) -> PolicyTerms:
+        """Surrogate, KL, entropy and ratios at θ (the actor's parameters, or ``params``)."""
+        dist = self.policy_dist(batch, params)
+        log_prob = dist.log_prob(batch.action)
+        if log_prob.numel() != batch.old_log_prob.numel():
+            raise ValueError(
+                f"TRPOLoss: {type(dist).__name__}.log_prob gave shape {tuple(log_prob.shape)}, expected one "
+                f"value per state ({batch.old_log_prob.numel()}); use a distribution that sums over the action "
+                "dimensions (e.g. torchrl's IndependentNormal)"
+            )
+        log_prob = log_prob.reshape(-1)
+        log_ratio = log_prob - batch.old_log_prob
+        ratio = log_ratio.exp()
+        surrogate = (ratio * batch.advantage).mean()
+        kl = self.mean_kl(batch, dist, log_ratio)
+        try:
+            entropy = dist.entropy().reshape(-1).mean()
+        except NotImplementedError:
+            # importance-weighted -log π_θ on the stored actions estimates π_θ's own entropy
+            entropy = -(ratio * log_prob).mean()
+        objective = surrogate + self.entropy_coeff * entropy if self._use_entropy else surrogate
+        return PolicyTerms(objective, surrogate, kl, entropy, ratio, dist)
+
+    def critic_loss(self, tensordict: TensorDictBase) -> torch.Tensor:
+        """``critic_coeff ×`` the mean distance between the critic's output and the value target."""
+        target = tensordict.get(self.tensor_keys.value_target, None)
+        if target is None:
+            raise KeyError(
+                f"TRPOLoss: the batch has no value target {self.tensor_keys.value_target!r}; run the value "
+                "estimator (loss.value_estimator(batch)) first"
+            )
+        inputs = tensordict.select(*self.critic_network.in_keys).copy()
+        value = self.critic_network(inputs).get(self.tensor_keys.value)
+        return self.critic_coeff * distance_loss(
+            target.detach(), value, loss_function=self.loss_critic_type
+        ).mean()
+
+    @dispatch
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Losses (to minimise) and detached diagnostics for one batch."""
+        batch = self.policy_batch(tensordict)
+        terms = self.policy_terms(batch)
+        out = TensorDict(
+            {
+                "loss_objective": -terms.surrogate,
+                "loss_critic": self.critic_loss(batch.data),
+                "kl": terms.kl.detach(),
+                "entropy": terms.entropy.detach(),
+                "surrogate": terms.surrogate.detach(),
+                "ratio_mean": terms.ratio.detach().mean(),
+                "ratio_min": terms.ratio.detach().min(),
+                "ratio_max": terms.ratio.detach().max(),
+            },
+            batch_size=[],
+        )
+        if self._use_entropy:
+            out.set("loss_entropy", -self.entropy_coeff * terms.entropy)
+        return out
