@@ -206,3 +206,22 @@ def test_cartpole_learns(tmp_path):
     )
     result = Trainer(config).train()
     assert result.eval_mean is not None and result.eval_mean >= 400, result
+
+
+def test_eval_video(tmp_path, capsys):
+    pytest.importorskip("pygame")
+    assert _train(tmp_path, "--total-frames", "128", "--eval-episodes", "0") == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--episodes", "1", "--video", str(tmp_path / "video")]) == 0
+    gif = tmp_path / "video" / "episode.gif"
+    assert gif.read_bytes()[:6] in (b"GIF89a", b"GIF87a")
+
+
+def test_unavailable_logger_is_a_clear_error(tmp_path, capsys):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert _train(tmp_path, "--total-frames", "128", "--logger", "tensorboard") == 2
+        assert "pip install 'trpo-torchrl[tensorboard]'" in capsys.readouterr().err
+    else:
+        pytest.skip("tensorboard is installed")

@@ -57,9 +57,15 @@ def record_video(actor, env_id: str, path, *, seed: int, device="cpu", max_steps
     import gymnasium as gym
     from tensordict import TensorDict
 
-    env = gym.make(env_id, render_mode="rgb_array")
-    obs, _ = env.reset(seed=seed)
-    frames, total = [env.render()], 0.0
+    try:
+        env = gym.make(env_id, render_mode="rgb_array")
+        obs, _ = env.reset(seed=seed)
+        first = env.render()
+    except (gym.error.DependencyNotInstalled, ImportError) as err:
+        from .envs import EnvError
+
+        raise EnvError(f"rendering {env_id} needs more packages: pip install 'trpo-torchrl[video]' ({err})") from None
+    frames, total = [first], 0.0
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         for _ in range(max_steps):
             td = TensorDict({"observation": torch.as_tensor(obs, dtype=torch.float32, device=device)}, [])

@@ -26,7 +26,7 @@ from tensordict import TensorDictBase
 from trpo_torchrl import CriticFit, TRPOLoss, TrustRegionUpdate
 
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
-from .config import TrainConfig, config_from_dict, save_yaml
+from .config import ConfigError, TrainConfig, config_from_dict, save_yaml
 from .envs import env_state, gym_vector_env, load_env_state, make_env
 from .evaluate import evaluate_actor
 from .models import build_models
@@ -180,7 +180,12 @@ class Trainer:
         kwargs = {}
         if self.config.logger == "wandb":
             kwargs = {"project": "trpo_torchrl", "config": self.config.to_dict()}
-        return get_logger(self.config.logger, logger_name=str(self.run_dir), experiment_name="logs", **kwargs)
+        try:
+            return get_logger(self.config.logger, logger_name=str(self.run_dir), experiment_name="logs", **kwargs)
+        except ImportError as err:
+            raise ConfigError(
+                f"config: logger={self.config.logger!r} needs its package: pip install 'trpo-torchrl[{self.config.logger}]' ({err})"
+            ) from None
 
     @property
     def total_iterations(self) -> int:
