@@ -80,6 +80,17 @@ def start_ray(address: str | None, num_workers: int) -> bool:
     A named cluster that does not answer within :data:`RAY_CONNECT_TIMEOUT_S` is an error, checked
     with a plain TCP connection first: ``ray.init`` itself can wait for minutes on a dead address.
     """
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # the address is checked before Ray is even imported: a wrong one is the thing to report first
+    host_port = _host_port(address) if address else None
+    if host_port is not None:
+        try:
+            socket.create_connection(host_port, timeout=RAY_CONNECT_TIMEOUT_S).close()
+        except OSError as err:
+            raise ConfigError(
+                f"config: cannot reach the Ray cluster at {address!r} ({err}); start it with `ray start --head` "
+                "or unset RAY_ADDRESS / --ray-address to run a local Ray instance"
+            ) from None
     try:
         import ray
     except ImportError:
@@ -89,19 +100,9 @@ def start_ray(address: str | None, num_workers: int) -> bool:
         ) from None
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         ray.init(num_cpus=max(num_workers, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
         return True
-    host_port = _host_port(address)
-    if host_port is not None:
-        try:
-            socket.create_connection(host_port, timeout=RAY_CONNECT_TIMEOUT_S).close()
-        except OSError as err:
-            raise ConfigError(
-                f"config: cannot reach the Ray cluster at {address!r} ({err}); start it with `ray start --head` "
-                "or unset RAY_ADDRESS / --ray-address to run a local Ray instance"
-            ) from None
     try:
         ray.init(address=address, log_to_driver=False)
     except (ConnectionError, RuntimeError) as err:
