@@ -33,6 +33,14 @@ def resolve_process_group(process_group):
     return process_group
 
 
+def _backend_device(tensor: torch.Tensor, process_group) -> torch.device:
+    # NCCL moves CUDA tensors only; a CPU statistic (e.g. a running-moment buffer) travels through
+    # this rank's GPU and comes back
+    if tensor.device.type == "cpu" and dist.get_backend(process_group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return tensor.device
+
+
 def all_reduce_mean(tensor: torch.Tensor, process_group) -> torch.Tensor:
     """The mean of ``tensor`` over the ranks of ``process_group`` (a new tensor; the input is kept).
 
@@ -40,19 +48,20 @@ def all_reduce_mean(tensor: torch.Tensor, process_group) -> torch.Tensor:
     """
     if process_group is None:
         return tensor
-    out = tensor.detach().clone()
+    out = tensor.detach().to(_backend_device(tensor, process_group), copy=True)
     dist.all_reduce(out, op=dist.ReduceOp.SUM, group=process_group)
     # dividing after the sum (not scaling before it) keeps a world of one bit-identical to no group
-    return out / dist.get_world_size(process_group)
+    return (out / dist.get_world_size(process_group)).to(tensor.device)
 
 
 def all_gather_cat(tensor: torch.Tensor, process_group) -> torch.Tensor:
     """Every rank's ``tensor`` (all of the same shape) concatenated along dim 0 in rank order."""
     if process_group is None:
         return tensor
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(process_group))]
-    dist.all_gather(parts, tensor.contiguous(), group=process_group)
-    return torch.cat(parts)
+    local = tensor.detach().to(_backend_device(tensor, process_group)).contiguous()
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size(process_group))]
+    dist.all_gather(parts, local, group=process_group)
+    return torch.cat(parts).to(tensor.device)
 
 
 def global_mean_std(x: torch.Tensor, process_group) -> tuple[torch.Tensor, torch.Tensor]:
