@@ -206,3 +206,14 @@ def test_cartpole_learns(tmp_path):
     )
     result = Trainer(config).train()
     assert result.eval_mean is not None and result.eval_mean >= 400, result
+
+
+def test_mujoco_observations_reach_the_networks_as_float32():
+    """MuJoCo reports float64 observations; the float32 networks must get float32 (a float64 batch
+    stopped HalfCheetah-v5 training at its first policy call)."""
+    pytest.importorskip("mujoco")
+    env = make_env("HalfCheetah-v5", 2, seed=0)
+    td = env.rollout(3, break_when_any_done=False)
+    assert td["observation"].dtype == torch.float32
+    assert td["next", "observation"].dtype == torch.float32
+    env.close()
