@@ -113,6 +113,10 @@ def main() -> None:
                                "ranks": 1, **point})
         if not args.skip_ranks:
             for k in powers_of_two_up_to(args.max_ranks):
+                single = [p for p in points if p["sweep"] == "workers" and p["workers"] == 1]
+                if k == 1 and single:  # one rank with one sync worker is the run already timed
+                    points.append({**single[0], "sweep": "ranks"})
+                    continue
                 launcher = app if k == 1 else [
                     sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(k),
                     "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "trpo_torchrl",
