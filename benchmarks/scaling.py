@@ -10,6 +10,11 @@ Each point is a real ``trpo-torchrl train`` run on HalfCheetah-v5 (its preset: 2
                ``python -m torch.distributed.run``) for K = 2, 4, … up to the cores present, each
                rank collecting 2048 / K frames and the update averaged over the ranks.
 
+Every run gets ``OMP_NUM_THREADS=--threads`` (default 1), the value torchrun itself gives its ranks:
+the networks are small, and on a busy machine a process whose policy call spreads over several
+intra-op threads waits for the slowest of them at every environment step, which would flatter
+every multi-process point against the single-process one.
+
 Time per iteration is the median of rank 0's per-iteration wall time (collection + advantages +
 actor step + critic fit + weight push) from ``progress.csv``, after ``--warmup`` iterations that
 are left out (worker start-up, first-call allocations). Steps/s is frames per iteration over it.
@@ -67,7 +72,12 @@ def run_point(label: str, launcher: list[str], flags: list[str], args, logdir: P
         "--checkpoint-every", "0", "--logger", "none", "--progress", "false", "--seed", "0", *flags,
     ]
     print(f"[{label}] {' '.join(cmd)}", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    # run from the scratch folder (MuJoCo drops its log file in the working directory), with the
+    # trpo_torchrl this script imported first on the path
+    package_root = str(Path(trpo_torchrl.__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": path}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=logdir)
     if proc.returncode != 0:
         raise RuntimeError(f"{label} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     with (run / "progress.csv").open() as f:
@@ -95,6 +105,7 @@ def main() -> None:
     parser.add_argument("--ray", action="store_true", help="sweep workers on TorchRL's Ray collector (local Ray)")
     parser.add_argument("--skip-ranks", action="store_true", help="only the worker sweep")
     parser.add_argument("--skip-workers", action="store_true", help="only the rank sweep")
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every run (default: 1)")
     parser.add_argument("--out", default="scaling.json", help="JSON file to write (default: scaling.json)")
     args = parser.parse_args()
     if args.iterations <= args.warmup:
@@ -134,12 +145,15 @@ def main() -> None:
         "torchrl": torchrl.__version__,
         "trpo_torchrl": trpo_torchrl.__version__,
         "compiled_ops": trpo_torchrl.extension_loaded(),
+        "omp_num_threads": args.threads,
+        "load_average_at_end": os.getloadavg(),
     }
     Path(args.out).write_text(json.dumps({"machine": machine, "env": args.env,
                                           "frames_per_batch": FRAMES_PER_BATCH, "points": points}, indent=2))
 
     print(f"\n{args.env}, {FRAMES_PER_BATCH} frames per iteration · {machine['cpu_count']} cores "
-          f"({machine['processor']}, {machine['node']}) · torch {machine['torch']}, torchrl {machine['torchrl']}\n")
+          f"({machine['processor']}, {machine['node']}) · torch {machine['torch']}, torchrl {machine['torchrl']} · "
+          f"OMP_NUM_THREADS={args.threads} · load average at the end {machine['load_average_at_end'][0]:.1f}\n")
     print("| sweep | collector | workers | ranks | s / iteration | steps/s | speed-up |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for sweep in ("workers", "ranks"):
