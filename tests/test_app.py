@@ -225,3 +225,14 @@ def test_unavailable_logger_is_a_clear_error(tmp_path, capsys):
         assert "pip install 'trpo-torchrl[tensorboard]'" in capsys.readouterr().err
     else:
         pytest.skip("tensorboard is installed")
+
+
+def test_mujoco_observations_reach_the_networks_as_float32():
+    """MuJoCo reports float64 observations; the float32 networks must get float32 (a float64 batch
+    stopped HalfCheetah-v5 training at its first policy call)."""
+    pytest.importorskip("mujoco")
+    env = make_env("HalfCheetah-v5", 2, seed=0)
+    td = env.rollout(3, break_when_any_done=False)
+    assert td["observation"].dtype == torch.float32
+    assert td["next", "observation"].dtype == torch.float32
+    env.close()

@@ -4,4 +4,5 @@ import sys
 
 from trpo_torchrl.app.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # a spawned collector worker re-imports this module
+    sys.exit(main())

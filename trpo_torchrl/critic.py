@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from .distributed import all_reduce_mean, resolve_process_group
 from .loss import TRPOLoss
 
 __all__ = ["CriticFit"]
@@ -27,6 +28,11 @@ class CriticFit:
             Defaults to ``64``.
         max_grad_norm (float, optional): clips the critic's gradient norm. Defaults to ``None``.
         generator (torch.Generator, optional): drives the shuffling.
+        process_group (ProcessGroup or "world", optional): data-parallel ranks, each holding an equal
+            shard of the batch. Each Adam step averages the minibatch gradients over the group first,
+            so every rank takes the same step; with equal shards every rank runs the same number of
+            steps (``minibatch_size`` is per rank: a global minibatch is ``world_size`` times it).
+            The returned metrics stay those of this rank's shard. Defaults to ``None`` (one process).
 
     Examples:
         >>> fit = CriticFit(loss, lr=1e-3, epochs=5, minibatch_size=64)  # doctest: +SKIP
@@ -42,6 +48,7 @@ class CriticFit:
         minibatch_size: int = 64,
         max_grad_norm: float | None = None,
         generator: torch.Generator | None = None,
+        process_group=None,
     ):
         if not isinstance(loss_module, TRPOLoss):
             raise TypeError(f"CriticFit: loss_module must be a TRPOLoss, got {type(loss_module).__name__}")
@@ -54,8 +61,16 @@ class CriticFit:
         self.minibatch_size = minibatch_size
         self.max_grad_norm = max_grad_norm
         self.generator = generator
+        self.process_group = resolve_process_group(process_group)
         self.parameters = [p for p in loss_module.critic_network.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.parameters, lr=lr)
+
+    def _average_gradients(self) -> None:
+        # one collective for all the critic's gradients: flatten, average, copy back
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
+        flat = all_reduce_mean(torch.cat([g.reshape(-1) for g in grads]), self.process_group)
+        for p, chunk in zip(self.parameters, flat.split([g.numel() for g in grads])):
+            p.grad = chunk.view_as(p)
 
     def __call__(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Runs the fit; returns the mean critic loss of the last epoch and the explained variance after."""
@@ -74,6 +89,8 @@ class CriticFit:
                 loss = self.loss_module.critic_loss(data[perm[start : start + self.minibatch_size]])
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.process_group is not None:
+                    self._average_gradients()
                 if self.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
                 self.optimizer.step()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import dispatch
 from tensordict.utils import NestedKey
@@ -20,6 +21,7 @@ from torchrl.objectives.utils import (
 )
 from torchrl.objectives.value import ValueEstimatorBase
 
+from .distributed import global_mean_std
 from .value import FusedGAE
 
 __all__ = ["TRPOLoss", "PolicyBatch", "distribution_family"]
@@ -326,12 +328,17 @@ class TRPOLoss(LossModule):
         return self
 
     # ---------------------------------------------------------------- the batch
-    def policy_batch(self, tensordict: TensorDictBase) -> PolicyBatch:
+    def policy_batch(self, tensordict: TensorDictBase, process_group=None) -> PolicyBatch:
         """Gathers and checks what the actor step needs; computes the advantage when it is missing.
 
         The batch dimensions are flattened: the surrogate and the KL are means over all states.
         Non-finite advantages raise a RuntimeError naming the key; the check is an assert on the
         tensor's device, so on CUDA it does not sync but fails as a device-side assert.
+
+        With a ``process_group`` (see :mod:`trpo_torchrl.distributed`) this rank holds one equal
+        shard of the batch: the advantages are standardised with the mean and std of all shards, and
+        the finiteness check looks at those global statistics, so one rank's bad shard fails every
+        rank at the same point instead of leaving the others waiting in a collective.
         """
         data = tensordict.clone(False)
         advantage = data.get(self.tensor_keys.advantage, None)
@@ -364,13 +371,21 @@ class TRPOLoss(LossModule):
                 f"expected one value per state of the batch {tuple(tensordict.batch_size)}"
             )
         advantage = advantage.detach().reshape(num_states)
+        if process_group is None:
+            finite = torch.isfinite(advantage).all()
+            normalize = self.normalize_advantage and num_states > 1
+        else:
+            # every rank joins these collectives whatever its shard holds; the global mean is
+            # non-finite exactly when some rank's advantages are
+            mean, std = global_mean_std(advantage, process_group)
+            finite = torch.isfinite(mean)
+            normalize = self.normalize_advantage and num_states * dist.get_world_size(process_group) > 1
         # an assert on the device: raises here on CPU, asynchronously on CUDA, never syncs the host
-        torch._assert_async(
-            torch.isfinite(advantage).all(),
-            f"TRPOLoss: the advantage {self.tensor_keys.advantage!r} has non-finite values",
-        )
-        if self.normalize_advantage and num_states > 1:
+        torch._assert_async(finite, f"TRPOLoss: the advantage {self.tensor_keys.advantage!r} has non-finite values")
+        if normalize and process_group is None:
             advantage = (advantage - advantage.mean()) / advantage.std().clamp_min(1e-8)
+        elif normalize:
+            advantage = (advantage - mean) / std.clamp_min(1e-8)
         return PolicyBatch(
             inputs=data.select(*self.actor_network.in_keys).detach(),
             action=action.detach(),

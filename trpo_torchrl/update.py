@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from .distributed import all_reduce_mean, resolve_process_group
 from .fisher import gauss_newton_fisher_vector_product, kl_fisher_vector_product, subsample_indices
 from .loss import PolicyBatch, TRPOLoss, _trainable_parameters, distribution_family, distribution_parameters
 from .ops import conjugate_gradient
@@ -52,6 +53,12 @@ class TrustRegionUpdate:
             through the mean KL; any distribution the loss can take a KL of).
         fvp_subsample (float): fraction of the batch states the Fisher is averaged over. Defaults to ``1.0``.
         generator (torch.Generator, optional): drives the Fisher subsample.
+        process_group (ProcessGroup or "world", optional): data-parallel ranks, each holding an equal
+            shard of the batch. The advantage statistics, the gradient, every Fisher-vector product and
+            the line-search statistics are averaged over the group (on the device), so every rank
+            computes the step a single process would on the union of the shards and writes the same
+            parameters. Every rank must call the update once per iteration. Defaults to ``None`` (one
+            process; no collective is issued).
 
     Examples:
         >>> update = TrustRegionUpdate(loss, max_kl=0.01)  # doctest: +SKIP
@@ -72,6 +79,7 @@ class TrustRegionUpdate:
         fvp: str = "gauss_newton",
         fvp_subsample: float = 1.0,
         generator: torch.Generator | None = None,
+        process_group=None,
     ):
         if not isinstance(loss_module, TRPOLoss):
             raise TypeError(f"TrustRegionUpdate: loss_module must be a TRPOLoss, got {type(loss_module).__name__}")
@@ -101,6 +109,7 @@ class TrustRegionUpdate:
         self.fvp = fvp
         self.fvp_subsample = float(fvp_subsample)
         self.generator = generator
+        self.process_group = resolve_process_group(process_group)
         # the layout of θ is fixed here; the Parameter objects themselves are looked up at each call
         # (they are the actor's own, shared with the collector's policy, wherever they have moved)
         named = _trainable_parameters(loss_module.actor_network)
@@ -143,10 +152,14 @@ class TrustRegionUpdate:
     # ---------------------------------------------------------------- the step
     def __call__(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Does one actor step on ``tensordict`` in place and returns its metrics."""
-        batch = self.loss_module.policy_batch(tensordict)
+        batch = self.loss_module.policy_batch(tensordict, process_group=self.process_group)
         theta_new, metrics = self.propose(batch, self.flat_parameters())
         self.write_parameters(theta_new)
         return metrics
+
+    def _all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean over the data-parallel ranks (identity for one process)."""
+        return all_reduce_mean(tensor, self.process_group)
 
     def _evaluate(self, batch: PolicyBatch, theta: torch.Tensor):
         terms = self.loss_module.policy_terms(batch, self.unflatten(theta))
@@ -190,12 +203,20 @@ class TrustRegionUpdate:
         theta = theta_old.clone().requires_grad_(True)
         terms = self.loss_module.policy_terms(batch, self.unflatten(theta))
         (g,) = torch.autograd.grad(terms.objective, theta)
-        objective_old = terms.objective.detach()
-        surrogate_old = terms.surrogate.detach()
-        kl_old = terms.kl.detach()
+        g = self._all_reduce_mean(g)
+        objective_old, surrogate_old, kl_old = self._all_reduce_mean(
+            torch.stack([terms.objective, terms.surrogate, terms.kl]).detach()
+        ).unbind()
 
         # 2. the Fisher-vector product (damped), built once and reused by CG and the step size
-        fvp = self.fisher_vector_product(batch, theta_old, terms.dist)
+        local_fvp = self.fisher_vector_product(batch, theta_old, terms.dist)
+        if self.process_group is None:
+            fvp = local_fvp
+        else:
+            # F is a mean over states, so the global F·v is the mean of the ranks' products
+            # (the damping term is the same on every rank and passes through the mean unchanged)
+            def fvp(v):
+                return self._all_reduce_mean(local_fvp(v))
 
         # 3. natural-gradient direction x ≈ (F + damping·I)⁻¹ g
         x, cg_info = conjugate_gradient(fvp, g, max_iter=self.cg_iters)
@@ -214,7 +235,9 @@ class TrustRegionUpdate:
         fractions = self.backtrack_coeff**k
         candidates = theta_old + fractions[:, None] * full_step
         with torch.no_grad():
-            cand_objective, cand_surrogate, cand_kl = torch.vmap(lambda th: self._evaluate(batch, th))(candidates)
+            cand_objective, cand_surrogate, cand_kl = self._all_reduce_mean(
+                torch.stack(torch.vmap(lambda th: self._evaluate(batch, th))(candidates))
+            ).unbind()
         improvement = cand_objective - objective_old
         acceptable = (
             torch.isfinite(candidates).all(-1)

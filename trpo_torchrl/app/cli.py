@@ -57,15 +57,20 @@ def _train(args: argparse.Namespace) -> int:
     cli = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}
     if args._resume:
         trainer = resume_trainer(args._resume, cli)
-        print(f"resuming {trainer.run_dir} at iteration {trainer.iteration} ({trainer.frames} frames)")
+        if trainer.ranks.is_main:
+            print(f"resuming {trainer.run_dir} at iteration {trainer.iteration} ({trainer.frames} frames)")
     else:
         config = build_config(cli, args._config)
         trainer = Trainer(config)
-        print(
-            f"training {config.env} (preset {config.preset or (config.env + ' if defined, else sb3-default')}) "
-            f"for {config.total_frames} frames, seed {config.seed} -> {trainer.run_dir}"
-        )
+        ranks = f" on {trainer.ranks.world_size} learner ranks" if trainer.ranks.world_size > 1 else ""
+        if trainer.ranks.is_main:
+            print(
+                f"training {config.env} (preset {config.preset or (config.env + ' if defined, else sb3-default')}) "
+                f"for {config.total_frames} frames, seed {config.seed}{ranks} -> {trainer.run_dir}"
+            )
     result = trainer.train()
+    if not trainer.ranks.is_main:  # under torchrun rank 0 reports for all
+        return 130 if result.interrupted else 0
     if result.interrupted:
         return 130
     from .plot import plot_runs

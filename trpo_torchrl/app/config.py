@@ -47,9 +47,15 @@ class TrainConfig:
     steps_per_env: int = 2048
     """Steps each environment contributes to a batch (one TRPO iteration uses num_envs × this)."""
     collector: str = "sync"
-    """``sync`` (one process) or ``multisync`` (TorchRL's multi-process collector)."""
+    """``sync`` (one process), ``multisync`` (TorchRL's multi-process collector on this machine) or
+    ``ray`` (TorchRL's Ray collector: a local Ray instance, or the cluster at ``ray_address``)."""
     workers: int = 1
-    """Collector worker processes for ``multisync``."""
+    """Collector workers (processes for ``multisync``, Ray actors for ``ray``); each runs ``num_envs``
+    environments for ``steps_per_env / workers`` steps, so a batch still holds ``frames_per_batch``
+    frames. Under ``torchrun`` every learner rank has this many workers."""
+    ray_address: str | None = None
+    """Address of a running Ray cluster for ``collector=ray`` (else ``$RAY_ADDRESS``; else a local
+    Ray instance is started for the run)."""
 
     gamma: float = 0.99
     """Discount factor γ."""
@@ -140,15 +146,32 @@ class TrainConfig:
             ("eval_every", self.eval_every >= 0, "must be >= 0"),
             ("checkpoint_every", self.checkpoint_every >= 0, "must be >= 0"),
             ("logger", self.logger in ("csv", "tensorboard", "wandb", "none"), "must be csv, tensorboard, wandb or none"),
-            ("collector", self.collector in ("sync", "multisync"), "must be 'sync' or 'multisync'"),
+            ("collector", self.collector in ("sync", "multisync", "ray"), "must be 'sync', 'multisync' or 'ray'"),
             ("device", self.device.split(":")[0] in ("cpu", "cuda"), "must be 'cpu' or 'cuda[:N]'"),
         ]
         for name, ok, why in checks:
             if not ok:
                 raise ConfigError(f"config: {name}={getattr(self, name)!r} {why}")
         if self.collector == "sync" and self.workers != 1:
-            raise ConfigError(f"config: workers={self.workers} needs collector='multisync'")
+            raise ConfigError(f"config: workers={self.workers} needs collector='multisync' or 'ray'")
+        if self.ray_address is not None and self.collector != "ray":
+            raise ConfigError(f"config: ray_address={self.ray_address!r} needs collector='ray'")
+        self.check_split(1)
         return self
+
+    def check_split(self, world_size: int) -> None:
+        """Raises ConfigError unless the batch splits evenly over ``world_size`` learner ranks and
+        their collector workers: each (rank, worker) steps its ``num_envs`` environments
+        ``steps_per_env / (world_size × workers)`` times, so the ranks together see exactly
+        ``frames_per_batch`` frames per iteration."""
+        shards = world_size * self.workers
+        if self.steps_per_env % shards:
+            who = f"world size {world_size} × workers {self.workers}" if world_size > 1 else f"workers={self.workers}"
+            raise ConfigError(
+                f"config: steps_per_env={self.steps_per_env} does not divide over {who}; the batch of "
+                f"frames_per_batch={self.frames_per_batch} frames is split evenly, so steps_per_env must be a "
+                f"multiple of {shards}"
+            )
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

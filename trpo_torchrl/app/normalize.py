@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trpo_torchrl.distributed import all_gather_cat
+
 
 class RunningMoments(nn.Module):
     """Mean and variance of a stream of samples ``[..., *shape]``, merged batch by batch."""
@@ -65,11 +67,13 @@ class RewardScaler(nn.Module):
     """Divides rewards by the running std of each environment's discounted return.
 
     ``returns`` carries each environment's running return from one batch to the next (reset at
-    episode ends), so it is part of the state that a checkpoint saves.
+    episode ends), so it is part of the state that a checkpoint saves. With a ``process_group`` the
+    std is that of every rank's returns, so all learner ranks scale by the same factor.
     """
 
-    def __init__(self, num_envs: int, gamma: float, *, clip: float = 10.0, eps: float = 1e-8):
+    def __init__(self, num_envs: int, gamma: float, *, clip: float = 10.0, eps: float = 1e-8, process_group=None):
         super().__init__()
+        self.process_group = process_group
         self.moments = RunningMoments(())
         self.register_buffer("returns", torch.zeros(num_envs, dtype=torch.float64))
         self.gamma = gamma
@@ -88,6 +92,6 @@ class RewardScaler(nn.Module):
             returns[:, t] = running
             running = torch.where(d[:, t], torch.zeros_like(running), running)
         self.returns.copy_(running)
-        self.moments.update(returns.reshape(-1))
+        self.moments.update(all_gather_cat(returns.reshape(-1), self.process_group))
         std = (self.moments.var + self.eps).sqrt()
         return (reward / std.to(reward.dtype)).clamp(-self.clip, self.clip)

@@ -5,12 +5,19 @@ advantages and λ-returns (FusedGAE), the trust-region actor step, the critic fi
 observation statistics; log; checkpoint. Everything a resumed run needs to continue bit for bit —
 parameters, optimiser, normaliser statistics, RNG states, the simulators' state and the collector's
 carried-over step — is in :meth:`Trainer.state_dict`.
+
+Under ``torchrun`` each process is one learner rank: it collects ``frames_per_batch / world_size``
+frames with its own environment seeds, and the update averages over the ranks (the library's
+``process_group`` option), so every rank holds the same parameters after every iteration. Only
+rank 0 writes logs and checkpoints; a checkpoint holds every rank's own state (simulators, RNGs,
+reward-scaler streams), and a resumed run gives each rank its own back.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -24,6 +31,7 @@ import torch
 from tensordict import TensorDictBase
 
 from trpo_torchrl import CriticFit, TRPOLoss, TrustRegionUpdate
+from trpo_torchrl.distributed import all_gather_cat, all_reduce_mean
 
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, config_from_dict, save_yaml
@@ -31,6 +39,7 @@ from .envs import env_state, gym_vector_env, load_env_state, make_env
 from .evaluate import evaluate_actor
 from .models import build_models
 from .normalize import RewardScaler
+from .scale import Ranks, init_learner_ranks, start_ray
 
 PROGRESS_FIELDS = [
     "iteration",
@@ -97,17 +106,32 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, run_dir: Path | None = None):
         self.config = config.validate()
-        _seed_everything(config.seed)
-        self.device = torch.device(config.device)
-        self.run_dir = Path(run_dir) if run_dir else Path(config.logdir) / (config.run_name or default_run_name(config))
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # before joining the group: a batch that does not split is an error on every rank alike
+        config.check_split(int(os.environ.get("WORLD_SIZE", "1")))
+        self.ranks, device = init_learner_ranks(config.device)
+        group = self.ranks.group
+        _seed_everything(config.seed)  # the same on every rank: the models start identical
+        self.device = torch.device(device)
+        run_dir = Path(run_dir) if run_dir else Path(config.logdir) / (config.run_name or default_run_name(config))
+        if group is not None:  # rank 0 names the run (the default name holds a clock time)
+            box = [run_dir]
+            torch.distributed.broadcast_object_list(box, src=0)
+            run_dir = box[0]
+        self.run_dir = run_dir
+        if self.ranks.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
 
+        # each rank's share of the batch: steps_per_env / (world size × workers) steps per environment
+        self.steps_per_shard = config.steps_per_env // (self.ranks.world_size * config.workers)
+        self.rank_seed = config.seed + 100_003 * self.ranks.rank
         make = partial(make_env, config.env, config.num_envs, clip_actions=config.clip_actions)
-        self.env = make(config.seed)  # also the source of the spaces for the models
+        self.env = make(self.rank_seed)  # also the source of the spaces for the models
         venv = gym_vector_env(self.env)
         self.actor, self.critic, self.normalizer = build_models(
             config, venv.single_observation_space, venv.single_action_space
         )
+        # ranks sample their own actions from here on (the models were built above, identically)
+        _seed_everything(self.rank_seed)
         self.loss = TRPOLoss(
             self.actor,
             self.critic,
@@ -115,8 +139,8 @@ class Trainer:
             normalize_advantage=config.normalize_advantage,
         ).make_value_estimator(gamma=config.gamma, lmbda=config.gae_lambda)
         self.generators = {
-            "update": torch.Generator(device=self.device).manual_seed(config.seed + 1),
-            "critic": torch.Generator().manual_seed(config.seed + 2),
+            "update": torch.Generator(device=self.device).manual_seed(self.rank_seed + 1),
+            "critic": torch.Generator().manual_seed(self.rank_seed + 2),
         }
         self.actor_step = TrustRegionUpdate(
             self.loss,
@@ -128,24 +152,32 @@ class Trainer:
             fvp=config.fvp,
             fvp_subsample=config.fvp_subsample,
             generator=self.generators["update"],
+            process_group=group,
         )
         self.critic_fit = (
             CriticFit(
                 self.loss,
                 lr=config.critic_lr,
                 epochs=config.critic_epochs,
-                minibatch_size=config.critic_minibatch,
+                # critic_minibatch states per Adam step over all ranks together
+                minibatch_size=max(1, config.critic_minibatch // self.ranks.world_size),
                 generator=self.generators["critic"],
+                process_group=group,
             )
             if config.critic_epochs > 0
             else None
         )
-        self.reward_scaler = RewardScaler(config.num_envs * config.workers, config.gamma) if config.normalize_rewards else None
+        self.reward_scaler = (
+            RewardScaler(config.num_envs * config.workers, config.gamma, process_group=group)
+            if config.normalize_rewards
+            else None
+        )
+        self._owns_ray = False
         self.collector = self._make_collector(make)
         self.iteration = 0
         self.frames = 0
         self.elapsed = 0.0
-        self.logger = self._make_logger()
+        self.logger = self._make_logger() if self.ranks.is_main else None
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -153,20 +185,39 @@ class Trainer:
         from torchrl.collectors import Collector, MultiSyncCollector
 
         config = self.config
+        shard_frames = config.num_envs * self.steps_per_shard  # per worker
+        # each worker builds its own environments with its own seed
+        worker_envs = [partial(make, self.rank_seed + 1000 * (w + 1)) for w in range(config.workers)]
         if config.collector == "multisync":
-            # each worker process builds its own environments with its own seed
             return MultiSyncCollector(
-                [partial(make, config.seed + 1000 * (w + 1)) for w in range(config.workers)],
+                worker_envs,
                 self.actor,
-                frames_per_batch=config.frames_per_batch * config.workers,
+                frames_per_batch=shard_frames * config.workers,
                 total_frames=-1,
                 device=self.device,
                 cat_results="stack",
             )
+        if config.collector == "ray":
+            from torchrl.collectors.distributed import RayCollector
+
+            self._owns_ray = start_ray(config.ray_address, config.workers)
+            collector = RayCollector(
+                worker_envs,
+                self.actor,
+                frames_per_batch=shard_frames * config.workers,
+                # RayCollector reads -1 literally (it stops at once); the loop decides when to stop
+                total_frames=2**62,
+                device=self.device,
+                sync=True,  # one batch from every worker per iteration, stacked: on-policy
+                collector_class=Collector,
+                collector_kwargs={"auto_register_policy_transforms": False},
+            )
+            collector.update_policy_weights_()  # connects the workers and sends them the initial policy
+            return collector
         return Collector(
             self.env,
             self.actor,
-            frames_per_batch=config.frames_per_batch,
+            frames_per_batch=shard_frames,
             total_frames=-1,
             device=self.device,
             auto_register_policy_transforms=False,  # the policy is memoryless
@@ -189,20 +240,30 @@ class Trainer:
 
     @property
     def total_iterations(self) -> int:
-        batch = self.config.frames_per_batch * self.config.workers
-        return math.ceil(self.config.total_frames / batch)
+        return math.ceil(self.config.total_frames / self.config.frames_per_batch)
+
+    def next_batch(self, batches) -> TensorDictBase:
+        """This rank's share of the next on-policy batch as ``[environments, time]``: the workers'
+        stacked ``[workers, num_envs, time]`` results become rows of environments."""
+        batch = next(batches)
+        if self.config.collector != "sync":
+            batch = batch.reshape(-1, batch.shape[-1])
+        return batch.to(self.device)
+
+    def shutdown(self) -> None:
+        """Stops the collector's workers (and the Ray runtime this run started)."""
+        self.collector.shutdown()
+        if self._owns_ray:
+            import ray
+
+            ray.shutdown()
+            self._owns_ray = False
 
     # -- state ----------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
+    def _rank_state(self) -> dict[str, Any]:
+        """What differs between learner ranks: their simulators, RNGs and reward-return streams."""
         state = {
-            "config": self.config.to_dict(),
-            "iteration": self.iteration,
-            "frames": self.frames,
-            "elapsed": self.elapsed,
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_optimizer": self.critic_fit.optimizer.state_dict() if self.critic_fit else None,
             "reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler else None,
             "rng": _rng_state(self.generators),
             "env_state": None,
@@ -213,7 +274,34 @@ class Trainer:
             state["carrier"] = self.collector._carrier.clone()
         return state
 
+    def state_dict(self) -> dict[str, Any]:
+        """The run's state; under torchrun a collective (every rank calls it) whose full result,
+        with each rank's own part in ``"ranks"``, is on rank 0."""
+        state = {
+            "config": self.config.to_dict(),
+            "iteration": self.iteration,
+            "frames": self.frames,
+            "elapsed": self.elapsed,
+            # the same on every rank: the update leaves all ranks with identical values
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_optimizer": self.critic_fit.optimizer.state_dict() if self.critic_fit else None,
+            **self._rank_state(),
+        }
+        if self.ranks.group is not None:
+            parts = [None] * self.ranks.world_size if self.ranks.is_main else None
+            torch.distributed.gather_object(self._rank_state(), parts, dst=0)
+            state["ranks"] = parts
+        return state
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved_world = len(state["ranks"]) if state.get("ranks") else 1
+        if saved_world != self.ranks.world_size:
+            raise ValueError(
+                f"the checkpoint was written by {saved_world} learner rank(s); resume it with the same number "
+                f"(this run has {self.ranks.world_size})"
+            )
+        own = state["ranks"][self.ranks.rank] if state.get("ranks") else state
         self.iteration = state["iteration"]
         self.frames = state["frames"]
         self.elapsed = state.get("elapsed", 0.0)
@@ -221,18 +309,23 @@ class Trainer:
         self.critic.load_state_dict(state["critic"])
         if self.critic_fit and state.get("critic_optimizer"):
             self.critic_fit.optimizer.load_state_dict(state["critic_optimizer"])
-        if self.reward_scaler and state.get("reward_scaler"):
-            self.reward_scaler.load_state_dict(state["reward_scaler"])
-        if self.config.collector == "sync" and state.get("env_state") is not None:
-            load_env_state(self.env, state["env_state"])
+        if self.reward_scaler and own.get("reward_scaler"):
+            self.reward_scaler.load_state_dict(own["reward_scaler"])
+        if self.config.collector == "sync" and own.get("env_state") is not None:
+            load_env_state(self.env, own["env_state"])
             # the collector's carried-over step (last observation, running episode return):
             # TorchRL's own load_state_dict starts fresh trajectories instead
-            self.collector._carrier.update(state["carrier"])
-        _load_rng_state(state["rng"], self.generators)
+            self.collector._carrier.update(own["carrier"])
+        _load_rng_state(own["rng"], self.generators)
+        if self.config.collector != "sync":
+            self.collector.update_policy_weights_()  # the workers run the restored policy
 
     def save(self, name: str) -> Path:
+        """Writes a checkpoint (rank 0; every rank must call this, it gathers their states)."""
         path = self.run_dir / CHECKPOINT_DIR / name
-        save_checkpoint(path, self.state_dict())
+        state = self.state_dict()
+        if self.ranks.is_main:
+            save_checkpoint(path, state)
         return path
 
     # -- the loop -------------------------------------------------------------------------------
@@ -246,11 +339,18 @@ class Trainer:
             self.loss.value_estimator(batch)  # 1. advantages and λ-returns
         actor = self.actor_step(batch)  # 2. the trust-region step
         critic = self.critic_fit(batch) if self.critic_fit else None  # 3. the critic
-        self.normalizer.update(batch["observation"])  # statistics for the next batch
-        self.collector.update_policy_weights_()
+        # statistics for the next batch, from every rank's observations so all ranks keep one normaliser
+        observations = batch["observation"].reshape(-1, batch["observation"].shape[-1])
+        self.normalizer.update(all_gather_cat(observations, self.ranks.group))
+        self.collector.update_policy_weights_()  # the workers collect the next batch with the new policy
+        return_sum = episode_returns.sum(dtype=torch.float64).reshape(1)
+        episodes = torch.tensor([episode_returns.numel()], dtype=torch.float64, device=return_sum.device)
+        return_sum, episodes = (
+            all_reduce_mean(torch.cat([return_sum, episodes]), self.ranks.group) * self.ranks.world_size
+        ).tolist()
         row = {
-            "train_return": episode_returns.mean().item() if episode_returns.numel() else float("nan"),
-            "train_episodes": int(episode_returns.numel()),
+            "train_return": return_sum / episodes if episodes else float("nan"),
+            "train_episodes": int(episodes),
             "kl": actor["kl"].item(),
             "surrogate_improvement": (actor["surrogate_after"] - actor["surrogate_before"]).item(),
             "step_accepted": float(actor["step_accepted"].float().mean()),
@@ -283,14 +383,16 @@ class Trainer:
     def train(self) -> RunResult:
         """Trains until ``total_frames``; checkpoints periodically, at the end and on Ctrl-C."""
         config = self.config
-        save_yaml(config, self.run_dir / "config.yaml")
+        main = self.ranks.is_main
+        if main:
+            save_yaml(config, self.run_dir / "config.yaml")
         from tqdm.auto import tqdm
 
         bar = tqdm(
-            total=self.total_iterations * config.frames_per_batch * config.workers,
+            total=self.total_iterations * config.frames_per_batch,
             initial=self.frames,
             unit="frames",
-            disable=not config.progress,
+            disable=not (config.progress and main),
             dynamic_ncols=True,
         )
         interrupted = False
@@ -299,17 +401,19 @@ class Trainer:
         try:
             while self.iteration < self.total_iterations:
                 start = time.perf_counter()
-                batch = next(batches)
+                batch = self.next_batch(batches)
                 row = self._iteration(batch)
+                frames = batch.numel() * self.ranks.world_size  # all ranks' shards together
                 self.iteration += 1
-                self.frames += batch.numel()
+                self.frames += frames
                 dt = time.perf_counter() - start
                 self.elapsed += dt
-                row.update(iteration=self.iteration, frames=self.frames, time_s=self.elapsed, fps=batch.numel() / dt)
-                if config.eval_every and self.iteration % config.eval_every == 0 and config.eval_episodes:
+                row.update(iteration=self.iteration, frames=self.frames, time_s=self.elapsed, fps=frames / dt)
+                if main and config.eval_every and self.iteration % config.eval_every == 0 and config.eval_episodes:
                     row["eval_return"], row["eval_return_std"] = self.evaluate()
-                self._log(row)
-                bar.update(batch.numel())
+                if main:
+                    self._log(row)
+                bar.update(frames)
                 bar.set_postfix(
                     ret=f"{row['train_return']:.1f}", kl=f"{row['kl']:.4f}", fps=f"{row['fps']:.0f}", refresh=False
                 )
@@ -317,18 +421,22 @@ class Trainer:
                     self.save("last.pt")
         except KeyboardInterrupt:
             interrupted = True
-            path = self.save("last.pt")
             bar.close()
-            print(f"\ninterrupted: checkpoint written to {path} (continue with --resume {path})")
+            if self.ranks.group is None:
+                path = self.save("last.pt")
+                print(f"\ninterrupted: checkpoint written to {path} (continue with --resume {path})")
+            elif main:
+                # the ranks may have been stopped at different points: no collective is safe now
+                print(f"\ninterrupted: continue from the last periodic checkpoint in {self.run_dir / CHECKPOINT_DIR}")
         finally:
             bar.close()
         if interrupted:
-            self.collector.shutdown()
+            self.shutdown()
             return RunResult(self.run_dir, self.run_dir / CHECKPOINT_DIR / "last.pt", self.frames, self.iteration, None, None, True)
         checkpoint = self.save("final.pt")
         self.save("last.pt")
-        self.collector.shutdown()
-        if config.eval_episodes:
+        self.shutdown()
+        if main and config.eval_episodes:
             eval_mean, eval_std = self.evaluate()
             self._log({"iteration": self.iteration, "frames": self.frames, "time_s": self.elapsed,
                        "eval_return": eval_mean, "eval_return_std": eval_std})
