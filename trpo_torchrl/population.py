@@ -25,19 +25,22 @@ from .update import TrustRegionUpdate
 __all__ = ["PopulationTrustRegionUpdate", "population_policy"]
 
 
-def population_policy(actor: torch.nn.Module, params: TensorDictBase):
+def population_policy(actor, params: TensorDictBase):
     """Returns ``td [M, ...] -> td [M, ...]``: ``actor`` run with member m's parameters on ``td[m]``.
 
-    ``actor`` only gives the structure (its own parameter values are not used); ``params`` are the
-    stacked member parameters (``TensorDict.from_modules(*actors)``). Sampling draws different random
-    numbers for every member, as M separate actors would. Use it under ``torch.no_grad()`` to collect.
+    ``actor`` (a ProbabilisticActor) only gives the structure, its own parameter values are not used;
+    ``params`` are the stacked member parameters (``TensorDict.from_modules(*actors)``). The network is
+    vmapped over the members; the distribution is then built and sampled on the stacked ``[M, ...]``
+    parameters outside the vmap (torch.distributions draws its noise into fresh unbatched tensors,
+    which vmap cannot give different randomness per member), so every member gets its own draws, as
+    M separate actors would. Use it under ``torch.no_grad()`` to collect.
     """
 
-    def one(p: TensorDictBase, td: TensorDictBase) -> TensorDictBase:
+    def dist_params(p: TensorDictBase, td: TensorDictBase) -> TensorDictBase:
         with p.to_module(actor):
-            return actor(td)
+            return actor.get_dist_params(td)
 
-    vmapped = torch.vmap(one, (0, 0), randomness="different")
+    vmapped = torch.vmap(dist_params, (0, 0))
 
     def policy(td: TensorDictBase) -> TensorDictBase:
         if td.batch_size[:1] != params.batch_size[:1]:
@@ -45,7 +48,8 @@ def population_policy(actor: torch.nn.Module, params: TensorDictBase):
                 f"population_policy: the input's leading (member) dimension is {tuple(td.batch_size[:1])}, "
                 f"the population has {params.batch_size[0]} members"
             )
-        return vmapped(params, td)
+        # the sampling module has no parameters: one call draws the actions of every member
+        return actor._last_module(vmapped(params, td))
 
     return policy
 
