@@ -123,3 +123,36 @@ def test_bad_populations_and_batches_are_refused_with_a_clear_message():
         PopulationTrustRegionUpdate(loss, TensorDict({"w": torch.zeros(4, 3)}, [4]))
     with pytest.raises(ValueError, match="cg_iters"):
         PopulationTrustRegionUpdate(loss, params, cg_iters=0)
+
+
+class _Shift(torch.nn.Module):
+    """Subtracts a stored offset: a buffer that is member state, like a normaliser's statistics."""
+
+    def __init__(self, offset):
+        super().__init__()
+        self.register_buffer("offset", offset)
+
+    def forward(self, x):
+        return x - self.offset
+
+
+def test_member_buffers_are_each_members_own():
+    from trpo_torchrl import gaussian_actor
+
+    def actor_with_offset(seed, offset):
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(_Shift(torch.full((3,), offset)), torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+        return gaussian_actor(net, 2).double()
+
+    actors = [actor_with_offset(m, 2.0 * m - 1.0) for m in range(2)]
+    batches = [collect(a, NUM_STATES, seed=5 + m, dtype=torch.float64) for m, a in enumerate(actors)]
+    params = TensorDict.from_modules(*actors, as_module=True)
+    template = actor_with_offset(7, 100.0)  # its offset would ruin every member's policy if used
+    update = PopulationTrustRegionUpdate(TRPOLoss(template, make_critic(dtype=torch.float64)), params)
+    metrics = update(torch.stack(batches))
+    # at θ_old each member's policy is exactly the one that collected its batch: KL 0 there
+    assert metrics["step_accepted"].all()
+    for m, actor in enumerate(actors):
+        single = TrustRegionUpdate(TRPOLoss(actor, make_critic(dtype=torch.float64)))
+        single(batches[m])
+        torch.testing.assert_close(update.flat_parameters()[m], single.flat_parameters(), rtol=0, atol=1e-10)

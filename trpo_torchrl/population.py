@@ -79,7 +79,9 @@ class PopulationTrustRegionUpdate:
     Args:
         loss_module (TRPOLoss): the loss whose actor is the members' architecture.
         params (TensorDictBase): stacked member parameters, batch size ``[M]``, with the actor's
-            parameter names (e.g. ``TensorDict.from_modules(*actors, as_module=True)``).
+            parameter names (e.g. ``TensorDict.from_modules(*actors, as_module=True)``). Buffers of the
+            actor found there too (running statistics of an observation normaliser, say) are taken
+            per member; the ones missing are shared from ``loss_module``'s actor.
 
     Keyword Args:
         max_kl (float or sequence of M floats): the trust-region radius, one for all members or one
@@ -156,6 +158,19 @@ class PopulationTrustRegionUpdate:
             self._leaves.append(leaf)
         if len({(t.dtype, t.device) for t in self._leaves}) != 1:
             raise ValueError(f"{where}: every member parameter must share one dtype and device")
+        # buffers stacked with the parameters (TensorDict.from_modules takes both) are each member's
+        # own state, e.g. its observation-normaliser statistics: they go into its evaluations
+        self._buffers = {}
+        for name, buffer in loss_module.actor_network.named_buffers():
+            leaf = params.get(tuple(name.split(".")), None)
+            if leaf is None:
+                continue
+            if tuple(leaf.shape) != (num_members, *buffer.shape):
+                raise ValueError(
+                    f"{where}: params[{name!r}] (a buffer) has shape {tuple(leaf.shape)}, expected "
+                    f"{(num_members, *tuple(buffer.shape))}"
+                )
+            self._buffers[name] = leaf
 
     # ---------------------------------------------------------------- flat parameter views
     @property
@@ -217,19 +232,27 @@ class PopulationTrustRegionUpdate:
         return PolicyBatch(inputs, split(flat.action), split(flat.old_log_prob), split(flat.old_params), advantage, inputs)
 
     # ---------------------------------------------------------------- the policy, per member
+    def _member_buffers(self) -> dict[str, torch.Tensor]:
+        return {name: leaf.detach() for name, leaf in self._buffers.items()}
+
+    def _member_tensors(self, theta: torch.Tensor, buffers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One member's named tensors for the functional call: its parameters θ_m and its buffers."""
+        return {**self.unflatten(theta), **buffers}
+
     def _member_terms(self, batch: PolicyBatch, theta: torch.Tensor):
         """Objective, surrogate and KL ``[M]`` for ``theta [M, n]`` on the members' own states."""
 
-        def one(th, b):
-            terms = self.loss_module.policy_terms(b, self.unflatten(th))
+        def one(th, b, bufs):
+            terms = self.loss_module.policy_terms(b, self._member_tensors(th, bufs))
             return terms.objective, terms.surrogate, terms.kl
 
-        return torch.vmap(one)(theta, batch)
+        return torch.vmap(one)(theta, batch, self._member_buffers())
 
     def _family(self, batch: PolicyBatch, theta: torch.Tensor):
         first = PolicyBatch(*(field[0] for field in batch))
+        buffers = {name: value[0] for name, value in self._member_buffers().items()}
         with torch.no_grad():
-            dist = self.loss_module.policy_dist(first, self.unflatten(theta[0]))
+            dist = self.loss_module.policy_dist(first, self._member_tensors(theta[0], buffers))
         return distribution_family(dist)
 
     def fisher_vector_product(self, batch: PolicyBatch, theta_old: torch.Tensor):
@@ -248,8 +271,10 @@ class PopulationTrustRegionUpdate:
 
         # the population's θ seen as one long vector [M·n]: every tested single-vector product of
         # trpo_torchrl.fisher then applies, and its Jacobian is block diagonal by construction
+        buffers = self._member_buffers()
+
         def per_member(fn):
-            return lambda flat: torch.vmap(fn)(flat.view(members, n), batch)
+            return lambda flat: torch.vmap(fn)(flat.view(members, n), batch, buffers)
 
         if single.fvp == "gauss_newton":
             family = self._family(batch, theta_old)
@@ -259,8 +284,8 @@ class PopulationTrustRegionUpdate:
                     "categorical policies only; use fvp='kl_hessian'"
                 )
 
-            def params_of(th, b):
-                return distribution_parameters(loss.policy_dist(b, self.unflatten(th)), num_states)
+            def params_of(th, b, bufs):
+                return distribution_parameters(loss.policy_dist(b, self._member_tensors(th, bufs)), num_states)
 
             def dist_fn(flat):
                 out = per_member(params_of)(flat)
@@ -273,8 +298,8 @@ class PopulationTrustRegionUpdate:
             scale = float(members)
         else:
 
-            def kl_of(th, b):
-                d = loss.policy_dist(b, self.unflatten(th))
+            def kl_of(th, b, bufs):
+                d = loss.policy_dist(b, self._member_tensors(th, bufs))
                 log_ratio = d.log_prob(b.action).reshape(-1) - b.old_log_prob
                 return loss.mean_kl(b, d, log_ratio)
 
