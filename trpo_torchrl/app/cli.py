@@ -60,6 +60,10 @@ def _train(args: argparse.Namespace) -> int:
         print(f"resuming {trainer.run_dir} at iteration {trainer.iteration} ({trainer.frames} frames)")
     else:
         config = build_config(cli, args._config)
+        if config.seeds > 1:
+            from .population import train_population
+
+            return train_population(config)
         trainer = Trainer(config)
         print(
             f"training {config.env} (preset {config.preset or (config.env + ' if defined, else sb3-default')}) "
