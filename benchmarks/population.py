@@ -10,8 +10,11 @@ parameters are restored after every call so every repeat sees the same data and 
 Columns: ms per update of the whole population, batched(M) / batched(1) (the issue's target: at
 most 6x at M = 16 on CPU, at most 2x at M = 64 on CUDA), and sequential / batched.
 
+With --app-seeds N it also times whole training runs: `trpo-torchrl train --seeds N` (one process,
+batched actor steps) against N single runs one after another, same configuration, on CPU.
+
 Warm-up calls are excluded; CUDA timings synchronise before reading the clock.
-Usage: python benchmarks/population.py [--quick] [--device cpu|cuda|all] [--states N] [--out results.json]
+Usage: python benchmarks/population.py [--quick] [--device cpu|cuda|all] [--states N] [--app-seeds N] [--out results.json]
 """
 
 from __future__ import annotations
@@ -109,6 +112,27 @@ def bench(device, members_list, states, reps, options):
     return rows
 
 
+def bench_app(env: str, seeds: int, frames: int, logdir: Path):
+    """Wall clock of ``train --seeds M`` against M single runs one after another (same config)."""
+    from trpo_torchrl.app.config import build_config
+    from trpo_torchrl.app.population import PopulationTrainer
+    from trpo_torchrl.app.train import Trainer
+
+    base = dict(env=env, total_frames=frames, num_envs=4, steps_per_env=256, eval_episodes=0, progress=False,
+                logger="none", checkpoint_every=0, logdir=str(logdir))
+    t0 = time.perf_counter()
+    PopulationTrainer(build_config(dict(base, seeds=seeds, run_name="population"))).train()
+    t_population = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for seed in range(seeds):
+        Trainer(build_config(dict(base, seed=seed, run_name=f"single{seed}"))).train()
+    t_sequential = time.perf_counter() - t0
+    row = dict(env=env, seeds=seeds, frames_per_seed=frames, population_s=t_population, sequential_s=t_sequential,
+               sequential_over_population=t_sequential / t_population)
+    print(f"{env:>14} {seeds:>5} {frames:>8} {t_population:>12.1f} {t_sequential:>13.1f} {t_sequential / t_population:>9.2f}x")
+    return row
+
+
 def machine():
     info = dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
                 cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
@@ -127,6 +151,10 @@ def main():
     ap.add_argument("--members", type=str, default=None, help="comma-separated population sizes (default 1,4,16,64)")
     ap.add_argument("--fvp", default="gauss_newton", choices=["gauss_newton", "kl_hessian"], help="Fisher-vector product")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--app-seeds", type=int, default=0,
+                    help="also time `train --seeds N` against N single runs one after another (0: skip)")
+    ap.add_argument("--app-env", default="CartPole-v1", help="environment of the --app-seeds comparison")
+    ap.add_argument("--app-frames", type=int, default=8192, help="frames per seed of the --app-seeds comparison")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args()
     if args.threads:
@@ -148,6 +176,13 @@ def main():
     results = dict(machine=info, options=options, rows=[])
     for dev in devices:
         results["rows"] += bench(dev, members, states, reps, options)
+    if args.app_seeds:
+        import tempfile
+
+        print(f"\nwhole training runs on CPU, wall clock in s")
+        print(f"{'env':>14} {'seeds':>5} {'frames':>8} {'--seeds N':>12} {'N runs':>13} {'ratio':>10}")
+        with tempfile.TemporaryDirectory() as logdir:
+            results["app"] = bench_app(args.app_env, args.app_seeds, args.app_frames, Path(logdir))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))
