@@ -227,9 +227,12 @@ class PopulationTrustRegionUpdate:
             mean = advantage.mean(dim=1, keepdim=True)
             advantage = (advantage - mean) / advantage.std(dim=1, keepdim=True).clamp_min(1e-8)
         inputs = split(flat.inputs)
-        # `data` is for the critic, which this step never reads; the inputs stand in for it so the
-        # vmapped evaluations below do not carry every entry of the batch
-        return PolicyBatch(inputs, split(flat.action), split(flat.old_log_prob), split(flat.old_params), advantage, inputs)
+        # `data` is for the critic, which this step never reads: an empty stand-in keeps every entry
+        # of the batch out of the vmapped evaluations below
+        return PolicyBatch(
+            inputs, split(flat.action), split(flat.old_log_prob), split(flat.old_params), advantage,
+            TensorDict({}, batch_size=inputs.batch_size, device=inputs.device),
+        )
 
     # ---------------------------------------------------------------- the policy, per member
     def _member_buffers(self) -> dict[str, torch.Tensor]:
@@ -273,8 +276,8 @@ class PopulationTrustRegionUpdate:
         # trpo_torchrl.fisher then applies, and its Jacobian is block diagonal by construction
         buffers = self._member_buffers()
 
-        def per_member(fn):
-            return lambda flat: torch.vmap(fn)(flat.view(members, n), batch, buffers)
+        def per_member(fn, data):
+            return lambda flat: torch.vmap(fn)(flat.view(members, n), data, buffers)
 
         if single.fvp == "gauss_newton":
             family = self._family(batch, theta_old)
@@ -284,11 +287,13 @@ class PopulationTrustRegionUpdate:
                     "categorical policies only; use fvp='kl_hessian'"
                 )
 
-            def params_of(th, b, bufs):
+            def params_of(th, inputs, bufs):
+                # the policy reads only the inputs: vmapping those alone keeps each product lean
+                b = PolicyBatch(inputs, None, None, None, None, None)
                 return distribution_parameters(loss.policy_dist(b, self._member_tensors(th, bufs)), num_states)
 
             def dist_fn(flat):
-                out = per_member(params_of)(flat)
+                out = per_member(params_of, batch.inputs)(flat)
                 # [M, N, d] → [M·N, d]: the product averages over all M·N states, so it is F / M
                 if isinstance(out, tuple):
                     return tuple(o.reshape(members * num_states, -1) for o in out)
@@ -304,7 +309,7 @@ class PopulationTrustRegionUpdate:
                 return loss.mean_kl(b, d, log_ratio)
 
             # the Hessian of Σ_m KL_m(θ_m) is exactly diag(F_1, ..., F_M)
-            product = kl_fisher_vector_product(lambda flat: per_member(kl_of)(flat).sum(), theta_old.reshape(-1))
+            product = kl_fisher_vector_product(lambda flat: per_member(kl_of, batch)(flat).sum(), theta_old.reshape(-1))
             scale = 1.0
         damping = single.damping
 
