@@ -272,10 +272,10 @@ class PopulationTrustRegionUpdate:
         num_states = batch.advantage.shape[1]
         loss = self.loss_module
 
-        # the population's θ seen as one long vector [M·n]: every tested single-vector product of
-        # trpo_torchrl.fisher then applies, and its Jacobian is block diagonal by construction
         buffers = self._member_buffers()
 
+        # the population's θ seen as one long vector [M·n]: every tested single-vector product of
+        # trpo_torchrl.fisher then applies, and its Jacobian is block diagonal by construction
         def per_member(fn, data):
             return lambda flat: torch.vmap(fn)(flat.view(members, n), data, buffers)
 
