@@ -2,6 +2,7 @@
 
 * :class:`TRPOLoss` – the TRPO surrogate, mean KL and critic loss as a TorchRL loss module.
 * :class:`TrustRegionUpdate` – the actor step: Fisher-vector products, CG, KL-scaled step, line search.
+* :class:`PopulationTrustRegionUpdate` – M independent actor steps (seeds, agents) as one batched step.
 * :class:`CriticFit` – the critic's regression on the λ-returns.
 * :func:`gaussian_actor`, :func:`categorical_actor` – policies whose batches hold what TRPOLoss reads.
 * :class:`FusedGAE` – TorchRL's GAE value estimator on a fused C++/CUDA scan.
@@ -11,6 +12,7 @@
 from .critic import CriticFit
 from .loss import TRPOLoss
 from .ops import extension_loaded
+from .population import PopulationTrustRegionUpdate, population_policy
 from .policies import StateIndependentScale, categorical_actor, gaussian_actor
 from .update import TrustRegionUpdate
 from .value import FusedGAE
@@ -20,11 +22,13 @@ __version__ = "0.1.0"
 __all__ = [
     "CriticFit",
     "FusedGAE",
+    "PopulationTrustRegionUpdate",
     "StateIndependentScale",
     "TRPOLoss",
     "TrustRegionUpdate",
     "categorical_actor",
     "extension_loaded",
     "gaussian_actor",
+    "population_policy",
     "__version__",
 ]

@@ -61,6 +61,10 @@ def _train(args: argparse.Namespace) -> int:
             print(f"resuming {trainer.run_dir} at iteration {trainer.iteration} ({trainer.frames} frames)")
     else:
         config = build_config(cli, args._config)
+        if config.seeds > 1:
+            from .population import train_population
+
+            return train_population(config)
         trainer = Trainer(config)
         ranks = f" on {trainer.ranks.world_size} learner ranks" if trainer.ranks.world_size > 1 else ""
         if trainer.ranks.is_main:

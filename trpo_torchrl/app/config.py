@@ -35,6 +35,8 @@ class TrainConfig:
     """Environment steps to train for (all environments together)."""
     seed: int = 0
     """Seed of the environments, the policy's sampling and every other random draw."""
+    seeds: int = 1
+    """Train this many independent members (seeds seed, seed+1, ...) in one process, the actor steps batched into one update; each writes its own run directory."""
     device: str = "cpu"
     """Device of the networks and the update (``cpu`` or ``cuda``)."""
     logdir: str = "runs"
@@ -124,6 +126,7 @@ class TrainConfig:
         """Checks ranges and choices; returns self."""
         checks = [
             ("total_frames", self.total_frames >= 1, "must be >= 1"),
+            ("seeds", self.seeds >= 1, "must be >= 1"),
             ("num_envs", self.num_envs >= 1, "must be >= 1"),
             ("steps_per_env", self.steps_per_env >= 1, "must be >= 1"),
             ("workers", self.workers >= 1, "must be >= 1"),
