@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
-from torchrl.envs import GymWrapper, RewardSum, Transform, TransformedEnv
+from torchrl.envs import DoubleToFloat, GymWrapper, RewardSum, Transform, TransformedEnv
 
 
 class EnvError(ValueError):
@@ -79,6 +79,8 @@ def make_env(env_id: str, num_envs: int, seed: int, *, clip_actions: bool = True
         env = GymWrapper(venv, device=device)
     env.set_seed(seed)
     env = env if isinstance(env, TransformedEnv) else TransformedEnv(env)
+    # MuJoCo tasks report float64 observations; the networks (and TorchRL's defaults) are float32
+    env.append_transform(DoubleToFloat())
     env.append_transform(RewardSum(in_keys=["reward"], out_keys=["episode_reward"]))
     space = venv.single_action_space
     if clip_actions and isinstance(space, gym.spaces.Box):
