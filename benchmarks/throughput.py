@@ -56,7 +56,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="1 run of 10 240 frames per side")
     ap.add_argument("--tiny", action="store_true", help="2 iterations of 2 x 64 steps: smoke test only")
     ap.add_argument("--no-peer", action="store_true")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both sides (default 1: small networks, shared cores)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
     if args.threads:

@@ -139,7 +139,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--tiny", action="store_true", help="tiny sizes (2 x 64 steps, 2 critic epochs): smoke test only")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where our update runs")
     ap.add_argument("--no-peer", action="store_true", help="time ours only")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both sides (default 1: small networks, shared cores)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
