@@ -31,3 +31,26 @@ def test_fit_needs_value_targets_and_sane_arguments():
         CriticFit(loss, epochs=0)
     with pytest.raises(ValueError, match="minibatch_size"):
         CriticFit(loss, minibatch_size=0)
+
+
+def test_tensor_fast_path_equals_the_tensordict_path():
+    # a plain TensorDictModule critic is fitted on tensors gathered once per epoch; the result
+    # must be the one of loss.critic_loss on TensorDict minibatches, step for step
+    actor = make_actor("gaussian")
+    td = collect(actor, num_states=300)
+    results = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        critic = make_critic()
+        loss = TRPOLoss(actor, critic)
+        fit = CriticFit(loss, lr=1e-2, epochs=3, minibatch_size=64, generator=torch.Generator().manual_seed(1))
+        if not fast:
+            fit._tensor_minibatch_loss = lambda data: None
+        else:
+            assert fit._tensor_minibatch_loss(td.reshape(-1)) is not None
+        metrics = fit(td)
+        results.append(([p.detach().clone() for p in critic.parameters()], metrics["loss_critic"]))
+    (fast_params, fast_loss), (slow_params, slow_loss) = results
+    for a, b in zip(fast_params, slow_params):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(fast_loss, slow_loss, rtol=0, atol=0)

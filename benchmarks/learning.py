@@ -1,0 +1,288 @@
+"""Does our TRPO learn as well as sb3-contrib's, frame for frame, with the same rl-zoo3 preset?
+
+For each task, seed and library: train from scratch with the task's rl-zoo3 TRPO preset (ours:
+the training app's Trainer; peer: sb3_contrib.TRPO with the same hyperparameters and rl-zoo3's
+VecNormalize), and at the same evaluation frames run the same evaluation on both: the
+deterministic policy (the Gaussian's mean, the categorical's mode) on 10 fresh environments of a
+synchronous Gymnasium vector env seeded with 10_000 + seed, each environment's first episode,
+undiscounted return, observation statistics frozen. Outputs: return-vs-frames curves (PNG, mean
+over seeds with the min-max band) and a final table per task and library with the mean, the
+interquartile mean (IQM, 25 % trimmed mean) and a 95 % bootstrap confidence interval of the mean
+over seeds (10 000 resamples).
+
+Budgets:
+  --budget short   what fits in about 30 minutes on a 2-core CPU: HalfCheetah-v5, Hopper-v5,
+                   Walker2d-v5 at 30 720 frames (15 iterations of 2 x 1024), CartPole-v1 at
+                   40 960 frames (40 iterations of 2 x 512), 3 seeds, 3 evaluation points.
+                   Far too short for MuJoCo returns to mean much beyond "both climb alike".
+  --budget full    the published protocol: 1M frames on the MuJoCo tasks and 100k on CartPole,
+                   10 seeds, 20 evaluation points; about 2 x 40 CPU-hours of training at ~1.5k
+                   frames/s, so run it on a bigger machine, e.g. one task per job:
+                   python benchmarks/learning.py --budget full --tasks Hopper-v5 --out bench_out/learning_hopper
+
+Published reference figures (TRPO, sb3-contrib with the rl-zoo3 presets; final trained agents, not
+curves, and on the v3 MuJoCo tasks, so for orientation only):
+  * rl-baselines3-zoo, benchmark.md (DLR-RM/rl-baselines3-zoo, commit 02a1a90): mean +- std of the
+    episode return over ~150k evaluation steps: HalfCheetah-v3 1785.5 +- 68.7 (1M frames),
+    Hopper-v3 3618.4 +- 356.8 (1M), Walker2d-v3 4933.1 +- 1452.5 (1M), CartPole-v1 500.0 +- 0.0 (100k).
+  * the zoo's trained agent on the Hugging Face Hub, sb3/trpo-Hopper-v3 (results.json):
+    3673.27 +- 3.75, deterministic, 10 episodes.
+  sb3-contrib's own documentation page for TRPO: no results table was found for it.
+
+    python benchmarks/learning.py --budget short --out bench_out/learning
+    python benchmarks/learning.py --tiny          # smoke test: CartPole, 2 iterations, 1 seed
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, our_config, sb3_available, sb3_trpo, write_json  # noqa: E402
+
+BUDGETS = {
+    "short": {"frames": {"mujoco": 30_720, "CartPole-v1": 40_960}, "seeds": 3, "evals": 3},
+    "full": {"frames": {"mujoco": 1_000_000, "CartPole-v1": 100_000}, "seeds": 10, "evals": 20},
+    "tiny": {"frames": {"mujoco": 256, "CartPole-v1": 256}, "seeds": 1, "evals": 1},
+}
+TASKS = ["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "CartPole-v1"]
+EVAL_EPISODES = 10
+REFERENCES = {
+    "source": "DLR-RM/rl-baselines3-zoo benchmark.md (commit 02a1a90), trpo rows; v3 MuJoCo tasks",
+    "HalfCheetah-v5": {"task": "HalfCheetah-v3", "mean": 1785.476, "std": 68.672, "frames": 1_000_000},
+    "Hopper-v5": {"task": "Hopper-v3", "mean": 3618.386, "std": 356.768, "frames": 1_000_000},
+    "Walker2d-v5": {"task": "Walker2d-v3", "mean": 4933.148, "std": 1452.538, "frames": 1_000_000},
+    "CartPole-v1": {"task": "CartPole-v1", "mean": 500.0, "std": 0.0, "frames": 100_000},
+}
+
+
+# ---------------------------------------------------------------- one evaluation, both libraries
+def evaluate(act, env_id: str, seed: int, episodes: int = EVAL_EPISODES) -> float:
+    """Mean undiscounted return of the first episode of each of ``episodes`` fresh environments."""
+    import gymnasium as gym
+    from gymnasium.vector import AutoresetMode
+
+    venv = gym.make_vec(env_id, num_envs=episodes, vectorization_mode="sync",
+                        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})
+    space = venv.single_action_space
+    obs, _ = venv.reset(seed=seed)
+    total = np.zeros(episodes)
+    finished = np.zeros(episodes, dtype=bool)
+    while not finished.all():
+        action = act(obs)
+        if isinstance(space, gym.spaces.Box):
+            action = np.clip(action, space.low, space.high)
+        obs, reward, terminated, truncated, _ = venv.step(action)
+        total += np.where(finished, 0.0, reward)
+        finished |= terminated | truncated
+    venv.close()
+    return float(total.mean())
+
+
+def ours_policy(actor, discrete: bool):
+    from tensordict import TensorDict
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    @torch.no_grad()
+    def act(obs):
+        td = TensorDict({"observation": torch.as_tensor(obs, dtype=torch.float32)}, batch_size=[obs.shape[0]])
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            action = actor(td)["action"]
+        return action.argmax(-1).numpy() if discrete else action.numpy()
+
+    return act
+
+
+def peer_policy(model):
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    env = model.get_env()
+
+    def act(obs):
+        if isinstance(env, VecNormalize):
+            obs = env.normalize_obs(obs)  # the running statistics, not updated here
+        return model.predict(obs, deterministic=True)[0]
+
+    return act
+
+
+def eval_iterations(total_iterations: int, evals: int) -> set[int]:
+    return {max(1, round(total_iterations * (k + 1) / evals)) for k in range(evals)}
+
+
+# ---------------------------------------------------------------- training with evaluations
+def train_ours(config, eval_at: set[int], run_dir: Path, task: str) -> list[dict]:
+    from trpo_torchrl.app.train import Trainer
+
+    trainer = Trainer(config, run_dir=run_dir)
+    discrete = config.env == "CartPole-v1"
+    act = ours_policy(trainer.actor, discrete)
+    curve, train_s = [], 0.0
+    batches = iter(trainer.collector)
+    for it in range(1, trainer.total_iterations + 1):
+        start = time.perf_counter()
+        batch = next(batches)
+        trainer._iteration(batch)  # the app's own iteration: what `trpo-torchrl train` runs
+        trainer.frames += batch.numel()
+        train_s += time.perf_counter() - start
+        if it in eval_at:
+            curve.append({"iteration": it, "frames": trainer.frames, "train_s": train_s,
+                          "return": evaluate(act, task, seed=10_000 + config.seed)})
+    trainer.collector.shutdown()
+    return curve
+
+
+def train_peer(config, eval_at: set[int], task: str) -> list[dict]:
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    model = sb3_trpo(config)
+    batch = config.num_envs * config.steps_per_env
+    curve: list[dict] = []
+    clock = {"train_s": 0.0, "start": None}
+
+    def record():
+        it = model.num_timesteps // batch
+        if it in eval_at and not any(c["iteration"] == it for c in curve):
+            curve.append({"iteration": it, "frames": model.num_timesteps, "train_s": clock["train_s"],
+                          "return": evaluate(peer_policy(model), task, seed=10_000 + config.seed)})
+
+    class EvalAtIterations(BaseCallback):
+        # a rollout starts after the previous iteration's train(): evaluate there, off the clock
+        def _on_rollout_start(self):
+            if clock["start"] is not None:
+                clock["train_s"] += time.perf_counter() - clock["start"]
+            record()
+            clock["start"] = time.perf_counter()
+
+        def _on_step(self):
+            return True
+
+    model.learn(total_timesteps=config.total_frames, callback=EvalAtIterations())
+    clock["train_s"] += time.perf_counter() - clock["start"]
+    record()
+    model.get_env().close()
+    return curve
+
+
+# ---------------------------------------------------------------- statistics and outputs
+def iqm(x: np.ndarray) -> float:
+    """Interquartile mean: the mean of the middle half (25 % trimmed each side, whole samples)."""
+    x = np.sort(np.asarray(x, dtype=float))
+    cut = int(np.floor(0.25 * len(x)))
+    return float(x[cut: len(x) - cut].mean())
+
+
+def bootstrap_ci(x: np.ndarray, reps: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean over seeds."""
+    x = np.asarray(x, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(reps, len(x)))].mean(1)
+    lo, hi = np.percentile(means, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def summarize(finals: list[float]) -> dict:
+    x = np.asarray(finals, dtype=float)
+    lo, hi = bootstrap_ci(x)
+    return {"n": len(x), "mean": float(x.mean()), "iqm": iqm(x), "ci95": [lo, hi], "finals": finals}
+
+
+def plot(runs: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(runs)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for lib, color in (("ours", "tab:blue"), ("sb3-contrib", "tab:orange")):
+            curves = runs[task].get(lib)
+            if not curves:
+                continue
+            frames = [c["frames"] for c in curves[0]]
+            returns = np.array([[c["return"] for c in curve] for curve in curves])
+            ax.plot(frames, returns.mean(0), color=color, marker="o", label=f"{lib} (n={len(curves)})")
+            ax.fill_between(frames, returns.min(0), returns.max(0), color=color, alpha=0.2)
+        ax.set_title(task)
+        ax.set_xlabel("frames")
+        ax.set_ylabel("eval return (deterministic, 10 ep.)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budget", choices=["short", "full"], default="short")
+    ap.add_argument("--tiny", action="store_true", help="smoke test: CartPole-v1, 2 iterations of 2 x 64 steps, 1 seed")
+    ap.add_argument("--tasks", nargs="+", default=None, help=f"subset of {TASKS}")
+    ap.add_argument("--seeds", type=int, default=None, help="override the budget's number of seeds")
+    ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both libraries (default 1)")
+    ap.add_argument("--out", default=None, help="folder for learning.json and learning.png")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    budget = BUDGETS["tiny" if args.tiny else args.budget]
+    tasks = ["CartPole-v1"] if args.tiny else (args.tasks or TASKS)
+    seeds = args.seeds or budget["seeds"]
+    with_peer = sb3_available() and not args.no_peer
+    if not with_peer and not args.no_peer:
+        print("sb3_contrib is not importable: training ours only (pip install '.[bench]' for the peer)")
+
+    runs: dict = {}
+    summary: dict = {}
+    configs: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in tasks:
+            frames = budget["frames"]["CartPole-v1" if task == "CartPole-v1" else "mujoco"]
+            overrides = {"total_frames": frames}
+            if args.tiny:
+                overrides.update(steps_per_env=64, critic_epochs=2)
+            runs[task] = {"ours": [], "sb3-contrib": []}
+            for seed in range(seeds):
+                config = our_config(task, seed=seed, **overrides)
+                configs[task] = config.to_dict()
+                total_iterations = -(-config.total_frames // config.frames_per_batch)
+                eval_at = eval_iterations(total_iterations, budget["evals"])
+                t0 = time.perf_counter()
+                runs[task]["ours"].append(train_ours(config, eval_at, Path(tmp) / f"{task}_{seed}", task))
+                msg = f"{task} seed {seed}: ours {runs[task]['ours'][-1][-1]['return']:.1f}"
+                if with_peer:
+                    runs[task]["sb3-contrib"].append(train_peer(config, eval_at, task))
+                    msg += f", sb3-contrib {runs[task]['sb3-contrib'][-1][-1]['return']:.1f}"
+                print(f"{msg}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+            summary[task] = {lib: summarize([c[-1]["return"] for c in curves])
+                             for lib, curves in runs[task].items() if curves}
+
+    result = {"benchmark": "learning", "machine": machine(), "budget": "tiny" if args.tiny else args.budget,
+              "seeds": seeds, "eval_episodes": EVAL_EPISODES, "configs": configs, "summary": summary,
+              "runs": runs, "references": REFERENCES}
+    print(f"\nfinal deterministic return ({EVAL_EPISODES} episodes) over {seeds} seeds")
+    print(f"{'task':16} {'library':12} {'frames':>9} {'mean':>9} {'IQM':>9} {'95% CI':>21} {'zoo ref (v3)':>16}")
+    for task in tasks:
+        ref = REFERENCES.get(task)
+        for lib, s in summary[task].items():
+            frames = runs[task][lib][0][-1]["frames"]
+            reftxt = f"{ref['mean']:.0f} @ {ref['frames'] // 1000}k" if ref else "—"
+            print(f"{task:16} {lib:12} {frames:>9} {s['mean']:>9.1f} {s['iqm']:>9.1f} "
+                  f"{'[' + format(s['ci95'][0], '.1f') + ', ' + format(s['ci95'][1], '.1f') + ']':>21} {reftxt:>16}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "learning.json", result)
+        plot(runs, out / "learning.png")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Smoke tests of the side-by-side benchmarks: each script's --tiny mode runs end to end and writes
+its JSON (and PNG). The sb3-contrib side runs only where sb3_contrib is importable (the bench
+extra); CI installs the test extras only, so there the scripts time and train ours alone.
+benchmarks/gae.py and cg.py are left out: their quickest modes take tens of seconds here."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+pytest.importorskip("gymnasium")
+
+
+def load(name: str):
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sb3_installed() -> bool:
+    return importlib.util.find_spec("sb3_contrib") is not None
+
+
+def test_update_benchmark_tiny(tmp_path):
+    pytest.importorskip("mujoco")
+    out = tmp_path / "update.json"
+    result = load("update").main(["--tiny", "--threads", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["ours"]["total_s"] > 0
+    assert result["ours"]["actor_s"] > 0 and result["ours"]["critic_s"] > 0
+    if sb3_installed():
+        assert saved["speedup_of_medians"] > 0
+
+
+def test_throughput_benchmark_tiny(tmp_path):
+    pytest.importorskip("mujoco")
+    out = tmp_path / "throughput.json"
+    result = load("throughput").main(["--tiny", "--threads", "1", "--out", str(out)])
+    assert result["ours"][0]["frames"] == 256
+    assert json.loads(out.read_text())["ours_fps"] > 0
+    if sb3_installed():
+        assert result["peer"][0]["frames"] == 256
+
+
+def test_learning_benchmark_tiny(tmp_path):
+    pytest.importorskip("matplotlib")
+    result = load("learning").main(["--tiny", "--out", str(tmp_path)])
+    assert (tmp_path / "learning.png").stat().st_size > 0
+    summary = json.loads((tmp_path / "learning.json").read_text())["summary"]["CartPole-v1"]
+    assert summary["ours"]["n"] == 1 and summary["ours"]["mean"] > 0
+    assert ("sb3-contrib" in summary) == sb3_installed()
+    assert result["runs"]["CartPole-v1"]["ours"][0][-1]["frames"] == 256
+
+
+def test_learning_statistics():
+    learning = load("learning")
+    assert learning.iqm([1, 2, 3, 100]) == 2.5  # the middle half of four seeds
+    assert learning.iqm([5.0]) == 5.0
+    lo, hi = learning.bootstrap_ci([1.0, 2.0, 3.0, 4.0])
+    assert 1.0 <= lo < 2.5 < hi <= 4.0
+    assert learning.eval_iterations(15, 3) == {5, 10, 15}
+
+
+def test_trpo_vs_ppo_benchmark_tiny(tmp_path):
+    pytest.importorskip("matplotlib")
+    result = load("trpo_vs_ppo").main(["--tiny", "--out", str(tmp_path)])
+    assert (tmp_path / "trpo_vs_ppo.png").stat().st_size > 0
+    algos = {row["algo"] for row in result["table"]}
+    assert algos == {"trpo", "ppo"}
+    assert all(row["fps"] > 0 for row in result["table"])
