@@ -117,6 +117,18 @@ class TrainConfig:
     def frames_per_batch(self) -> int:
         return self.num_envs * self.steps_per_env
 
+    def trust_region_kwargs(self) -> dict[str, Any]:
+        """The options of :class:`~trpo_torchrl.TrustRegionUpdate` (and its population form)."""
+        return {
+            "max_kl": self.max_kl,
+            "damping": self.damping,
+            "cg_iters": self.cg_iters,
+            "backtrack_iters": self.backtrack_iters,
+            "backtrack_coeff": self.backtrack_coeff,
+            "fvp": self.fvp,
+            "fvp_subsample": self.fvp_subsample,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["hidden_sizes"] = list(self.hidden_sizes)

@@ -55,13 +55,7 @@ class PopulationTrainer:
         self.update = PopulationTrustRegionUpdate(
             self.members[0].loss,
             self.params,
-            max_kl=config.max_kl,
-            damping=config.damping,
-            cg_iters=config.cg_iters,
-            backtrack_iters=config.backtrack_iters,
-            backtrack_coeff=config.backtrack_coeff,
-            fvp=config.fvp,
-            fvp_subsample=config.fvp_subsample,
+            **config.trust_region_kwargs(),
             generator=first.generator,
         )
 

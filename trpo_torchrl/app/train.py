@@ -144,13 +144,7 @@ class Trainer:
         }
         self.actor_step = TrustRegionUpdate(
             self.loss,
-            max_kl=config.max_kl,
-            damping=config.damping,
-            cg_iters=config.cg_iters,
-            backtrack_iters=config.backtrack_iters,
-            backtrack_coeff=config.backtrack_coeff,
-            fvp=config.fvp,
-            fvp_subsample=config.fvp_subsample,
+            **config.trust_region_kwargs(),
             generator=self.generators["update"],
             process_group=group,
         )
