@@ -24,18 +24,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
 from torch.func import functional_call
 
 import trpo_torchrl.ops.cg as cg_module
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, median_ms  # noqa: E402
 from trpo_torchrl.fisher import gauss_newton_fisher_vector_product, kl_fisher_vector_product
-from trpo_torchrl.ops import conjugate_gradient, extension_loaded
+from trpo_torchrl.ops import conjugate_gradient
 
 
 def sync_loop_cg(matvec, b, max_iter=10, residual_tol=1e-10):
@@ -57,20 +56,6 @@ def sync_loop_cg(matvec, b, max_iter=10, residual_tol=1e-10):
     return x
 
 
-def timeit(fn, device, reps, warmup=2):
-    """Median wall time of fn() in ms."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def bench_cg(device, sizes, batches, max_iter, reps):
@@ -106,9 +91,9 @@ def bench_cg(device, sizes, batches, max_iter, reps):
                     cg_module.has_kernel = saved
 
             r = max(2, reps if n * B <= 1_000_000 else reps // 3)
-            t_sync = timeit(run_sync, device, r)
-            t_ours = timeit(run_ours, device, r)
-            t_ref = timeit(run_ref, device, r)
+            t_sync = median_ms(run_sync, device, r)
+            t_ours = median_ms(run_ours, device, r)
+            t_ref = median_ms(run_ref, device, r)
             rows.append(
                 dict(device=device.type, n=n, B=B, sync_loop_ms=t_sync, ours_ms=t_ours, ours_ref_ms=t_ref,
                      speedup=t_sync / t_ours)
@@ -155,9 +140,9 @@ def bench_fvp(device, hiddens, reps):
         theta, dist_fn, kl_fn = make_policy(hidden, device)
         v = torch.randn_like(theta)
         fvp_a = kl_fisher_vector_product(kl_fn, theta, damping=0.1)
-        t_setup_j = timeit(lambda: gauss_newton_fisher_vector_product(dist_fn, theta, "normal", damping=0.1),
+        t_setup_j = median_ms(lambda: gauss_newton_fisher_vector_product(dist_fn, theta, "normal", damping=0.1),
                            device, max(2, reps // 4), warmup=1)
-        t_setup_l = timeit(
+        t_setup_l = median_ms(
             lambda: gauss_newton_fisher_vector_product(dist_fn, theta, "normal", damping=0.1, use_linearize=True),
             device, max(2, reps // 8), warmup=1)
         fvp_b = gauss_newton_fisher_vector_product(dist_fn, theta, "normal", damping=0.1)
@@ -166,9 +151,9 @@ def bench_fvp(device, hiddens, reps):
         fa = kl_fisher_vector_product(kl_fn, theta)(v)
         fb = gauss_newton_fisher_vector_product(dist_fn, theta, "normal")(v)
         err = ((fa - fb).norm() / fa.norm()).item()
-        t_a = timeit(lambda: fvp_a(v), device, reps)
-        t_b = timeit(lambda: fvp_b(v), device, reps)
-        t_l = timeit(lambda: fvp_l(v), device, reps)
+        t_a = median_ms(lambda: fvp_a(v), device, reps)
+        t_b = median_ms(lambda: fvp_b(v), device, reps)
+        t_l = median_ms(lambda: fvp_l(v), device, reps)
         rows.append(dict(device=device.type, policy=f"{hidden}x{hidden}", params=theta.numel(), states=2048,
                          kl_double_backward_ms=t_a, gauss_newton_ms=t_b, gauss_newton_setup_ms=t_setup_j,
                          gauss_newton_linearize_ms=t_l, gauss_newton_linearize_setup_ms=t_setup_l,
@@ -178,14 +163,6 @@ def bench_fvp(device, hiddens, reps):
     return rows
 
 
-def machine():
-    info = dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
-                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
-                python=platform.python_version(), compiled_ops=extension_loaded())
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 def main():

@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
 import time
+import sys
 from pathlib import Path
 
 import torch
 from tensordict import TensorDict
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, median_ms  # noqa: E402
 from trpo_torchrl import PopulationTrustRegionUpdate, TRPOLoss, TrustRegionUpdate, gaussian_actor
-from trpo_torchrl.ops import extension_loaded
 
 OBS, ACT, HIDDEN = 17, 6, 64
 
@@ -59,20 +58,6 @@ def member_batch(actor, states: int, seed: int, device) -> TensorDict:
     return td
 
 
-def timeit(fn, device, reps, warmup=1):
-    """Median wall time of fn() in ms."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def bench(device, members_list, states, reps, options):
@@ -97,8 +82,8 @@ def bench(device, members_list, states, reps, options):
                 update(batch)
                 update.write_parameters(theta)
 
-        t_batched = timeit(batched, device, reps)
-        t_seq = timeit(sequential, device, max(1, reps // 2))
+        t_batched = median_ms(batched, device, reps)
+        t_seq = median_ms(sequential, device, max(1, reps // 2))
         accepted = population(stacked)["step_accepted"].float().mean().item()
         population.write_parameters(theta_pop)
         if base is None:
@@ -133,14 +118,6 @@ def bench_app(env: str, seeds: int, frames: int, logdir: Path):
     return row
 
 
-def machine():
-    info = dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
-                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
-                python=platform.python_version(), compiled_ops=extension_loaded())
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 def main():
