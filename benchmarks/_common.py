@@ -174,3 +174,13 @@ def median_ms(fn, device: torch.device, reps: int, warmup: int = 1) -> float:
             torch.cuda.synchronize()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def pick_devices(choice: str) -> list[torch.device]:
+    """``cpu``, ``cuda`` or ``all`` (CPU, and CUDA when present) as devices; exits if none is left."""
+    devices = [torch.device("cpu")] if choice in ("cpu", "all") else []
+    if choice in ("cuda", "all") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    if not devices:
+        raise SystemExit("no device to run on (asked for CUDA without one?)")
+    return devices

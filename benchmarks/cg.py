@@ -32,7 +32,7 @@ from torch.func import functional_call
 
 import trpo_torchrl.ops.cg as cg_module
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median_ms  # noqa: E402
+from _common import machine, median_ms, pick_devices  # noqa: E402
 from trpo_torchrl.fisher import gauss_newton_fisher_vector_product, kl_fisher_vector_product
 from trpo_torchrl.ops import conjugate_gradient
 
@@ -176,11 +176,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
-    if args.device in ("cuda", "all") and torch.cuda.is_available():
-        devices.append(torch.device("cuda"))
-    if not devices:
-        raise SystemExit("no device to run on (asked for CUDA without one?)")
+    devices = pick_devices(args.device)
     sizes = [5_000, 70_000] if args.quick else [5_000, 70_000, 1_000_000]
     batches = [1, 8] if args.quick else [1, 8, 64]
     hiddens = [64, 256]

@@ -30,7 +30,7 @@ from tensordict import TensorDict
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median_ms  # noqa: E402
+from _common import machine, median_ms, pick_devices  # noqa: E402
 from trpo_torchrl import PopulationTrustRegionUpdate, TRPOLoss, TrustRegionUpdate, gaussian_actor
 
 OBS, ACT, HIDDEN = 17, 6, 64
@@ -136,11 +136,7 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
-    if args.device in ("cuda", "all") and torch.cuda.is_available():
-        devices.append(torch.device("cuda"))
-    if not devices:
-        raise SystemExit("no device to run on (asked for CUDA without one?)")
+    devices = pick_devices(args.device)
     states = args.states or (256 if args.quick else 2048)
     members = [int(m) for m in args.members.split(",")] if args.members else ([1, 4, 16] if args.quick else [1, 4, 16, 64])
     reps = 3 if args.quick else 10
