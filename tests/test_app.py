@@ -156,6 +156,7 @@ def test_corrupt_and_foreign_checkpoints(tmp_path, capsys):
         (["--max-kll", "0.1"], "unrecognized arguments"),
         (["--max-kl", "-1"], "max_kl=-1.0 must be > 0"),
         (["--max-kl", "big"], "max_kl='big' is not a valid float"),
+        (["--kl-reduction", "max"], "kl_reduction='max' must be 'sum' or 'mean'"),
         (["--workers", "2"], "needs collector='multisync'"),
     ],
 )
@@ -236,3 +237,14 @@ def test_mujoco_observations_reach_the_networks_as_float32():
     assert td["observation"].dtype == torch.float32
     assert td["next", "observation"].dtype == torch.float32
     env.close()
+
+
+def test_checkpoint_configs_keep_the_kl_measure_they_were_trained_with():
+    from trpo_torchrl.app.config import config_from_dict
+
+    # new runs measure the KL as sb3-contrib does; a checkpoint from before the option existed summed it
+    assert TrainConfig().kl_reduction == "mean"
+    assert config_from_dict(TrainConfig().to_dict()).kl_reduction == "mean"
+    legacy = TrainConfig().to_dict()
+    del legacy["kl_reduction"]
+    assert config_from_dict(legacy).kl_reduction == "sum"

@@ -47,16 +47,19 @@ def test_surrogate_gradient_is_the_policy_gradient(kind):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
-def test_kl_is_the_closed_form_gaussian_kl_after_a_change():
+@pytest.mark.parametrize("kl_reduction", ["sum", "mean"])
+def test_kl_is_the_closed_form_gaussian_kl_after_a_change(kl_reduction):
     actor = make_actor("gaussian", dtype=torch.float64)
-    loss = TRPOLoss(actor, make_critic(dtype=torch.float64))
+    loss = TRPOLoss(actor, make_critic(dtype=torch.float64), kl_reduction=kl_reduction)
     td = collect(actor, dtype=torch.float64)
     with torch.no_grad():
         for p in actor.parameters():
             p.add_(0.05 * torch.randn_like(p))
         new = actor.get_dist_params(td.select("observation").copy())
     mu0, s0, mu1, s1 = td["loc"], td["scale"], new["loc"], new["scale"]
-    expected = (torch.log(s1 / s0) + (s0**2 + (mu0 - mu1) ** 2) / (2 * s1**2) - 0.5).sum(-1).mean()
+    per_dim = torch.log(s1 / s0) + (s0**2 + (mu0 - mu1) ** 2) / (2 * s1**2) - 0.5  # [N, d]
+    # "sum": the KL of the joint action distribution; "mean": averaged over dimensions too (sb3-contrib)
+    expected = per_dim.sum(-1).mean() if kl_reduction == "sum" else per_dim.mean()
     torch.testing.assert_close(loss(td)["kl"], expected)
     assert expected > 1e-4
 
@@ -176,6 +179,8 @@ def test_networks_without_parameters_are_rejected():
         TRPOLoss(make_critic(), make_critic())
     with pytest.raises(ValueError, match="loss_critic_type"):
         TRPOLoss(actor, make_critic(), loss_critic_type="huber?")
+    with pytest.raises(ValueError, match="kl_reduction"):
+        TRPOLoss(actor, make_critic(), kl_reduction="max")
 
 
 def test_distribution_without_analytic_kl_needs_the_sampled_estimate():

@@ -12,27 +12,36 @@ from trpo_torchrl.population import PopulationTrustRegionUpdate, population_poli
 NUM_STATES = 64
 
 
-def population(kind: str, members: int, *, dtype=torch.float64, **options):
+def population(kind: str, members: int, *, dtype=torch.float64, kl_reduction: str = "sum", **options):
     """M actors of one architecture (different seeds), their own batches, and a population update
     over their stacked parameters (the template actor's own values are deliberately different)."""
     actors = [make_actor(kind, seed=10 + m, dtype=dtype) for m in range(members)]
     batches = [collect(a, NUM_STATES, seed=20 + m, dtype=dtype) for m, a in enumerate(actors)]
     params = TensorDict.from_modules(*actors, as_module=True)
     template = make_actor(kind, seed=99, dtype=dtype)
-    update = PopulationTrustRegionUpdate(TRPOLoss(template, make_critic(dtype=dtype)), params, **options)
+    loss = TRPOLoss(template, make_critic(dtype=dtype), kl_reduction=kl_reduction)
+    update = PopulationTrustRegionUpdate(loss, params, **options)
     return actors, batches, params, update
 
 
 @pytest.mark.parametrize(
-    "kind,fvp", [("gaussian", "gauss_newton"), ("categorical", "gauss_newton"), ("gaussian_state_scale", "kl_hessian")]
+    "kind,fvp,kl_reduction",
+    [
+        ("gaussian", "gauss_newton", "sum"),
+        ("categorical", "gauss_newton", "sum"),
+        ("gaussian_state_scale", "kl_hessian", "sum"),
+        ("gaussian", "gauss_newton", "mean"),
+        ("gaussian_state_scale", "kl_hessian", "mean"),
+    ],
 )
-def test_population_equals_separate_single_member_updates(kind, fvp):
-    actors, batches, _, update = population(kind, 4, fvp=fvp, max_kl=0.02)
+def test_population_equals_separate_single_member_updates(kind, fvp, kl_reduction):
+    actors, batches, _, update = population(kind, 4, fvp=fvp, max_kl=0.02, kl_reduction=kl_reduction)
     metrics = update(torch.stack(batches))
     assert metrics.batch_size == torch.Size([4])
     after = update.flat_parameters()
     for m, (actor, batch) in enumerate(zip(actors, batches)):
-        single = TrustRegionUpdate(TRPOLoss(actor, make_critic(dtype=torch.float64)), fvp=fvp, max_kl=0.02)
+        single_loss = TRPOLoss(actor, make_critic(dtype=torch.float64), kl_reduction=kl_reduction)
+        single = TrustRegionUpdate(single_loss, fvp=fvp, max_kl=0.02)
         before = single.flat_parameters()
         expected = single(batch)
         assert expected["step_accepted"] and metrics["step_accepted"][m]

@@ -224,3 +224,38 @@ def test_sampled_kl_policy_steps_with_the_kl_hessian_product():
     after = loss(td)
     assert 0 < after["kl"] <= 0.01
     assert after["surrogate"] > metrics["surrogate_before"]
+
+
+@pytest.mark.parametrize("kind,fvp", [("gaussian", "gauss_newton"), ("gaussian_state_scale", "kl_hessian")])
+def test_kl_averaged_over_action_dims_is_the_summed_kl_with_a_d_times_larger_region(kind, fvp):
+    # kl_reduction="mean" (sb3-contrib's measure) with (δ, λ) must take exactly the step of "sum"
+    # with (d·δ, d·λ), and report the KL divided by d
+    actor = make_actor(kind, dtype=torch.float64)
+    td = collect(actor, dtype=torch.float64)
+    d = td["action"].shape[-1]
+    assert d > 1
+    start = actor_state(actor)
+    mean_update = TrustRegionUpdate(TRPOLoss(actor, make_critic(dtype=torch.float64), kl_reduction="mean"), max_kl=0.005, damping=0.05, fvp=fvp)
+    mean_metrics = mean_update(td)
+    mean_theta = mean_update.flat_parameters()
+    with torch.no_grad():
+        for p, p0 in zip(actor.parameters(), start):
+            p.copy_(p0)
+    sum_update = TrustRegionUpdate(TRPOLoss(actor, make_critic(dtype=torch.float64)), max_kl=0.005 * d, damping=0.05 * d, fvp=fvp)
+    sum_metrics = sum_update(td)
+    assert mean_metrics["step_accepted"] and sum_metrics["step_accepted"]
+    torch.testing.assert_close(mean_theta, sum_update.flat_parameters(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(mean_metrics["kl"] * d, sum_metrics["kl"])
+    assert 0 < mean_metrics["kl"] <= 0.005 < sum_metrics["kl"]
+
+
+def test_kl_reduction_does_not_change_a_categorical_step():
+    # one categorical is one action dimension: "mean" and "sum" are the same measure
+    thetas = []
+    for reduction in ("sum", "mean"):
+        actor = make_actor("categorical", dtype=torch.float64)
+        td = collect(actor, dtype=torch.float64)
+        update = TrustRegionUpdate(TRPOLoss(actor, make_critic(dtype=torch.float64), kl_reduction=reduction))
+        assert update(td)["step_accepted"]
+        thetas.append(update.flat_parameters())
+    assert torch.equal(thetas[0], thetas[1])

@@ -24,7 +24,7 @@ from trpo_torchrl import TRPOLoss, TrustRegionUpdate, gaussian_actor
 OBS, ACT, N = 17, 6, 1024  # HalfCheetah's sizes
 
 
-def _textbook_step(net, obs, act, old_logp, adv, *, max_kl, damping, cg_iters, backtrack_iters, coeff):
+def _textbook_step(net, obs, act, old_logp, adv, *, max_kl, damping, cg_iters, backtrack_iters, coeff, kl_reduction="sum"):
     params = [p for p in net.parameters() if p.requires_grad]
 
     def dist():
@@ -39,7 +39,9 @@ def _textbook_step(net, obs, act, old_logp, adv, *, max_kl, damping, cg_iters, b
         return (torch.exp(dist().log_prob(act).sum(-1) - old_logp) * adv).mean()
 
     def mean_kl():
-        return kl_divergence(old, dist()).sum(-1).mean()
+        kl = kl_divergence(old, dist())  # [N, d]: one KL per action dimension
+        # "mean" is sb3-contrib's measure: its Normal is not Independent, so .mean() runs over N·d
+        return kl.sum(-1).mean() if kl_reduction == "sum" else kl.mean()
 
     flat = lambda ts: torch.cat([t.reshape(-1) for t in ts])  # noqa: E731
     g = flat(torch.autograd.grad(surrogate(), params))
@@ -77,8 +79,9 @@ def _textbook_step(net, obs, act, old_logp, adv, *, max_kl, damping, cg_iters, b
         return theta0, backtrack_iters
 
 
+@pytest.mark.parametrize("kl_reduction", ["sum", "mean"])
 @pytest.mark.parametrize("fvp", ["gauss_newton", "kl_hessian"])
-def test_update_equals_textbook_trpo_step(fvp):
+def test_update_equals_textbook_trpo_step(fvp, kl_reduction):
     torch.manual_seed(0)
     dtype = torch.float64
     mlp = nn.Sequential(nn.Linear(OBS, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, ACT))
@@ -98,10 +101,11 @@ def test_update_equals_textbook_trpo_step(fvp):
     reference_net = copy.deepcopy(reference_net)  # Sequential(mlp, StateIndependentScale)
     options = dict(max_kl=0.04, damping=0.1, cg_iters=25, backtrack_iters=10)
     ref_theta, ref_k = _textbook_step(
-        reference_net, obs, batch["action"], batch["action_log_prob"].reshape(-1), adv, coeff=0.8, **options
+        reference_net, obs, batch["action"], batch["action_log_prob"].reshape(-1), adv, coeff=0.8,
+        kl_reduction=kl_reduction, **options
     )
 
-    loss = TRPOLoss(actor, critic, normalize_advantage=True)
+    loss = TRPOLoss(actor, critic, normalize_advantage=True, kl_reduction=kl_reduction)
     update = TrustRegionUpdate(loss, backtrack_coeff=0.8, fvp=fvp, **options)
     theta0 = update.flat_parameters()
     metrics = update(batch)

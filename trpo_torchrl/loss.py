@@ -141,6 +141,13 @@ class TRPOLoss(LossModule):
         kl_estimate (str): ``"analytic"`` (default) uses ``torch.distributions.kl_divergence`` and fails
             for distributions that have none; ``"sampled"`` falls back, for those only, to the
             non-negative estimate ``mean(r - 1 - log r)``, ``r = π_θ/π_old`` on the stored actions.
+        kl_reduction (str): how the KL of a multi-dimensional action is reduced per state. ``"sum"``
+            (default) is the KL between the joint action distributions, the paper's measure.
+            ``"mean"`` divides it by the number of independent action dimensions (1 for a categorical),
+            which is how Stable-Baselines3-contrib's TRPO measures a diagonal Gaussian's KL: its
+            ``target_kl`` and ``cg_damping`` (and rl-zoo3's tuned values) mean the same here only under
+            ``"mean"``. ``"mean"`` with ``max_kl=δ, damping=λ`` takes exactly the step ``"sum"`` takes
+            with ``δ·d, λ·d`` for ``d`` action dimensions.
         device (torch.device, optional): where the coefficient buffers live.
 
     Examples:
@@ -212,6 +219,7 @@ class TRPOLoss(LossModule):
         normalize_advantage: bool = True,
         loss_critic_type: str = "l2",
         kl_estimate: str = "analytic",
+        kl_reduction: str = "sum",
         device: torch.device | None = None,
     ):
         if not (hasattr(actor_network, "get_dist_params") and hasattr(actor_network, "build_dist_from_params")):
@@ -229,6 +237,8 @@ class TRPOLoss(LossModule):
             raise ValueError(f"TRPOLoss: loss_critic_type must be 'l1', 'l2' or 'smooth_l1', got {loss_critic_type!r}")
         if kl_estimate not in ("analytic", "sampled"):
             raise ValueError(f"TRPOLoss: kl_estimate must be 'analytic' or 'sampled', got {kl_estimate!r}")
+        if kl_reduction not in ("sum", "mean"):
+            raise ValueError(f"TRPOLoss: kl_reduction must be 'sum' or 'mean', got {kl_reduction!r}")
         if critic_coeff < 0 or entropy_coeff < 0:
             raise ValueError("TRPOLoss: critic_coeff and entropy_coeff must be >= 0")
         self._in_keys = None
@@ -247,6 +257,7 @@ class TRPOLoss(LossModule):
         self.normalize_advantage = normalize_advantage
         self.loss_critic_type = loss_critic_type
         self.kl_estimate = kl_estimate
+        self.kl_reduction = kl_reduction
         keys = {}
         log_prob_keys = getattr(actor_network, "log_prob_keys", [])
         sample_keys = getattr(actor_network, "dist_sample_keys", [])
@@ -411,8 +422,21 @@ class TRPOLoss(LossModule):
         """π_old rebuilt from the stored distribution parameters."""
         return self.actor_network.build_dist_from_params(batch.old_params.copy())
 
+    def kl_divisor(self, dist: D.Distribution) -> int:
+        """What the per-state KL is divided by: 1 under ``kl_reduction="sum"``, else the number of
+        independent action dimensions (the event size; 1 for a categorical, one-hot or not)."""
+        if self.kl_reduction == "sum" or distribution_family(dist) == "categorical":
+            return 1
+        return max(1, dist.event_shape.numel())
+
     def mean_kl(self, batch: PolicyBatch, dist: D.Distribution, log_ratio: torch.Tensor) -> torch.Tensor:
-        """Mean KL(π_old ‖ π_θ) over the states: analytic, or the sampled estimate when asked for."""
+        """Mean KL(π_old ‖ π_θ) over the states (reduced over action dimensions by ``kl_reduction``):
+        analytic, or the sampled estimate when asked for."""
+        divisor = self.kl_divisor(dist)
+        kl = self._state_kl(batch, dist, log_ratio)
+        return kl if divisor == 1 else kl / divisor
+
+    def _state_kl(self, batch: PolicyBatch, dist: D.Distribution, log_ratio: torch.Tensor) -> torch.Tensor:
         old = self.old_dist(batch)
         try:
             kl = _analytic_kl(old, dist)

@@ -251,12 +251,12 @@ class PopulationTrustRegionUpdate:
 
         return torch.vmap(one)(theta, batch, self._member_buffers())
 
-    def _family(self, batch: PolicyBatch, theta: torch.Tensor):
+    def _first_member_dist(self, batch: PolicyBatch, theta: torch.Tensor):
+        """The first member's policy on its states: what the family and the KL divisor are read from."""
         first = PolicyBatch(*(field[0] for field in batch))
         buffers = {name: value[0] for name, value in self._member_buffers().items()}
         with torch.no_grad():
-            dist = self.loss_module.policy_dist(first, self._member_tensors(theta[0], buffers))
-        return distribution_family(dist)
+            return self.loss_module.policy_dist(first, self._member_tensors(theta[0], buffers))
 
     def fisher_vector_product(self, batch: PolicyBatch, theta_old: torch.Tensor):
         """``v [M, n] ↦ (F_m + damping·I) v_m`` for every member at once (F is block diagonal)."""
@@ -280,7 +280,8 @@ class PopulationTrustRegionUpdate:
             return lambda flat: torch.vmap(fn)(flat.view(members, n), data, buffers)
 
         if single.fvp == "gauss_newton":
-            family = self._family(batch, theta_old)
+            dist = self._first_member_dist(batch, theta_old)
+            family = distribution_family(dist)
             if family is None:
                 raise TypeError(
                     "PopulationTrustRegionUpdate: fvp='gauss_newton' knows the Fisher of Gaussian and "
@@ -300,7 +301,8 @@ class PopulationTrustRegionUpdate:
                 return out.reshape(members * num_states, -1)
 
             product = gauss_newton_fisher_vector_product(dist_fn, theta_old.reshape(-1), family)
-            scale = float(members)
+            # (and F / d when the KL is averaged over d action dimensions)
+            scale = members / loss.kl_divisor(dist)
         else:
 
             def kl_of(th, b, bufs):

@@ -183,7 +183,12 @@ class TrustRegionUpdate:
             def dist_fn(theta):
                 return distribution_parameters(loss.policy_dist(batch, self.unflatten(theta)), num_states)
 
-            return gauss_newton_fisher_vector_product(dist_fn, theta_old, family, damping=self.damping)
+            divisor = loss.kl_divisor(dist)
+            if divisor == 1:
+                return gauss_newton_fisher_vector_product(dist_fn, theta_old, family, damping=self.damping)
+            # the KL averaged over d action dimensions has Fisher F/d: ((F + dλ)v)/d = (F/d + λ)v
+            product = gauss_newton_fisher_vector_product(dist_fn, theta_old, family, damping=self.damping * divisor)
+            return lambda v: product(v) / divisor
 
         def kl_fn(theta):
             d = loss.policy_dist(batch, self.unflatten(theta))

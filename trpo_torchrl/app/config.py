@@ -67,6 +67,11 @@ class TrainConfig:
     """Standardise advantages over the batch before the actor step."""
     max_kl: float = 0.01
     """Trust-region radius δ on the mean KL(π_old‖π_θ)."""
+    kl_reduction: str = "mean"
+    """How a multi-dimensional action's KL is measured: ``mean`` over the action dimensions (what
+    Stable-Baselines3-contrib does, so its and rl-zoo3's max_kl and damping values mean the same here)
+    or ``sum`` (the KL of the joint action distribution, as in the paper: d action dimensions then
+    need d× max_kl and damping for the same step). No difference for discrete actions."""
     damping: float = 0.1
     """Damping added to the Fisher's diagonal in the CG solve."""
     cg_iters: int = 15
@@ -150,6 +155,7 @@ class TrainConfig:
             ("backtrack_iters", self.backtrack_iters >= 1, "must be >= 1"),
             ("backtrack_coeff", 0 < self.backtrack_coeff < 1, "must be in (0, 1)"),
             ("fvp", self.fvp in ("gauss_newton", "kl_hessian"), "must be 'gauss_newton' or 'kl_hessian'"),
+            ("kl_reduction", self.kl_reduction in ("sum", "mean"), "must be 'sum' or 'mean'"),
             ("fvp_subsample", 0 < self.fvp_subsample <= 1, "must be in (0, 1]"),
             ("entropy_coeff", self.entropy_coeff >= 0, "must be >= 0"),
             ("critic_lr", self.critic_lr > 0, "must be > 0"),
@@ -301,7 +307,9 @@ def save_yaml(config: TrainConfig, path: str | Path) -> None:
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    return apply_overrides(TrainConfig(), data, "a checkpoint").validate()
+    """The config a checkpoint was saved with. Checkpoints written before ``kl_reduction`` existed
+    measured the KL summed over action dimensions, and keep doing so when resumed."""
+    return apply_overrides(TrainConfig(), {"kl_reduction": "sum", **data}, "a checkpoint").validate()
 
 
 __all__ = [

@@ -137,6 +137,7 @@ class Trainer:
             self.critic,
             entropy_coeff=config.entropy_coeff,
             normalize_advantage=config.normalize_advantage,
+            kl_reduction=config.kl_reduction,
         ).make_value_estimator(gamma=config.gamma, lmbda=config.gae_lambda)
         self.generators = {
             "update": torch.Generator(device=self.device).manual_seed(self.rank_seed + 1),
