@@ -100,6 +100,11 @@ def sb3_trpo(config, env=None, *, verbose: int = 0):
     eps=1e-5 (ours torch's 1e-8); SB3 normalises observations with the statistics of the batch
     being collected, ours updates them once per batch after the update.
     """
+    if config.kl_reduction != "mean":
+        raise ValueError(
+            "sb3_trpo: sb3-contrib averages a Gaussian's KL over the action dimensions; compare it with "
+            f"kl_reduction='mean' (got {config.kl_reduction!r})"
+        )
     from sb3_contrib import TRPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize

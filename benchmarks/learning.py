@@ -227,6 +227,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--tiny", action="store_true", help="smoke test: CartPole-v1, 2 iterations of 2 x 64 steps, 1 seed")
     ap.add_argument("--tasks", nargs="+", default=None, help=f"subset of {TASKS}")
     ap.add_argument("--seeds", type=int, default=None, help="override the budget's number of seeds")
+    ap.add_argument("--frames", type=int, default=None, help="override the budget's frames on the MuJoCo tasks")
+    ap.add_argument("--evals", type=int, default=None, help="override the budget's number of evaluation points")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both libraries (default 1)")
     ap.add_argument("--out", default=None, help="folder for learning.json and learning.png")
@@ -245,6 +247,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for task in tasks:
             frames = budget["frames"]["CartPole-v1" if task == "CartPole-v1" else "mujoco"]
+            if args.frames and task != "CartPole-v1":
+                frames = args.frames
             overrides = {"total_frames": frames}
             if args.tiny:
                 overrides.update(steps_per_env=64, critic_epochs=2)
@@ -253,7 +257,7 @@ def main(argv=None) -> dict:
                 config = our_config(task, seed=seed, **overrides)
                 configs[task] = config.to_dict()
                 total_iterations = -(-config.total_frames // config.frames_per_batch)
-                eval_at = eval_iterations(total_iterations, budget["evals"])
+                eval_at = eval_iterations(total_iterations, args.evals or budget["evals"])
                 t0 = time.perf_counter()
                 runs[task]["ours"].append(train_ours(config, eval_at, Path(tmp) / f"{task}_{seed}", task))
                 msg = f"{task} seed {seed}: ours {runs[task]['ours'][-1][-1]['return']:.1f}"

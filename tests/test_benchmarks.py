@@ -75,3 +75,11 @@ def test_trpo_vs_ppo_benchmark_tiny(tmp_path):
     algos = {row["algo"] for row in result["table"]}
     assert algos == {"trpo", "ppo"}
     assert all(row["fps"] > 0 for row in result["table"])
+
+
+def test_parity_benchmark_matches_sb3_step():
+    # needs the peer itself: runs where the bench extra is installed, skips in CI
+    pytest.importorskip("sb3_contrib")
+    pytest.importorskip("mujoco")
+    module = load("parity")
+    assert module.main(["--env", "Hopper-v5", "--iters", "1"]) == 0
