@@ -43,7 +43,7 @@ def test_tensor_fast_path_equals_the_tensordict_path():
         torch.manual_seed(0)
         critic = make_critic()
         loss = TRPOLoss(actor, critic)
-        fit = CriticFit(loss, lr=1e-2, epochs=3, minibatch_size=64, generator=torch.Generator().manual_seed(1))
+        fit = CriticFit(loss, lr=1e-2, epochs=3, minibatch_size=64, generator=torch.Generator().manual_seed(1), fused=False)
         if not fast:
             fit._tensor_minibatch_loss = lambda data: None
         else:

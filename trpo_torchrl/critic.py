@@ -9,6 +9,7 @@ from torchrl.objectives.utils import distance_loss
 
 from .distributed import all_reduce_mean, resolve_process_group
 from .loss import TRPOLoss
+from .ops import mlp_fit_adam
 
 __all__ = ["CriticFit"]
 
@@ -35,6 +36,14 @@ class CriticFit:
             so every rank takes the same step; with equal shards every rank runs the same number of
             steps (``minibatch_size`` is per rank: a global minibatch is ``world_size`` times it).
             The returned metrics stay those of this rank's shard. Defaults to ``None`` (one process).
+        fused (bool, optional): run the whole fit as one call of the compiled op
+            :func:`~trpo_torchrl.ops.mlp_fit_adam` (the loop, the MLP's backward pass and Adam in
+            C++; the same minibatches and the same parameters, bit for bit, as the eager loop). It
+            applies to the usual TRPO critic: a ``TensorDictModule`` over an ``nn.Sequential`` of
+            parameter-free preprocessing (e.g. an observation normaliser) followed by
+            ``Linear``/``Tanh`` or ``Linear``/``ReLU`` layers ending in one output, with the l2 loss,
+            plain Adam, no gradient clipping and no process group. ``None`` (default) uses it
+            whenever it applies; ``True`` raises, saying why, when it does not; ``False`` never uses it.
 
     Examples:
         >>> fit = CriticFit(loss, lr=1e-3, epochs=5, minibatch_size=64)  # doctest: +SKIP
@@ -51,6 +60,7 @@ class CriticFit:
         max_grad_norm: float | None = None,
         generator: torch.Generator | None = None,
         process_group=None,
+        fused: bool | None = None,
     ):
         if not isinstance(loss_module, TRPOLoss):
             raise TypeError(f"CriticFit: loss_module must be a TRPOLoss, got {type(loss_module).__name__}")
@@ -64,6 +74,9 @@ class CriticFit:
         self.max_grad_norm = max_grad_norm
         self.generator = generator
         self.process_group = resolve_process_group(process_group)
+        if fused not in (None, True, False):
+            raise ValueError(f"CriticFit: fused must be None, True or False, got {fused!r}")
+        self.fused = fused
         self.parameters = [p for p in loss_module.critic_network.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.parameters, lr=lr)
 
@@ -104,9 +117,16 @@ class CriticFit:
             )
         data = tensordict.reshape(-1)
         num_states = data.numel()
-        minibatch_loss = self._tensor_minibatch_loss(data)
-        last_epoch = []
-        for _ in range(self.epochs):
+        plan = None if self.fused is False else _FusedPlan.build(self, data)
+        if isinstance(plan, str):
+            if self.fused:
+                raise ValueError(f"CriticFit(fused=True): the fused fit does not apply here: {plan}")
+            plan = None
+        if plan is not None:
+            orders = torch.stack([torch.randperm(num_states, generator=self.generator) for _ in range(self.epochs)])
+            last_epoch = list(plan.run(self, orders.to(plan.inputs.device)).split(plan.per_epoch)[-1])
+        minibatch_loss = self._tensor_minibatch_loss(data) if plan is None else None
+        for _ in range(self.epochs if plan is None else 0):
             perm = torch.randperm(num_states, generator=self.generator).to(data.device)
             last_epoch = []
             shuffled = minibatch_loss.shuffle(perm) if minibatch_loss is not None else None
@@ -151,3 +171,112 @@ class _TensorMinibatchLoss:
     def __call__(self, start: int, stop: int) -> torch.Tensor:
         value = self.module(*[x[start:stop] for x in self.inputs])
         return self.coeff * distance_loss(self.target[start:stop], value, loss_function=self.loss_type).mean()
+
+
+_STOCHASTIC_OR_STATEFUL = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._NormBase)
+
+
+def _flat_modules(module: torch.nn.Module) -> list[torch.nn.Module]:
+    if isinstance(module, torch.nn.Sequential):
+        return [leaf for child in module for leaf in _flat_modules(child)]
+    return [module]
+
+
+class _FusedPlan:
+    """What one call of :func:`~trpo_torchrl.ops.mlp_fit_adam` needs, checked against the critic,
+    the loss and the optimiser; :meth:`build` returns the reason as a string when it does not apply."""
+
+    def __init__(self, inputs, targets, params, activation, per_epoch):
+        self.inputs, self.targets, self.params = inputs, targets, params
+        self.activation, self.per_epoch = activation, per_epoch
+
+    @classmethod
+    def build(cls, fit: "CriticFit", data: TensorDictBase) -> "_FusedPlan | str":
+        loss = fit.loss_module
+        net = loss.critic_network
+        if fit.process_group is not None or fit.max_grad_norm is not None:
+            return "it does not average gradients over a process group or clip them"
+        if loss.loss_critic_type != "l2":
+            return f"it fits the l2 loss, not {loss.loss_critic_type!r}"
+        if type(net) is not TensorDictModule or list(net.out_keys) != [loss.tensor_keys.value] or len(net.in_keys) != 1:
+            return "the critic must be a TensorDictModule with one input and the value as its output"
+        modules = _flat_modules(net.module)
+        first = next((i for i, m in enumerate(modules) if isinstance(m, torch.nn.Linear)), None)
+        if first is None:
+            return "the critic has no Linear layer"
+        prefix, body = modules[:first], modules[first:]
+        for m in prefix:
+            if any(p.requires_grad for p in m.parameters()) or isinstance(m, _STOCHASTIC_OR_STATEFUL):
+                return f"{type(m).__name__} before the first Linear is trained or random"
+        linears, acts = body[0::2], body[1::2]
+        if len(body) % 2 == 0 or not all(isinstance(m, torch.nn.Linear) and m.bias is not None for m in linears):
+            return "the network must be Linear, activation, Linear, ..., Linear (with biases)"
+        kinds = {type(m) for m in acts}
+        if kinds - {torch.nn.Tanh, torch.nn.ReLU} or len(kinds) > 1:
+            return f"the hidden activations must all be Tanh or all ReLU, got {sorted(k.__name__ for k in kinds)}"
+        params = [t for m in linears for t in (m.weight, m.bias)]
+        if [id(p) for p in params] != [id(p) for p in fit.parameters]:
+            return "the critic's trainable parameters must be exactly its Linear layers'"
+        opt = fit.optimizer
+        group = opt.param_groups[0] if len(opt.param_groups) == 1 else None
+        if (
+            type(opt) is not torch.optim.Adam
+            or group is None
+            or group["amsgrad"]
+            or group["weight_decay"] != 0
+            or group["maximize"]
+            or group["capturable"]
+            or group["differentiable"]
+            or group["fused"]
+            or isinstance(group["lr"], torch.Tensor)
+        ):
+            return "the optimiser must be plain torch.optim.Adam (one group, no weight decay, amsgrad, fused or capturable)"
+        states = [opt.state.get(p, {}) for p in params]
+        if any(states) and not all("step" in st and "exp_avg" in st and "exp_avg_sq" in st for st in states):
+            return "the optimiser state is incomplete"
+        inputs = data.get(net.in_keys[0])
+        target = data.get(loss.tensor_keys.value_target)
+        if not isinstance(inputs, torch.Tensor) or not isinstance(target, torch.Tensor) or inputs.dim() != 2:
+            return "the critic's input must be a [N, features] tensor"
+        if target.numel() != inputs.shape[0]:
+            return f"the value target must hold one value per state, got shape {tuple(target.shape)}"
+        with torch.no_grad():
+            for m in prefix:
+                inputs = m(inputs)
+        inputs = inputs.contiguous()
+        if any(p.dtype != inputs.dtype or p.device != inputs.device or not p.is_contiguous() for p in params):
+            return "parameters and inputs must share dtype and device, and be contiguous"
+        activation = "relu" if torch.nn.ReLU in kinds else "tanh"
+        per_epoch = -(-inputs.shape[0] // fit.minibatch_size)
+        return cls(inputs, target.detach().reshape(-1).to(inputs.dtype), params, activation, per_epoch)
+
+    def run(self, fit: "CriticFit", orders: torch.Tensor) -> torch.Tensor:
+        opt = fit.optimizer
+        group = opt.param_groups[0]
+        for p in self.params:
+            if not opt.state.get(p):  # torch.optim.Adam's own lazy initialisation, so either path can continue
+                opt.state[p] = {
+                    "step": torch.tensor(0.0, dtype=torch.float32),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
+        states = [opt.state[p] for p in self.params]
+        step = int(states[0]["step"])
+        losses = mlp_fit_adam(
+            [p.detach() for p in self.params],
+            [st["exp_avg"] for st in states],
+            [st["exp_avg_sq"] for st in states],
+            self.inputs,
+            self.targets,
+            orders,
+            minibatch_size=fit.minibatch_size,
+            activation=self.activation,
+            coeff=float(fit.loss_module.critic_coeff),
+            lr=float(group["lr"]),
+            betas=group["betas"],
+            eps=float(group["eps"]),
+            step=step,
+        )
+        for st in states:
+            st["step"] += orders.shape[0] * self.per_epoch
+        return losses

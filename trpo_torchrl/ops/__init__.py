@@ -4,6 +4,7 @@ and the pure-PyTorch reference (:mod:`trpo_torchrl.ops.reference`) otherwise."""
 from ._extension import extension_loaded, library_loaded
 from .cg import CGInfo, conjugate_gradient
 from .gae import generalized_advantage_estimate
+from .mlp_fit import mlp_fit_adam
 
 __all__ = [
     "CGInfo",
@@ -11,4 +12,5 @@ __all__ = [
     "extension_loaded",
     "library_loaded",
     "generalized_advantage_estimate",
+    "mlp_fit_adam",
 ]

@@ -56,8 +56,10 @@ def has_kernel(op: str, device: torch.device) -> bool:
     found = _kernel_cache.get(key)
     if found is None:
         dispatch_key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
-        found = dispatch_key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-            f"trpo_torchrl::{op}", dispatch_key
+        # a device kernel of its own, or one ATen-composed kernel that serves every device
+        found = dispatch_key is not None and any(
+            torch._C._dispatch_has_kernel_for_dispatch_key(f"trpo_torchrl::{op}", key)
+            for key in (dispatch_key, "CompositeExplicitAutograd")
         )
         _kernel_cache[key] = found
     return found

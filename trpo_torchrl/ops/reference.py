@@ -79,3 +79,56 @@ def cg_step(
     iterations.add_(step.to(iterations.dtype))
     converged.logical_or_(done)
     breakdown.logical_or_(active & ~ok)
+
+
+def mlp_fit_adam(
+    params: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    order: torch.Tensor,
+    minibatch_size: int,
+    activation: str,
+    coeff: float,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step: int,
+) -> torch.Tensor:
+    """The semantics of ``trpo_torchrl::mlp_fit_adam``, with autograd and Adam written out.
+
+    ``params`` = [W_0, b_0, W_1, b_1, ...] of an MLP (hidden ``activation``, linear last layer with
+    one output). For each epoch e and each slice of ``minibatch_size`` states of the permutation
+    ``order[e]``: loss = coeff · mean((MLP(x) − target)²), gradients by autograd, then one step of
+    torch.optim.Adam (no weight decay, no amsgrad) that had taken ``step`` steps before the call.
+    ``params``, ``exp_avgs`` and ``exp_avg_sqs`` are updated in place; returns the minibatch losses.
+    """
+    act = torch.tanh if activation == "tanh" else torch.relu
+    num_states = inputs.shape[0]
+    losses = []
+    k = 0
+    for perm in order:
+        for start in range(0, num_states, minibatch_size):
+            idx = perm[start : start + minibatch_size]
+            weights = [p.detach().requires_grad_(True) for p in params]
+            h = inputs[idx]
+            for layer in range(len(weights) // 2):
+                h = torch.nn.functional.linear(h, weights[2 * layer], weights[2 * layer + 1])
+                if layer < len(weights) // 2 - 1:
+                    h = act(h)
+            loss = coeff * (h.reshape(-1) - targets[idx]).pow(2).mean()
+            grads = torch.autograd.grad(loss, weights)
+            k += 1
+            t = step + k
+            with torch.no_grad():
+                for p, m, v, g in zip(params, exp_avgs, exp_avg_sqs, grads):
+                    m.lerp_(g, 1 - beta1)
+                    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                    denom = (v.sqrt() / (1 - beta2**t) ** 0.5).add_(eps)
+                    p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+            losses.append(loss.detach())
+    if not losses:
+        return torch.zeros(0, dtype=inputs.dtype, device=inputs.device)
+    return torch.stack(losses)

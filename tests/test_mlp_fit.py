@@ -1,0 +1,213 @@
+"""trpo_torchrl::mlp_fit_adam (the fused critic fit): the op against its reference, the reference
+against torch.optim.Adam on an nn.Sequential, and CriticFit's fused path against its eager loop."""
+
+import copy
+
+import pytest
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+from torch import nn
+
+from tests._trpo_batches import OBS_DIM, collect, make_actor
+from tests.conftest import cpu_and_cuda
+from trpo_torchrl import CriticFit, TRPOLoss
+from trpo_torchrl.ops import extension_loaded, mlp_fit_adam, reference
+
+needs_op = pytest.mark.skipif(not extension_loaded(), reason="compiled ops not built")
+
+
+def _mlp(sizes, activation, dtype, device="cpu"):
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.Tanh() if activation == "tanh" else nn.ReLU())
+    return nn.Sequential(*layers).to(dtype=dtype, device=device)
+
+
+def _problem(sizes, activation, dtype, n, epochs, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    net = _mlp(sizes, activation, dtype, device)
+    x = torch.randn(n, sizes[0], generator=g, dtype=dtype).to(device)
+    y = (x[:, :1].sin() * 3 + 0.1 * torch.randn(n, 1, generator=g, dtype=dtype).to(device)).reshape(-1)
+    order = torch.stack([torch.randperm(n, generator=g) for _ in range(epochs)]).to(device)
+    return net, x, y, order
+
+
+def _state(net, step_state=None):
+    params = [p.detach().clone() for p in net.parameters()]
+    if step_state is None:
+        return params, [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+    m, v = step_state
+    return params, [t.clone() for t in m], [t.clone() for t in v]
+
+
+@needs_op
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize(
+    "sizes,activation,n,minibatch,dtype",
+    [
+        ((17, 64, 64, 1), "tanh", 300, 64, torch.float64),  # last minibatch shorter (300 = 4·64 + 44)
+        ((5, 8, 1), "relu", 128, 128, torch.float64),
+        ((3, 1), "tanh", 50, 7, torch.float64),  # a linear critic: no hidden layer
+        ((11, 32, 16, 8, 1), "relu", 257, 32, torch.float32),
+        ((17, 64, 64, 1), "tanh", 512, 128, torch.float32),
+    ],
+)
+def test_op_matches_the_reference(device, sizes, activation, n, minibatch, dtype):
+    net, x, y, order = _problem(sizes, activation, dtype, n, epochs=3, device=device)
+    # start from a non-zero Adam state some steps in, as the second batch of a run would
+    warm = [torch.rand_like(p) * 1e-2 for p in net.parameters()], [torch.rand_like(p) * 1e-4 for p in net.parameters()]
+    options = dict(minibatch_size=minibatch, activation=activation, coeff=0.5, lr=3e-3, betas=(0.9, 0.99), eps=1e-6, step=7)
+    ours = _state(net, warm)
+    ref = _state(net, warm)
+    losses = mlp_fit_adam(*ours, x, y, order, **options)
+    ref_losses = reference.mlp_fit_adam(
+        *ref, x, y, order, minibatch, activation, 0.5, 3e-3, 0.9, 0.99, 1e-6, 7
+    )
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    assert losses.shape == (3 * -(-n // minibatch),)
+    torch.testing.assert_close(losses, ref_losses, **tol)
+    for a, b in zip(ours[0] + ours[1] + ours[2], ref[0] + ref[1] + ref[2]):
+        torch.testing.assert_close(a, b, **tol)
+    assert not torch.equal(ours[0][0], net[0].weight.detach())  # it really trained
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_reference_is_torch_optim_adam_on_an_nn_sequential(activation):
+    net, x, y, order = _problem((6, 16, 16, 1), activation, torch.float64, 200, epochs=2)
+    eager = copy.deepcopy(net)
+    opt = torch.optim.Adam(eager.parameters(), lr=1e-2, betas=(0.8, 0.95), eps=1e-7)
+    expected = []
+    for perm in order:
+        for start in range(0, 200, 48):
+            idx = perm[start : start + 48]
+            loss = 2.0 * (eager(x[idx]).reshape(-1) - y[idx]).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            expected.append(loss.detach())
+    params, m, v = _state(net)
+    losses = reference.mlp_fit_adam(params, m, v, x, y, order, 48, activation, 2.0, 1e-2, 0.8, 0.95, 1e-7, 0)
+    torch.testing.assert_close(losses, torch.stack(expected), rtol=1e-12, atol=1e-14)
+    for a, b in zip(params, eager.parameters()):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-14)
+
+
+@needs_op
+def test_op_refuses_bad_arguments_with_a_message():
+    net, x, y, order = _problem((4, 8, 1), "tanh", torch.float32, 32, epochs=1)
+
+    def call(params=None, inputs=x, targets=y, order_=order, **kw):
+        p, m, v = _state(net)
+        kw = {"minibatch_size": 8, **kw}
+        return mlp_fit_adam(params if params is not None else p, m, v, inputs, targets, order_, **kw)
+
+    with pytest.raises(RuntimeError, match="inputs must be \\[N, features\\]"):
+        call(inputs=x[:, 0])
+    with pytest.raises(RuntimeError, match="targets must be \\[N\\]"):
+        call(targets=y[:5])
+    with pytest.raises(RuntimeError, match="order must be int64"):
+        call(order_=order.int())
+    with pytest.raises(RuntimeError, match="weight 0 must be"):
+        call(inputs=torch.randn(32, 5))
+    with pytest.raises(RuntimeError, match="one output"):
+        wide = _mlp((4, 8, 2), "tanh", torch.float32)
+        call(params=[p.detach().clone() for p in wide.parameters()])
+    with pytest.raises(RuntimeError, match="all must match the inputs"):
+        call(inputs=x.double(), targets=y.double())
+    with pytest.raises(ValueError, match="activation"):
+        call(activation="gelu")
+    with pytest.raises(ValueError, match="minibatch_size"):
+        call(minibatch_size=0)
+
+
+def _critic(dtype=torch.float64, activation=nn.Tanh, prefix=()):
+    torch.manual_seed(3)
+    body = nn.Sequential(nn.Linear(OBS_DIM, 32), activation(), nn.Linear(32, 32), activation(), nn.Linear(32, 1))
+    return TensorDictModule(nn.Sequential(*prefix, body), in_keys=["observation"], out_keys=["state_value"]).to(dtype)
+
+
+class _Shift(nn.Module):
+    """Parameter-free preprocessing with a buffer, like an observation normaliser."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.full((OBS_DIM,), 0.5))
+
+    def forward(self, x):
+        return (x - self.mean).clamp(-3, 3)
+
+
+@pytest.mark.parametrize("activation", [nn.Tanh, nn.ReLU])
+def test_critic_fit_fused_equals_the_eager_loop(activation):
+    # two calls in a row (Adam's state carries over), with a preprocessing module in front
+    actor = make_actor("gaussian", dtype=torch.float64)
+    batches = [collect(actor, num_states=300, seed=s, dtype=torch.float64) for s in (2, 3)]
+    results = []
+    for fused in (True, False):
+        critic = _critic(activation=activation, prefix=(_Shift(),))
+        fit = CriticFit(TRPOLoss(actor, critic), lr=1e-2, epochs=3, minibatch_size=64,
+                        generator=torch.Generator().manual_seed(1), fused=fused)
+        metrics = [fit(td) for td in batches]
+        results.append((critic, fit, metrics))
+    (fused_critic, fused_fit, fused_metrics), (eager_critic, eager_fit, eager_metrics) = results
+    for a, b in zip(fused_critic.parameters(), eager_critic.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(fused_metrics, eager_metrics):
+        torch.testing.assert_close(a["loss_critic"], b["loss_critic"], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(a["explained_variance"], b["explained_variance"], rtol=1e-10, atol=1e-12)
+    # the optimiser state is torch.optim.Adam's own: same steps, same moments
+    for p, q in zip(fused_fit.parameters, eager_fit.parameters):
+        s, t = fused_fit.optimizer.state[p], eager_fit.optimizer.state[q]
+        assert float(s["step"]) == float(t["step"]) == 2 * 3 * 5
+        torch.testing.assert_close(s["exp_avg_sq"], t["exp_avg_sq"], rtol=1e-10, atol=1e-14)
+
+
+def test_critic_fit_can_switch_paths_between_calls():
+    # fused first, then eager on the same optimiser: the same as eager throughout
+    actor = make_actor("gaussian", dtype=torch.float64)
+    batches = [collect(actor, num_states=128, seed=s, dtype=torch.float64) for s in (2, 3)]
+    finals = []
+    for first in (True, False):
+        critic = _critic()
+        fit = CriticFit(TRPOLoss(actor, critic), epochs=2, minibatch_size=32, generator=torch.Generator().manual_seed(4))
+        fit.fused = first
+        fit(batches[0])
+        fit.fused = False
+        fit(batches[1])
+        finals.append([p.detach().clone() for p in critic.parameters()])
+    for a, b in zip(*finals):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_true_says_why_it_does_not_apply():
+    actor = make_actor("gaussian")
+    cases = [
+        (dict(critic=_critic(torch.float32, prefix=(nn.Dropout(0.1),))), "Dropout"),
+        (dict(critic=_critic(torch.float32, activation=nn.GELU)), "Tanh or all ReLU"),
+        (dict(critic=_critic(torch.float32), max_grad_norm=1.0), "clip"),
+        (dict(critic=_critic(torch.float32), loss_critic_type="l1"), "l2"),
+    ]
+    td = collect(actor, num_states=64)
+    for options, reason in cases:
+        critic = options.pop("critic")
+        loss = TRPOLoss(actor, critic, loss_critic_type=options.pop("loss_critic_type", "l2"))
+        with pytest.raises(ValueError, match=reason):
+            CriticFit(loss, fused=True, **options)(td)
+        CriticFit(loss, **options)(td)  # the default falls back to the eager loop
+    with pytest.raises(ValueError, match="fused"):
+        CriticFit(TRPOLoss(actor, _critic(torch.float32)), fused="yes")
+
+
+def test_fused_fit_lowers_the_loss_on_a_real_batch():
+    actor = make_actor("gaussian")
+    critic = _critic(torch.float32)
+    loss = TRPOLoss(actor, critic)
+    td = collect(actor, num_states=512)
+    before = loss(td)["loss_critic"]
+    metrics = CriticFit(loss, lr=1e-2, epochs=10, minibatch_size=64, fused=True)(td)
+    assert loss(td)["loss_critic"] < 0.3 * before
+    assert metrics["explained_variance"] > 0.7
+    assert isinstance(metrics, TensorDict)

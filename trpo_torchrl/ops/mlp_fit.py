@@ -1,0 +1,91 @@
+"""Python face of the fused critic regression: argument checks and dispatch of a whole
+epochs × minibatches Adam fit of an MLP to ``trpo_torchrl::mlp_fit_adam`` (or the reference)."""
+
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from ._extension import has_kernel, library_loaded, warn_reference_once
+
+__all__ = ["mlp_fit_adam"]
+
+
+def mlp_fit_adam(
+    params: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    order: torch.Tensor,
+    *,
+    minibatch_size: int,
+    activation: str = "tanh",
+    coeff: float = 1.0,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    step: int = 0,
+) -> torch.Tensor:
+    """Fits an MLP value function by Adam on squared error, every step of the fit in one call.
+
+    Args:
+        params: ``[W_0, b_0, W_1, b_1, ...]`` of an MLP whose hidden layers use ``activation`` and
+            whose last layer is linear with one output; updated in place.
+        exp_avgs, exp_avg_sqs: Adam's first and second moments, one per parameter; updated in place.
+        inputs: ``[N, features]`` states (already through any parameter-free preprocessing).
+        targets: ``[N]`` regression targets (λ-returns).
+        order: ``[epochs, N]`` int64, one permutation of the states per epoch; epoch e's minibatches
+            are consecutive slices of ``minibatch_size`` of ``order[e]`` (the last may be shorter).
+        minibatch_size: states per Adam step.
+        activation: ``"tanh"`` or ``"relu"``.
+        coeff: the loss is ``coeff · mean((value − target)²)`` per minibatch.
+        lr, betas, eps: Adam's hyperparameters (no weight decay, no amsgrad), as torch.optim.Adam.
+        step: Adam steps already taken (sets the bias corrections).
+
+    Returns:
+        the loss of every minibatch, ``[epochs · ceil(N / minibatch_size)]``, in order.
+    """
+    for name, group in (("params", params), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
+        if not isinstance(group, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in group):
+            raise TypeError(f"mlp_fit_adam: {name} must be a list of tensors")
+    if any(t.requires_grad for t in (inputs, targets)):
+        inputs, targets = inputs.detach(), targets.detach()
+    if not (isinstance(minibatch_size, int) and minibatch_size >= 1):
+        raise ValueError(f"mlp_fit_adam: minibatch_size must be an int >= 1, got {minibatch_size!r}")
+    if activation not in ("tanh", "relu"):
+        raise ValueError(f"mlp_fit_adam: activation must be 'tanh' or 'relu', got {activation!r}")
+    if not (isinstance(step, int) and step >= 0):
+        raise ValueError(f"mlp_fit_adam: step must be an int >= 0, got {step!r}")
+    args = (
+        list(params), list(exp_avgs), list(exp_avg_sqs), inputs, targets, order, minibatch_size, activation,
+        float(coeff), float(lr), float(betas[0]), float(betas[1]), float(eps), step,
+    )
+    if has_kernel("mlp_fit_adam", inputs.device):
+        with torch.no_grad():
+            return torch.ops.trpo_torchrl.mlp_fit_adam(*args)
+    if not library_loaded():
+        warn_reference_once("mlp_fit_adam")
+    _check_reference_args(params, exp_avgs, exp_avg_sqs, inputs, targets, order)
+    return reference.mlp_fit_adam(*args)
+
+
+def _check_reference_args(params, exp_avgs, exp_avg_sqs, inputs, targets, order) -> None:
+    """The kernel's own shape checks, for the reference path (the kernel checks in C++)."""
+    if len(params) == 0 or len(params) % 2 or len(exp_avgs) != len(params) or len(exp_avg_sqs) != len(params):
+        raise ValueError("mlp_fit_adam: params must be [weight_0, bias_0, ...] with one Adam moment each")
+    if inputs.dim() != 2 or targets.shape != inputs.shape[:1]:
+        raise ValueError(f"mlp_fit_adam: inputs must be [N, features] and targets [N], got {tuple(inputs.shape)}, {tuple(targets.shape)}")
+    if order.dim() != 2 or order.shape[1] != inputs.shape[0] or order.dtype != torch.int64:
+        raise ValueError(f"mlp_fit_adam: order must be int64 [epochs, N], got {order.dtype} {tuple(order.shape)}")
+    if params[-2].shape[0] != 1:
+        raise ValueError(f"mlp_fit_adam: the last layer must have one output, got {params[-2].shape[0]}")
+
+
+if library_loaded() and hasattr(torch.ops.trpo_torchrl, "mlp_fit_adam"):
+
+    @torch.library.register_fake("trpo_torchrl::mlp_fit_adam")
+    def _mlp_fit_adam_fake(params, exp_avgs, exp_avg_sqs, inputs, targets, order, minibatch_size, activation,
+                           coeff, lr, beta1, beta2, eps, step):
+        per_epoch = -(-inputs.shape[0] // minibatch_size)
+        return inputs.new_empty(order.shape[0] * per_epoch)
