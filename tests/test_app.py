@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
@@ -248,3 +249,42 @@ def test_checkpoint_configs_keep_the_kl_measure_they_were_trained_with():
     legacy = TrainConfig().to_dict()
     del legacy["kl_reduction"]
     assert config_from_dict(legacy).kl_reduction == "sum"
+
+
+@pytest.mark.parametrize("env_id,steps", [("CartPole-v1", 120), ("Pendulum-v1", 230), ("HalfCheetah-v5", 1010)])
+def test_episode_ends_carry_the_real_final_observation(env_id, steps):
+    # what the simulator returned, recorded under GymWrapper, against what the batch holds: at a
+    # done step ("next", "observation") is the episode's real last observation (truncated episodes
+    # bootstrap from it) and the following step starts from the reset observation
+    if env_id.startswith("HalfCheetah"):
+        pytest.importorskip("mujoco")
+    env = make_env(env_id, 2, seed=5)
+    assert type(env.base_env._info_dict_reader[0]).__name__ == "FinalObservationReader"
+    venv = gym_vector_env(env)
+    raw = []
+    step = venv.step
+    # a copy: TorchRL swaps the final observation into the returned array in place
+    venv.step = lambda action: raw.append(copy.deepcopy(out := step(action))) or out
+    td = env.reset()
+    # when every environment ends at once TorchRL resets the vector env itself: its observation
+    # is then where the next episode starts
+    resets = {}
+    reset = venv.reset
+    venv.reset = lambda **kw: resets.__setitem__(len(raw) - 1, copy.deepcopy(out := reset(**kw))) or out
+    ends = 0
+    for t in range(steps):
+        td = env.rand_action(td)
+        out, td = env.step_and_maybe_reset(td)
+        obs, reward, terminated, truncated, info = raw[t]
+        for i in range(2):
+            done = bool(terminated[i] or truncated[i])
+            expected_next = info["final_obs"][i] if done else obs[i]
+            torch.testing.assert_close(out["next", "observation"][i], torch.as_tensor(expected_next, dtype=torch.float32))
+            start = resets[t][0][i] if t in resets else obs[i]
+            torch.testing.assert_close(td["observation"][i], torch.as_tensor(start, dtype=torch.float32))
+            assert bool(out["next", "done"][i]) == done
+            assert bool(out["next", "truncated"][i]) == bool(truncated[i])
+            ends += done
+    assert ends > 0
+    # the simulator's per-step diagnostics stay out of the batch
+    assert set(out["next"].keys()) <= {"observation", "reward", "done", "terminated", "truncated", "episode_reward", "final"}
