@@ -7,12 +7,13 @@ log-probability into the collected batch, which is what :class:`~trpo_torchrl.TR
 from __future__ import annotations
 
 import torch
-from tensordict.nn import InteractionType, NormalParamExtractor, TensorDictModule
+from tensordict.nn import InteractionType, NormalParamExtractor, TensorDictModule, TensorDictModuleBase
+from tensordict.nn.probabilistic import interaction_type
 from torch import nn
 from torchrl.modules import IndependentNormal, OneHotCategorical, ProbabilisticActor
 from torch.distributions import Categorical
 
-__all__ = ["StateIndependentScale", "gaussian_actor", "categorical_actor"]
+__all__ = ["StateIndependentScale", "gaussian_actor", "categorical_actor", "GaussianSampler", "collection_policy"]
 
 
 class StateIndependentScale(nn.Module):
@@ -77,3 +78,61 @@ def categorical_actor(net: nn.Module, *, in_keys=("observation",), one_hot: bool
         default_interaction_type=InteractionType.RANDOM,
         spec=spec,
     )
+
+
+class GaussianSampler(TensorDictModuleBase):
+    """The collection-time form of a :func:`gaussian_actor`: the same network and parameters (shared,
+    not copied), the same entries written (``loc``, ``scale``, the action and its log-probability) and
+    the same random draws, without the TensorDict-module machinery a ProbabilisticActor runs per call.
+
+    On a small CPU that machinery costs several times the network itself at each environment step
+    (HalfCheetah's 64×64 policy on 2 environments: ~380 µs per call against ~60 µs for the network).
+    It samples under the RANDOM interaction type (what collectors use) and returns the mean otherwise.
+    """
+
+    def __init__(self, actor):
+        super().__init__()
+        module = actor.module[0]
+        self.net = module.module
+        self.in_keys = list(module.in_keys)
+        self._params_keys = list(module.out_keys)  # loc, scale
+        self._action_key = actor.dist_sample_keys[0]
+        self._log_prob_key = actor.log_prob_keys[0]
+        self.out_keys = [*self._params_keys, self._action_key, self._log_prob_key]
+        self._distribution_class = actor.module[-1].distribution_class
+        self._distribution_kwargs = dict(actor.module[-1].distribution_kwargs)
+
+    def forward(self, tensordict):
+        loc, scale = self.net(*(tensordict.get(key) for key in self.in_keys))
+        dist = self._distribution_class(loc, scale, **self._distribution_kwargs)
+        mode = interaction_type()
+        if mode is None or mode is InteractionType.RANDOM:
+            action = dist.rsample() if dist.has_rsample else dist.sample()
+        else:
+            action = dist.deterministic_sample
+        tensordict.set(self._params_keys[0], loc)
+        tensordict.set(self._params_keys[1], scale)
+        tensordict.set(self._action_key, action)
+        tensordict.set(self._log_prob_key, dist.log_prob(action))
+        return tensordict
+
+
+def collection_policy(actor):
+    """A :class:`GaussianSampler` for an actor made by :func:`gaussian_actor` with a state-independent
+    scale, the actor itself for anything else."""
+    try:
+        module, prob = actor.module[0], actor.module[-1]
+        plain = (
+            type(actor) is ProbabilisticActor
+            and len(actor.module) == 2
+            and type(module) is TensorDictModule
+            and isinstance(module.module, nn.Sequential)
+            and isinstance(module.module[-1], StateIndependentScale)
+            and prob.distribution_class is IndependentNormal
+            and prob.return_log_prob
+            and len(actor.dist_sample_keys) == 1
+            and len(actor.log_prob_keys) == 1
+        )
+    except (AttributeError, IndexError, TypeError):
+        plain = False
+    return GaussianSampler(actor) if plain else actor

@@ -31,6 +31,7 @@ import torch
 from tensordict import TensorDictBase
 
 from trpo_torchrl import CriticFit, TRPOLoss, TrustRegionUpdate
+from trpo_torchrl.policies import collection_policy
 from trpo_torchrl.distributed import all_gather_cat, all_reduce_mean
 
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
@@ -211,7 +212,8 @@ class Trainer:
             return collector
         return Collector(
             self.env,
-            self.actor,
+            # a Gaussian actor samples through its lean, parameter-sharing form: same draws, same entries
+            collection_policy(self.actor),
             frames_per_batch=shard_frames,
             total_frames=-1,
             device=self.device,

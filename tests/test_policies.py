@@ -1,0 +1,52 @@
+"""collection_policy: the lean sampler of a Gaussian actor writes what the ProbabilisticActor writes,
+with the same random draws, and follows the actor's parameters."""
+
+import pytest
+import torch
+from tensordict import TensorDict
+from tensordict.nn import InteractionType, set_interaction_type
+from torch import nn
+
+from tests._trpo_batches import make_actor
+from trpo_torchrl.policies import GaussianSampler, collection_policy, gaussian_actor
+
+
+def _actor(dtype=torch.float32):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3))
+    return gaussian_actor(net, 3, init_log_std=-0.5).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sampler_draws_and_writes_what_the_actor_does(dtype):
+    actor = _actor(dtype)
+    sampler = collection_policy(actor)
+    assert isinstance(sampler, GaussianSampler)
+    td = TensorDict({"observation": torch.randn(7, 2, 5, dtype=dtype)}, [7, 2])
+    torch.manual_seed(11)
+    expected = actor(td.copy())
+    torch.manual_seed(11)
+    got = sampler(td.copy())
+    assert set(got.keys()) == set(expected.keys())
+    for key in expected.keys():
+        assert torch.equal(got[key], expected[key]), key
+    assert not torch.equal(got["action"], got["loc"])  # it sampled
+
+
+def test_sampler_follows_the_actors_parameters_and_the_interaction_type():
+    actor = _actor()
+    sampler = collection_policy(actor)
+    td = TensorDict({"observation": torch.randn(4, 5)}, [4])
+    with torch.no_grad():
+        next(actor.parameters()).add_(1.0)  # an update written into the actor
+        expected_loc = actor.get_dist_params(td.copy())["loc"]
+    with set_interaction_type(InteractionType.DETERMINISTIC):
+        out = sampler(td.copy())
+    assert torch.equal(out["loc"], expected_loc)
+    assert torch.equal(out["action"], expected_loc)
+
+
+@pytest.mark.parametrize("kind", ["categorical", "gaussian_state_scale"])
+def test_other_actors_collect_through_themselves(kind):
+    actor = make_actor(kind)
+    assert collection_policy(actor) is actor
