@@ -96,9 +96,9 @@ def sb3_trpo(config, env=None, *, verbose: int = 0):
     """sb3-contrib's TRPO with the same hyperparameters as our ``config`` (a TrainConfig), and the
     environment rl-zoo3 would give it (``make_vec_env`` + ``VecNormalize`` when the preset normalises).
 
-    Names map as in :mod:`trpo_torchrl.app.presets`. Differences that remain: SB3's Adam uses
-    eps=1e-5 (ours torch's 1e-8); SB3 normalises observations with the statistics of the batch
-    being collected, ours updates them once per batch after the update.
+    Names map as in :mod:`trpo_torchrl.app.presets` (our critic_eps is SB3's fixed Adam eps, 1e-5).
+    Differences that remain: SB3 normalises observations with the statistics of the batch being
+    collected, ours updates them once per batch after the update.
     """
     if config.kl_reduction != "mean":
         raise ValueError(

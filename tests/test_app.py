@@ -247,8 +247,9 @@ def test_checkpoint_configs_keep_the_kl_measure_they_were_trained_with():
     assert TrainConfig().kl_reduction == "mean"
     assert config_from_dict(TrainConfig().to_dict()).kl_reduction == "mean"
     legacy = TrainConfig().to_dict()
-    del legacy["kl_reduction"]
+    del legacy["kl_reduction"], legacy["critic_eps"]
     assert config_from_dict(legacy).kl_reduction == "sum"
+    assert config_from_dict(legacy).critic_eps == 1e-8
 
 
 @pytest.mark.parametrize("env_id,steps", [("CartPole-v1", 120), ("Pendulum-v1", 230), ("HalfCheetah-v5", 1010)])

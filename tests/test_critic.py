@@ -31,6 +31,9 @@ def test_fit_needs_value_targets_and_sane_arguments():
         CriticFit(loss, epochs=0)
     with pytest.raises(ValueError, match="minibatch_size"):
         CriticFit(loss, minibatch_size=0)
+    with pytest.raises(ValueError, match="eps"):
+        CriticFit(loss, eps=0.0)
+    assert CriticFit(loss, eps=1e-5).optimizer.param_groups[0]["eps"] == 1e-5
 
 
 def test_tensor_fast_path_equals_the_tensordict_path():

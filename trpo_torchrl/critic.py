@@ -26,6 +26,7 @@ class CriticFit:
 
     Keyword Args:
         lr (float): Adam's learning rate. Defaults to ``1e-3``.
+        eps (float): Adam's epsilon. Defaults to ``1e-8`` (torch's; Stable-Baselines3 uses ``1e-5``).
         epochs (int): passes over the batch. Defaults to ``5``.
         minibatch_size (int): states per Adam step; the last minibatch of an epoch may be smaller.
             Defaults to ``64``.
@@ -55,6 +56,7 @@ class CriticFit:
         loss_module: TRPOLoss,
         *,
         lr: float = 1e-3,
+        eps: float = 1e-8,
         epochs: int = 5,
         minibatch_size: int = 64,
         max_grad_norm: float | None = None,
@@ -78,7 +80,9 @@ class CriticFit:
             raise ValueError(f"CriticFit: fused must be None, True or False, got {fused!r}")
         self.fused = fused
         self.parameters = [p for p in loss_module.critic_network.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.parameters, lr=lr)
+        if not eps > 0:
+            raise ValueError(f"CriticFit: eps must be > 0, got {eps!r}")
+        self.optimizer = torch.optim.Adam(self.parameters, lr=lr, eps=eps)
 
     def _average_gradients(self) -> None:
         # one collective for all the critic's gradients: flatten, average, copy back

@@ -89,6 +89,8 @@ class TrainConfig:
 
     critic_lr: float = 1e-3
     """Adam learning rate of the critic."""
+    critic_eps: float = 1e-5
+    """Adam epsilon of the critic (Stable-Baselines3's value; torch's default is 1e-8)."""
     critic_epochs: int = 10
     """Passes of the critic fit over each batch."""
     critic_minibatch: int = 128
@@ -159,6 +161,7 @@ class TrainConfig:
             ("fvp_subsample", 0 < self.fvp_subsample <= 1, "must be in (0, 1]"),
             ("entropy_coeff", self.entropy_coeff >= 0, "must be >= 0"),
             ("critic_lr", self.critic_lr > 0, "must be > 0"),
+            ("critic_eps", self.critic_eps > 0, "must be > 0"),
             ("critic_epochs", self.critic_epochs >= 0, "must be >= 0"),
             ("critic_minibatch", self.critic_minibatch >= 1, "must be >= 1"),
             ("hidden_sizes", len(self.hidden_sizes) >= 1 and all(h >= 1 for h in self.hidden_sizes), "must be positive widths"),
@@ -307,9 +310,11 @@ def save_yaml(config: TrainConfig, path: str | Path) -> None:
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """The config a checkpoint was saved with. Checkpoints written before ``kl_reduction`` existed
-    measured the KL summed over action dimensions, and keep doing so when resumed."""
-    return apply_overrides(TrainConfig(), {"kl_reduction": "sum", **data}, "a checkpoint").validate()
+    """The config a checkpoint was saved with. Checkpoints written before ``kl_reduction`` and
+    ``critic_eps`` existed measured the KL summed over action dimensions and used torch's Adam
+    epsilon, and keep doing so when resumed."""
+    legacy = {"kl_reduction": "sum", "critic_eps": 1e-8}
+    return apply_overrides(TrainConfig(), {**legacy, **data}, "a checkpoint").validate()
 
 
 __all__ = [

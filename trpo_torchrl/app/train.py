@@ -154,6 +154,7 @@ class Trainer:
             CriticFit(
                 self.loss,
                 lr=config.critic_lr,
+                eps=config.critic_eps,
                 epochs=config.critic_epochs,
                 # critic_minibatch states per Adam step over all ranks together
                 minibatch_size=max(1, config.critic_minibatch // self.ranks.world_size),
