@@ -227,6 +227,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--tiny", action="store_true", help="smoke test: CartPole-v1, 2 iterations of 2 x 64 steps, 1 seed")
     ap.add_argument("--tasks", nargs="+", default=None, help=f"subset of {TASKS}")
     ap.add_argument("--seeds", type=int, default=None, help="override the budget's number of seeds")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds run from here (to split a sweep across jobs)")
     ap.add_argument("--frames", type=int, default=None, help="override the budget's frames on the MuJoCo tasks")
     ap.add_argument("--evals", type=int, default=None, help="override the budget's number of evaluation points")
     ap.add_argument("--no-peer", action="store_true")
@@ -253,7 +254,7 @@ def main(argv=None) -> dict:
             if args.tiny:
                 overrides.update(steps_per_env=64, critic_epochs=2)
             runs[task] = {"ours": [], "sb3-contrib": []}
-            for seed in range(seeds):
+            for seed in range(args.first_seed, args.first_seed + seeds):
                 config = our_config(task, seed=seed, **overrides)
                 configs[task] = config.to_dict()
                 total_iterations = -(-config.total_frames // config.frames_per_batch)
