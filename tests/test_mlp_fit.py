@@ -211,3 +211,17 @@ def test_fused_fit_lowers_the_loss_on_a_real_batch():
     assert loss(td)["loss_critic"] < 0.3 * before
     assert metrics["explained_variance"] > 0.7
     assert isinstance(metrics, TensorDict)
+
+
+def test_half_precision_critics_take_the_eager_loop():
+    actor = make_actor("gaussian")
+    critic = _critic(torch.float32).to(torch.bfloat16)
+    td = collect(actor, num_states=64)
+    td["observation"] = td["observation"].to(torch.bfloat16)
+    td["value_target"] = td["value_target"].to(torch.bfloat16)
+    loss = TRPOLoss(actor, critic)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        CriticFit(loss, fused=True)(td)
+    before = [p.detach().clone() for p in critic.parameters()]
+    CriticFit(loss, epochs=1, minibatch_size=32)(td)  # the default falls back and trains
+    assert any(not torch.equal(a, b) for a, b in zip(before, critic.parameters()))

@@ -248,6 +248,8 @@ class _FusedPlan:
             for m in prefix:
                 inputs = m(inputs)
         inputs = inputs.contiguous()
+        if inputs.dtype not in (torch.float32, torch.float64):
+            return f"it fits float32 or float64 networks, not {inputs.dtype}"
         if any(p.dtype != inputs.dtype or p.device != inputs.device or not p.is_contiguous() for p in params):
             return "parameters and inputs must share dtype and device, and be contiguous"
         activation = "relu" if torch.nn.ReLU in kinds else "tanh"

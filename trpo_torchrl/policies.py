@@ -130,6 +130,7 @@ def collection_policy(actor):
             and isinstance(module.module[-1], StateIndependentScale)
             and prob.distribution_class is IndependentNormal
             and prob.return_log_prob
+            and not getattr(actor, "safe", False)  # a safe actor projects its samples into the spec
             and len(actor.dist_sample_keys) == 1
             and len(actor.log_prob_keys) == 1
         )

@@ -72,8 +72,10 @@ def _read_final_observations_only(env: TransformedEnv) -> None:
         return
     old = readers[0]
     spec = old.info_spec
-    if old.name not in spec.keys() or "observation" not in spec[old.name].keys():
-        return
+    # the reader's observation spec has the info entries merged into it: what remains is the observation
+    observation_keys = [key for key in old._obs_spec.keys() if key not in spec.keys()]
+    if observation_keys != ["observation"] or old.name not in spec.keys():
+        return  # dict observations keep the default reader
     reader = FinalObservationReader(base.observation_spec, backend=old.backend, name=old.name)
     reader._info_spec = spec.clone()
     reader._final_validated = True
