@@ -4,7 +4,8 @@
 TorchRL's ``GymWrapper``: several times faster than one TorchRL env per task on a small CPU (see
 DESIGN.md), and a done step still reports the episode's real final observation, so truncated
 episodes bootstrap from the right state. Continuous actions are clipped to the box on their way
-into the environment only: the batch keeps the sampled action, whose log-probability TRPO needs.
+into the simulator only (a Gymnasium wrapper inside each sub-environment): the batch keeps the
+sampled action, whose log-probability TRPO needs.
 
 :func:`env_state` / :func:`load_env_state` capture and restore the simulators' state, which is
 what lets a run resumed from a checkpoint continue exactly where it stopped.
@@ -21,25 +22,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
-from torchrl.envs import DoubleToFloat, GymWrapper, RewardSum, Transform, TransformedEnv
+from torchrl.envs import DoubleToFloat, GymWrapper, RewardSum, TransformedEnv
 from torchrl.envs.libs.gym import terminal_obs_reader
 
 
 class EnvError(ValueError):
     """An environment that cannot be made."""
-
-
-class ClipActionToBox(Transform):
-    """Clips the action sent to the simulator to ``[low, high]`` (per dimension); the action kept
-    in the batch is the one the policy sampled."""
-
-    def __init__(self, low: torch.Tensor, high: torch.Tensor):
-        super().__init__(in_keys_inv=["action"], out_keys_inv=["action"])
-        self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32))
-        self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32))
-
-    def _inv_apply_transform(self, action: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(action, self.low.to(action.dtype), self.high.to(action.dtype))
 
 
 class FinalObservationReader(terminal_obs_reader):
@@ -115,13 +103,32 @@ def make_vector_env(env_id: str, num_envs: int, seed: int, **make_kwargs) -> gym
     return venv
 
 
+def _float32_observations(env: gym.Env) -> gym.Env:
+    """MuJoCo tasks report float64 observations and the networks are float32: cast them in numpy,
+    inside each sub-environment (final observations included), cheaper than a TorchRL transform."""
+    space = env.observation_space
+    if isinstance(space, gym.spaces.Box) and space.dtype == np.float64:
+        return gym.wrappers.DtypeObservation(env, np.float32)
+    return env
+
+
+def _clip_box_actions(env: gym.Env) -> gym.Env:
+    """Clips box actions to the box inside each sub-environment; the batch keeps the sampled action."""
+    if isinstance(env.action_space, gym.spaces.Box):
+        return gym.wrappers.ClipAction(env)
+    return env
+
+
 def make_env(env_id: str, num_envs: int, seed: int, *, clip_actions: bool = True, device: str = "cpu") -> TransformedEnv:
     """A TorchRL env of batch size ``[num_envs]`` over a synchronous Gymnasium vector env.
 
-    Adds ``episode_reward`` (the running undiscounted return, reported at episode ends) and, for
-    box actions when ``clip_actions``, a clip of the action sent to the simulator.
+    Adds ``episode_reward`` (the running undiscounted return, reported at episode ends). Inside each
+    sub-environment, float64 box observations are cast to float32 and, when ``clip_actions``, box
+    actions are clipped to the box on their way to the simulator (so the action spec it reports is
+    unbounded: the policy's samples go in as they are and the batch keeps them).
     """
-    venv = make_vector_env(env_id, num_envs, seed)
+    wrappers = [_float32_observations] + ([_clip_box_actions] if clip_actions else [])
+    venv = make_vector_env(env_id, num_envs, seed, wrappers=wrappers)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         env = GymWrapper(venv, device=device)
@@ -129,12 +136,9 @@ def make_env(env_id: str, num_envs: int, seed: int, *, clip_actions: bool = True
     env = env if isinstance(env, TransformedEnv) else TransformedEnv(env)
     _read_final_observations_only(env)
     if any(spec.dtype == torch.float64 for spec in env.observation_spec.values(True, True)):
-        # MuJoCo tasks report float64 observations; the networks are float32
+        # float64 observations the sub-environment cast did not reach (e.g. inside a dict space)
         env.append_transform(DoubleToFloat(in_keys=["observation"], in_keys_inv=[]))
     env.append_transform(RewardSum(in_keys=["reward"], out_keys=["episode_reward"]))
-    space = venv.single_action_space
-    if clip_actions and isinstance(space, gym.spaces.Box):
-        env.append_transform(ClipActionToBox(space.low, space.high))
     return env
 
 
