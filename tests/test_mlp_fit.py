@@ -225,3 +225,13 @@ def test_half_precision_critics_take_the_eager_loop():
     before = [p.detach().clone() for p in critic.parameters()]
     CriticFit(loss, epochs=1, minibatch_size=32)(td)  # the default falls back and trains
     assert any(not torch.equal(a, b) for a, b in zip(before, critic.parameters()))
+
+
+@needs_op
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_opcheck(device):
+    # the schema's mutation annotations, the fake kernel and the composite registration
+    net, x, y, order = _problem((3, 8, 1), "tanh", torch.float32, 20, epochs=2, device=device)
+    params, m, v = _state(net)
+    args = (params, m, v, x, y, order, 8, "tanh", 1.0, 1e-3, 0.9, 0.999, 1e-8, 0)
+    torch.library.opcheck(torch.ops.trpo_torchrl.mlp_fit_adam.default, args)
