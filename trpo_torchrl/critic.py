@@ -112,25 +112,17 @@ class CriticFit:
             return None
         return _TensorMinibatchLoss(net.module, inputs, target.detach(), loss.critic_coeff, loss.loss_critic_type)
 
-    def __call__(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """Runs the fit; returns the mean critic loss of the last epoch and the explained variance after."""
-        key = self.loss_module.tensor_keys.value_target
-        if tensordict.get(key, None) is None:
-            raise KeyError(
-                f"CriticFit: the batch has no value target {key!r}; run loss.value_estimator(batch) first"
-            )
-        data = tensordict.reshape(-1)
+    def _fit_fused(self, plan: "_FusedPlan", num_states: int) -> torch.Tensor:
+        """Every step in one op call; the epochs' permutations come from the same generator, in the
+        same order, as the eager loop's. Returns the last epoch's minibatch losses."""
+        orders = torch.stack([torch.randperm(num_states, generator=self.generator) for _ in range(self.epochs)])
+        return plan.run(self, orders.to(plan.inputs.device)).split(plan.per_epoch)[-1]
+
+    def _fit_eager(self, data: TensorDictBase) -> torch.Tensor:
+        """The epochs × minibatches Adam loop in PyTorch. Returns the last epoch's minibatch losses."""
         num_states = data.numel()
-        plan = None if self.fused is False else _FusedPlan.build(self, data)
-        if isinstance(plan, str):
-            if self.fused:
-                raise ValueError(f"CriticFit(fused=True): the fused fit does not apply here: {plan}")
-            plan = None
-        if plan is not None:
-            orders = torch.stack([torch.randperm(num_states, generator=self.generator) for _ in range(self.epochs)])
-            last_epoch = list(plan.run(self, orders.to(plan.inputs.device)).split(plan.per_epoch)[-1])
-        minibatch_loss = self._tensor_minibatch_loss(data) if plan is None else None
-        for _ in range(self.epochs if plan is None else 0):
+        minibatch_loss = self._tensor_minibatch_loss(data)
+        for _ in range(self.epochs):
             perm = torch.randperm(num_states, generator=self.generator).to(data.device)
             last_epoch = []
             shuffled = minibatch_loss.shuffle(perm) if minibatch_loss is not None else None
@@ -147,13 +139,30 @@ class CriticFit:
                     torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
                 self.optimizer.step()
                 last_epoch.append(loss.detach())
+        return torch.stack(last_epoch)
+
+    def __call__(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Runs the fit; returns the mean critic loss of the last epoch and the explained variance after."""
+        key = self.loss_module.tensor_keys.value_target
+        if tensordict.get(key, None) is None:
+            raise KeyError(
+                f"CriticFit: the batch has no value target {key!r}; run loss.value_estimator(batch) first"
+            )
+        data = tensordict.reshape(-1)
+        num_states = data.numel()
+        plan = None if self.fused is False else _FusedPlan.build(self, data)
+        if isinstance(plan, str):
+            if self.fused:
+                raise ValueError(f"CriticFit(fused=True): the fused fit does not apply here: {plan}")
+            plan = None
+        last_epoch = self._fit_eager(data) if plan is None else self._fit_fused(plan, num_states)
         with torch.no_grad():
             target = data.get(key).reshape(num_states)
             value = self.loss_module.critic_network(data.select(*self.loss_module.critic_network.in_keys).copy())
             value = value.get(self.loss_module.tensor_keys.value).reshape(num_states)
             explained = 1 - (target - value).var(correction=0) / target.var(correction=0).clamp_min(1e-8)
         return TensorDict(
-            {"loss_critic": torch.stack(last_epoch).mean(), "explained_variance": explained},
+            {"loss_critic": last_epoch.mean(), "explained_variance": explained},
             batch_size=[],
         )
 
