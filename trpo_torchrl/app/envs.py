@@ -43,9 +43,10 @@ class FinalObservationReader(terminal_obs_reader):
 
     def __call__(self, info_dict, tensordict):
         buffer = self.info_spec[self.name, "observation"].zero()
-        final = info_dict.get("final_obs")
+        key = self.backend_key[self.backend]  # "final_obs" for Gymnasium
+        final = info_dict.get(key)
         if final is not None:
-            for i in np.flatnonzero(info_dict["_final_obs"]):
+            for i in np.flatnonzero(info_dict["_" + key]):
                 buffer[i] = torch.as_tensor(final[i], dtype=buffer.dtype)
         tensordict.set((self.name, "observation"), buffer)
         return tensordict
@@ -56,7 +57,7 @@ def _read_final_observations_only(env: TransformedEnv) -> None:
     entries from the specs (only for a single array observation; anything else keeps the default)."""
     base = env.base_env
     readers = getattr(base, "_info_dict_reader", [])
-    if len(readers) != 1 or type(readers[0]) is not terminal_obs_reader:
+    if len(readers) != 1 or type(readers[0]) is not terminal_obs_reader or readers[0].backend != "gymnasium":
         return
     old = readers[0]
     spec = old.info_spec
