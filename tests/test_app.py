@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import pickle
@@ -80,6 +81,9 @@ def _params(trainer):
     [
         ("CartPole-v1", {}),
         ("Pendulum-v1", {"normalize_observations": True, "normalize_rewards": True}),
+        # MuJoCo state, the float32 observation wrapper and the action clip inside each sub-env
+        pytest.param("HalfCheetah-v5", {"normalize_observations": True, "normalize_rewards": True},
+                     marks=pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="needs mujoco")),
     ],
 )
 def test_resume_equals_uninterrupted_run(tmp_path, env, kw):
