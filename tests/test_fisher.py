@@ -112,6 +112,17 @@ def test_fvp_drives_cg_to_the_natural_gradient(family):
     torch.testing.assert_close(x, torch.linalg.solve(A, g.T).T, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("family", ["normal", "categorical"])
+def test_kl_scale_scales_the_fisher_and_not_the_damping(family):
+    pol = TinyPolicy(family)
+    n = pol.theta.numel()
+    v = torch.randn(n, dtype=torch.float64)
+    fvp = gauss_newton_fisher_vector_product(pol.dist, pol.theta, family, damping=0.05, kl_scale=0.25)
+    torch.testing.assert_close(fvp(v), 0.25 * (pol.dense_fisher() @ v) + 0.05 * v, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="kl_scale"):
+        gauss_newton_fisher_vector_product(pol.dist, pol.theta, family, kl_scale=0.0)
+
+
 def test_fvp_on_a_subsample_matches_the_subsampled_fisher():
     pol = TinyPolicy("categorical")
     idx = subsample_indices(N_STATES, 0.5, generator=torch.Generator().manual_seed(3))

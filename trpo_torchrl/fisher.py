@@ -105,7 +105,7 @@ def kl_fisher_vector_product(
     return _make_fvp(single, theta, damping, where)
 
 
-def _normal_metric(out, where: str):
+def _normal_metric(out, where: str, weight: float):
     if not isinstance(out, (tuple, list)) or len(out) != 2 or not all(isinstance(t, torch.Tensor) for t in out):
         raise ValueError(f"{where}: for family 'normal', dist_fn must return a tuple (loc, scale) of tensors")
     loc, scale = out
@@ -116,7 +116,7 @@ def _normal_metric(out, where: str):
     n_states = loc.shape[0]
     # Fisher of N(loc, scale^2) per action dimension: 1/scale^2 for loc, 2/scale^2 for scale;
     # divided by N because F is the Hessian of the *mean* KL over states
-    w_loc = 1.0 / (scale.detach() ** 2 * n_states)
+    w_loc = weight / (scale.detach() ** 2 * n_states)
     w_scale = 2.0 * w_loc
 
     def metric(tangent):
@@ -126,7 +126,7 @@ def _normal_metric(out, where: str):
     return metric
 
 
-def _categorical_metric(out, where: str):
+def _categorical_metric(out, where: str, weight: float):
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"{where}: for family 'categorical', dist_fn must return logits [N, k], got {shape}")
@@ -136,7 +136,7 @@ def _categorical_metric(out, where: str):
     def metric(d_logits):
         # (diag(p) - p p^T) u without forming the k x k matrix
         pu = probs * d_logits
-        return (pu - probs * pu.sum(-1, keepdim=True)) / n_states
+        return (pu - probs * pu.sum(-1, keepdim=True)) * (weight / n_states)
 
     return metric
 
@@ -172,9 +172,10 @@ def gauss_newton_fisher_vector_product(
     family: str,
     *,
     damping: float = 0.0,
+    kl_scale: float = 1.0,
     use_linearize: bool = False,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``v -> (J^T M J / N + damping I) v``: the Fisher of the policy at ``theta`` through one
+    """``v -> (kl_scale · J^T M J / N + damping I) v``: the Fisher of the policy at ``theta`` through one
     jvp and one vjp of the network (Gauss-Newton form; exact at theta_old).
 
     Args:
@@ -184,6 +185,8 @@ def gauss_newton_fisher_vector_product(
         theta: the flat parameter vector ``[n]`` (theta_old).
         family: ``"normal"`` or ``"categorical"``.
         damping: added multiple of the identity (>= 0).
+        kl_scale: the factor the KL (hence its Fisher) is taken with, e.g. ``1/d`` for a KL averaged
+            over ``d`` action dimensions (> 0). Default ``1``.
         use_linearize: record the jvp with ``torch.func.linearize`` (traced) instead of the
             transpose of the recorded pullback (the default, see ``_transpose_of_pullback``).
             Its products are about as cheap, but the tracing costs tens of products' worth of
@@ -205,7 +208,9 @@ def gauss_newton_fisher_vector_product(
         raise TypeError(f"{where}: dist_fn must be callable")
     with torch.no_grad():
         out, pullback = vjp(dist_fn, theta)
-    metric = (_normal_metric if family == "normal" else _categorical_metric)(out, where)
+    if not kl_scale > 0:
+        raise ValueError(f"{where}: kl_scale must be > 0, got {kl_scale!r}")
+    metric = (_normal_metric if family == "normal" else _categorical_metric)(out, where, float(kl_scale))
     if use_linearize:
         with torch.no_grad(), warnings.catch_warnings():
             # torch's constant folding inside linearize warns about its own graph bookkeeping on

@@ -20,7 +20,7 @@ from tensordict import TensorDict, TensorDictBase
 from .fisher import gauss_newton_fisher_vector_product, kl_fisher_vector_product, subsample_indices
 from .loss import PolicyBatch, TRPOLoss, distribution_family, distribution_parameters
 from .ops import conjugate_gradient
-from .update import TrustRegionUpdate
+from .update import TrustRegionUpdate, step_metrics
 
 __all__ = ["PopulationTrustRegionUpdate", "population_policy"]
 
@@ -300,9 +300,10 @@ class PopulationTrustRegionUpdate:
                     return tuple(o.reshape(members * num_states, -1) for o in out)
                 return out.reshape(members * num_states, -1)
 
-            product = gauss_newton_fisher_vector_product(dist_fn, theta_old.reshape(-1), family)
-            # (and F / d when the KL is averaged over d action dimensions)
-            scale = members / loss.kl_divisor(dist)
+            # × M to undo that, and / d when the KL is averaged over d action dimensions
+            product = gauss_newton_fisher_vector_product(
+                dist_fn, theta_old.reshape(-1), family, kl_scale=members / loss.kl_divisor(dist)
+            )
         else:
 
             def kl_of(th, b, bufs):
@@ -312,15 +313,12 @@ class PopulationTrustRegionUpdate:
 
             # the Hessian of Σ_m KL_m(θ_m) is exactly diag(F_1, ..., F_M)
             product = kl_fisher_vector_product(lambda flat: per_member(kl_of, batch)(flat).sum(), theta_old.reshape(-1))
-            scale = 1.0
         damping = single.damping
 
         def fvp(v: torch.Tensor) -> torch.Tensor:
             if v.shape != theta_old.shape:
                 raise ValueError(f"PopulationTrustRegionUpdate: v must be [{members}, {n}], got {tuple(v.shape)}")
             out = product(v.reshape(-1)).view(members, n)
-            if scale != 1.0:
-                out = out * scale
             return out + damping * v if damping else out
 
         return fvp
@@ -387,29 +385,13 @@ class PopulationTrustRegionUpdate:
 
         theta_new = torch.where(accepted[:, None], chosen(candidates), theta_old)
         backtracks = torch.where(accepted, first.long(), torch.full_like(first.long(), single.backtrack_iters))
-        zero = torch.zeros_like(objective_old)
-        fraction = torch.where(accepted, fractions[first.long()], zero)
+        fraction = torch.where(accepted, fractions[first.long()], torch.zeros_like(objective_old))
 
-        metrics = TensorDict(
-            {
-                "kl": torch.where(accepted, chosen(cand_kl), kl_old),
-                "kl_full_step": cand_kl[0],
-                "surrogate_before": surrogate_old,
-                "surrogate_after": torch.where(accepted, chosen(cand_surrogate), surrogate_old),
-                "objective_before": objective_old,
-                "objective_after": torch.where(accepted, chosen(cand_objective), objective_old),
-                "expected_improvement": expected_improvement.detach(),
-                "actual_improvement": torch.where(accepted, chosen(improvement), zero),
-                "step_accepted": accepted,
-                "backtrack_steps": backtracks,
-                "step_fraction": fraction,
-                "step_norm": fraction * full_step.norm(dim=-1),
-                "grad_norm": g.norm(dim=-1),
-                "fisher_curvature": curvature,
-                "cg_residual": cg_info.residual_norm,
-                "cg_iterations": cg_info.iterations,
-                "cg_breakdown": cg_info.breakdown,
-            },
-            batch_size=[members],
+        metrics = step_metrics(
+            chosen, accepted, fraction=fraction, backtracks=backtracks, kl_old=kl_old, surrogate_old=surrogate_old,
+            objective_old=objective_old, cand_kl=cand_kl, cand_surrogate=cand_surrogate, cand_objective=cand_objective,
+            improvement=improvement, expected_improvement=expected_improvement,
+            step_norm=fraction * full_step.norm(dim=-1), grad_norm=g.norm(dim=-1), curvature=curvature,
+            cg_info=cg_info, batch_size=[members],
         )
         return theta_new, metrics

@@ -11,7 +11,39 @@ from .fisher import gauss_newton_fisher_vector_product, kl_fisher_vector_product
 from .loss import PolicyBatch, TRPOLoss, _trainable_parameters, distribution_family, distribution_parameters
 from .ops import conjugate_gradient
 
-__all__ = ["TrustRegionUpdate"]
+__all__ = ["TrustRegionUpdate", "step_metrics"]
+
+
+def step_metrics(
+    chosen, accepted, *, fraction, backtracks, kl_old, surrogate_old, objective_old, cand_kl, cand_surrogate,
+    cand_objective, improvement, expected_improvement, step_norm, grad_norm, curvature, cg_info, batch_size,
+) -> TensorDict:
+    """The metrics of one trust-region step, from the line search's candidate values (leading dim K)
+    and ``chosen`` (picks each system's accepted candidate along K). Shared by the single update and
+    the population one, whose entries are then per member."""
+    zero = torch.zeros_like(objective_old)
+    return TensorDict(
+        {
+            "kl": torch.where(accepted, chosen(cand_kl), kl_old),
+            "kl_full_step": cand_kl[0],
+            "surrogate_before": surrogate_old,
+            "surrogate_after": torch.where(accepted, chosen(cand_surrogate), surrogate_old),
+            "objective_before": objective_old,
+            "objective_after": torch.where(accepted, chosen(cand_objective), objective_old),
+            "expected_improvement": expected_improvement.detach(),
+            "actual_improvement": torch.where(accepted, chosen(improvement), zero),
+            "step_accepted": accepted,
+            "backtrack_steps": backtracks,
+            "step_fraction": fraction,
+            "step_norm": step_norm,
+            "grad_norm": grad_norm,
+            "fisher_curvature": curvature,
+            "cg_residual": cg_info.residual_norm,
+            "cg_iterations": cg_info.iterations,
+            "cg_breakdown": cg_info.breakdown,
+        },
+        batch_size=batch_size,
+    )
 
 
 class TrustRegionUpdate:
@@ -183,12 +215,10 @@ class TrustRegionUpdate:
             def dist_fn(theta):
                 return distribution_parameters(loss.policy_dist(batch, self.unflatten(theta)), num_states)
 
-            divisor = loss.kl_divisor(dist)
-            if divisor == 1:
-                return gauss_newton_fisher_vector_product(dist_fn, theta_old, family, damping=self.damping)
-            # the KL averaged over d action dimensions has Fisher F/d: ((F + dλ)v)/d = (F/d + λ)v
-            product = gauss_newton_fisher_vector_product(dist_fn, theta_old, family, damping=self.damping * divisor)
-            return lambda v: product(v) / divisor
+            # the KL averaged over d action dimensions (kl_reduction="mean") has Fisher F / d
+            return gauss_newton_fisher_vector_product(
+                dist_fn, theta_old, family, damping=self.damping, kl_scale=1.0 / loss.kl_divisor(dist)
+            )
 
         def kl_fn(theta):
             d = loss.policy_dist(batch, self.unflatten(theta))
@@ -262,28 +292,11 @@ class TrustRegionUpdate:
         # where() picks θ_old's own bits when nothing is accepted: a rejected step changes nothing
         theta_new = torch.where(accepted, chosen(candidates), theta_old)
         backtracks = torch.where(accepted, first.squeeze(0), torch.full_like(first.squeeze(0), self.backtrack_iters))
-        zero = torch.zeros_like(objective_old)
-
-        metrics = TensorDict(
-            {
-                "kl": torch.where(accepted, chosen(cand_kl), kl_old),
-                "kl_full_step": cand_kl[0],
-                "surrogate_before": surrogate_old,
-                "surrogate_after": torch.where(accepted, chosen(cand_surrogate), surrogate_old),
-                "objective_before": objective_old,
-                "objective_after": torch.where(accepted, chosen(cand_objective), objective_old),
-                "expected_improvement": expected_improvement.detach(),
-                "actual_improvement": torch.where(accepted, chosen(improvement), zero),
-                "step_accepted": accepted,
-                "backtrack_steps": backtracks,
-                "step_fraction": torch.where(accepted, chosen(fractions), zero),
-                "step_norm": torch.where(accepted, chosen(fractions), zero) * full_step.norm(),
-                "grad_norm": g.norm(),
-                "fisher_curvature": curvature,
-                "cg_residual": cg_info.residual_norm,
-                "cg_iterations": cg_info.iterations,
-                "cg_breakdown": cg_info.breakdown,
-            },
-            batch_size=[],
+        fraction = torch.where(accepted, chosen(fractions), torch.zeros_like(objective_old))
+        metrics = step_metrics(
+            chosen, accepted, fraction=fraction, backtracks=backtracks, kl_old=kl_old, surrogate_old=surrogate_old,
+            objective_old=objective_old, cand_kl=cand_kl, cand_surrogate=cand_surrogate, cand_objective=cand_objective,
+            improvement=improvement, expected_improvement=expected_improvement, step_norm=fraction * full_step.norm(),
+            grad_norm=g.norm(), curvature=curvature, cg_info=cg_info, batch_size=[],
         )
         return theta_new, metrics
