@@ -32,7 +32,7 @@ from torch.func import functional_call
 
 import trpo_torchrl.ops.cg as cg_module
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median_ms, pick_devices  # noqa: E402
+from _common import machine, median_ms, pick_devices, write_json  # noqa: E402
 from trpo_torchrl.fisher import gauss_newton_fisher_vector_product, kl_fisher_vector_product
 from trpo_torchrl.ops import conjugate_gradient
 
@@ -194,10 +194,7 @@ def main():
           f"{'(b) lin.':>9} {'lin.setup':>9} {'a/b':>8}  rel.diff")
     for dev in devices:
         results["fvp"] += bench_fvp(dev, hiddens, reps * 4)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
-        print(f"\nwrote {args.out}")
+    write_json(args.out, results)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, markdown_table, our_config, sb3_available, sb3_trpo, write_json  # noqa: E402
 
 
-def our_actor_from_sb3(policy, obs_dim: int, act_dim: int):
+def our_actor_from_sb3(policy, act_dim: int):
     """Our gaussian_actor with the weights of sb3's actor (mlp_extractor.policy_net, action_net, log_std)."""
     from trpo_torchrl import gaussian_actor
 
@@ -43,9 +43,7 @@ def our_actor_from_sb3(policy, obs_dim: int, act_dim: int):
             layers.append(activation())
     actor = gaussian_actor(nn.Sequential(*layers), act_dim)
     with torch.no_grad():
-        dict(actor.named_parameters())[next(n for n, _ in actor.named_parameters() if n.endswith("log_std"))].copy_(
-            policy.log_std
-        )
+        next(p for name, p in actor.named_parameters() if name.endswith("log_std")).copy_(policy.log_std)
     return actor
 
 
@@ -63,7 +61,7 @@ def our_step(policy, batch, config, kl_reduction: str):
     from trpo_torchrl import TRPOLoss, TrustRegionUpdate
 
     obs, act, old_log_prob, adv = batch
-    actor = our_actor_from_sb3(policy, obs.shape[-1], act.shape[-1])
+    actor = our_actor_from_sb3(policy, act.shape[-1])
     critic = TensorDictModule(nn.Linear(obs.shape[-1], 1), in_keys=["observation"], out_keys=["state_value"])
     with torch.no_grad():
         td = actor(TensorDict({"observation": obs}, [obs.shape[0]]))  # loc and scale of π_old

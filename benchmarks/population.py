@@ -30,7 +30,7 @@ from tensordict import TensorDict
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median_ms, pick_devices  # noqa: E402
+from _common import machine, median_ms, pick_devices, write_json  # noqa: E402
 from trpo_torchrl import PopulationTrustRegionUpdate, TRPOLoss, TrustRegionUpdate, gaussian_actor
 
 OBS, ACT, HIDDEN = 17, 6, 64
@@ -156,10 +156,7 @@ def main():
         print(f"{'env':>14} {'seeds':>5} {'frames':>8} {'--seeds N':>12} {'N runs':>13} {'ratio':>10}")
         with tempfile.TemporaryDirectory() as logdir:
             results["app"] = bench_app(args.app_env, args.app_seeds, args.app_frames, Path(logdir))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
-        print(f"\nwrote {args.out}")
+    write_json(args.out, results)
 
 
 if __name__ == "__main__":
