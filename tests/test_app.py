@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import math
 import os
 import pickle
 
@@ -16,7 +17,7 @@ from trpo_torchrl.app import checkpoint as ckpt
 from trpo_torchrl.app.cli import main
 from trpo_torchrl.app.config import ConfigError, TrainConfig, build_config
 from trpo_torchrl.app.envs import env_state, gym_vector_env, load_env_state, make_env
-from trpo_torchrl.app.normalize import RunningMoments
+from trpo_torchrl.app.normalize import RewardScaler, RunningMoments
 from trpo_torchrl.app.train import Trainer, resume_trainer
 
 TINY = ["--num-envs", "2", "--steps-per-env", "64", "--critic-epochs", "2", "--critic-minibatch", "64", "--progress", "false"]
@@ -79,7 +80,8 @@ def _params(trainer):
 @pytest.mark.parametrize(
     "env,kw",
     [
-        ("CartPole-v1", {}),
+        ("CartPole-v1", {}),  # the default one-process collector, collector="direct"
+        ("CartPole-v1", {"collector": "sync"}),  # TorchRL's Collector
         ("Pendulum-v1", {"normalize_observations": True, "normalize_rewards": True}),
         # MuJoCo state, the float32 observation wrapper and the action clip inside each sub-env
         pytest.param("HalfCheetah-v5", {"normalize_observations": True, "normalize_rewards": True},
@@ -201,6 +203,31 @@ def test_running_moments_match_numpy():
         m.update(chunk)
     np.testing.assert_allclose(m.mean.numpy(), data.mean(0).numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(m.var.numpy(), data.var(0, unbiased=False).numpy(), rtol=1e-10)
+
+
+def test_reward_scaler_divides_by_the_std_of_the_discounted_return():
+    # a plain loop over every environment's discounted return (reset at episode ends), carried
+    # across batches, against the scaler; the std is that of every return seen so far
+    gamma, n, steps = 0.9, 3, 50
+    scaler = RewardScaler(n, gamma)
+    gen = torch.Generator().manual_seed(0)
+    running, seen = [0.0] * n, []
+    for _ in range(2):
+        reward = torch.randn(n, steps, 1, generator=gen) * 2
+        done = torch.rand(n, steps, 1, generator=gen) < 0.1
+        out = scaler(reward, done)
+        for i in range(n):
+            for t in range(steps):
+                running[i] = running[i] * gamma + float(reward[i, t, 0])
+                seen.append(running[i])
+                if done[i, t, 0]:
+                    running[i] = 0.0
+        assert scaler.returns.tolist() == running
+        # the moments start from mean 0, variance 1 at count 1e-4 (VecNormalize's), merged with the returns
+        k, c = len(seen), 1e-4
+        var = (c + np.var(seen) * k + np.mean(seen) ** 2 * c * k / (k + c)) / (k + c)
+        std = math.sqrt(var + 1e-8)
+        torch.testing.assert_close(out, (reward / std).clamp(-10, 10), rtol=1e-6, atol=1e-7)
 
 
 def test_cartpole_learns(tmp_path):

@@ -86,7 +86,7 @@ def _port_nobody_listens_on() -> int:
     [
         (["--collector", "multisync", "--workers", "0"], {}, "workers=0 must be >= 1"),
         (["--collector", "multisync", "--workers", "3"], {}, "steps_per_env=32 does not divide over workers=3"),
-        (["--collector", "bogus"], {}, "collector='bogus' must be 'sync', 'multisync' or 'ray'"),
+        (["--collector", "bogus"], {}, "collector='bogus' must be 'direct', 'sync', 'multisync' or 'ray'"),
         (["--ray-address", "127.0.0.1:6379"], {}, "needs collector='ray'"),
         ([], {"WORLD_SIZE": "3"}, "does not divide over world size 3 × workers 1"),
         (["--collector", "ray", "--workers", "2"], {"RAY_ADDRESS": "127.0.0.1:{port}"}, "cannot reach the Ray cluster"),

@@ -194,6 +194,10 @@ class Trainer:
                 device=self.device,
                 cat_results="stack",
             )
+        if config.collector == "direct":
+            from .collect import DirectCollector
+
+            return DirectCollector(self.env, self.actor, self.steps_per_shard, device=self.device)
         if config.collector == "ray":
             from torchrl.collectors.distributed import RayCollector
 
@@ -244,7 +248,7 @@ class Trainer:
         """This rank's share of the next on-policy batch as ``[environments, time]``: the workers'
         stacked ``[workers, num_envs, time]`` results become rows of environments."""
         batch = next(batches)
-        if self.config.collector != "sync":
+        if self.config.collector in ("multisync", "ray"):
             batch = batch.reshape(-1, batch.shape[-1])
         return batch.to(self.device)
 
@@ -267,10 +271,16 @@ class Trainer:
             "env_state": None,
             "carrier": None,
         }
-        if self.config.collector == "sync":
+        if self.config.collector in ("direct", "sync"):
             state["env_state"] = env_state(self.env)
-            state["carrier"] = self.collector._carrier.clone()
+            state["carrier"] = self._carried_step()
         return state
+
+    def _carried_step(self):
+        """What the one-process collector carries from one batch to the next."""
+        if self.config.collector == "direct":
+            return self.collector.state_dict()
+        return self.collector._carrier.clone()
 
     def state_dict(self) -> dict[str, Any]:
         """The run's state; under torchrun a collective (every rank calls it) whose full result,
@@ -309,13 +319,16 @@ class Trainer:
             self.critic_fit.optimizer.load_state_dict(state["critic_optimizer"])
         if self.reward_scaler and own.get("reward_scaler"):
             self.reward_scaler.load_state_dict(own["reward_scaler"])
-        if self.config.collector == "sync" and own.get("env_state") is not None:
+        if self.config.collector in ("direct", "sync") and own.get("env_state") is not None:
             load_env_state(self.env, own["env_state"])
             # the collector's carried-over step (last observation, running episode return):
             # TorchRL's own load_state_dict starts fresh trajectories instead
-            self.collector._carrier.update(own["carrier"])
+            if self.config.collector == "direct":
+                self.collector.load_state_dict(own["carrier"])
+            else:
+                self.collector._carrier.update(own["carrier"])
         _load_rng_state(own["rng"], self.generators)
-        if self.config.collector != "sync":
+        if self.config.collector in ("multisync", "ray"):
             self.collector.update_policy_weights_()  # the workers run the restored policy
 
     def save(self, name: str) -> Path:

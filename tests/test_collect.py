@@ -1,0 +1,227 @@
+"""collector='direct': the app's own loop over the vector env gives the batch TorchRL's Collector
+over the same env would give for the same actions, entry for entry; its actions are drawn from
+the policy; its log-probabilities are the update's own; its per-step forward pass is the network's."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+import torch
+from tensordict.nn import TensorDictModuleBase
+from torch import nn
+
+from trpo_torchrl.app.config import build_config
+from trpo_torchrl.app.collect import DirectCollector, _FrozenForward
+from trpo_torchrl.app.envs import gym_vector_env, make_env
+from trpo_torchrl.app.models import build_models
+from trpo_torchrl.policies import gaussian_actor
+
+needs_mujoco = pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="needs mujoco")
+
+
+def our_config(env_id, **overrides):
+    return build_config({"env": env_id, "logger": "none", "progress": False, "checkpoint_every": 0,
+                         "eval_episodes": 0, **overrides})
+
+
+def _setup(env_id, num_envs, seed, **overrides):
+    config = our_config(env_id, num_envs=num_envs, **overrides)
+    env = make_env(env_id, num_envs, seed)
+    venv = gym_vector_env(env)
+    torch.manual_seed(seed)
+    actor, critic, normalizer = build_models(config, venv.single_observation_space, venv.single_action_space)
+    return env, actor, normalizer
+
+
+def _replay_through_torchrl(env_id, num_envs, seed, actions):
+    """Steps a TorchRL env made like the collector's with the given actions ``[n, T, ...]``; returns
+    the stacked TorchRL steps and the first step at which every environment ended at once."""
+    env = make_env(env_id, num_envs, seed)
+    td = env.reset()
+    steps, all_done_at = [], None
+    for t in range(actions.shape[1]):
+        td["action"] = actions[:, t]
+        out, td = env.step_and_maybe_reset(td)
+        steps.append(out.exclude(("next", "final")))
+        if all_done_at is None and bool(out["next", "done"].all()):
+            all_done_at = t
+    env.close()
+    return torch.stack(steps, dim=1), all_done_at
+
+
+@pytest.mark.parametrize(
+    "env_id,num_envs,steps",
+    [
+        ("CartPole-v1", 3, 150),  # terminations at different steps, one-hot actions
+        ("Pendulum-v1", 2, 230),  # every environment truncates at step 200 together
+        pytest.param("HalfCheetah-v5", 2, 1010, marks=needs_mujoco),  # MuJoCo, float64 -> float32, clipping
+    ],
+)
+def test_batch_equals_torchrls_for_the_same_actions(env_id, num_envs, steps):
+    env, actor, normalizer = _setup(env_id, num_envs, seed=4)
+    normalizer.update(torch.randn(64, normalizer.moments.mean.shape[0]) * 3 + 1)  # non-trivial statistics
+    collector = DirectCollector(env, actor, steps)
+    batch = collector.collect()
+    assert batch.batch_size == torch.Size([num_envs, steps])
+    ref, all_done_at = _replay_through_torchrl(env_id, num_envs, 4, batch["action"])
+    assert set(batch.keys(True, True)) >= set(ref.exclude("loc", "scale", "logits", "action_log_prob").keys(True, True))
+    assert bool(batch["next", "done"].any()), "the window must hold episode ends"
+    # after a step where every environment ended, TorchRL resets the vector env once more and the
+    # observations part ways (module docstring); everything up to and including that step is equal
+    end = steps if all_done_at is None else all_done_at + 1
+    if env_id == "Pendulum-v1":
+        assert all_done_at == 199
+    for key in ref.keys(True, True):
+        got, want = batch[key][:, :end], ref[key][:, :end]
+        assert got.dtype == want.dtype and got.shape == want.shape, key
+        assert torch.equal(got, want), f"{key} differs"
+    # the stored distribution and log-probabilities are those of the actor on the same observations
+    with torch.no_grad():
+        expected = actor.module[0](ref.select("observation").clone())
+        for key in ("loc", "scale", "logits"):
+            if key in batch.keys():
+                torch.testing.assert_close(batch[key][:, :end], expected[key][:, :end], rtol=1e-5, atol=1e-6)
+        dist = actor.module[-1].get_dist(expected)
+        torch.testing.assert_close(batch["action_log_prob"][:, :end], dist.log_prob(ref["action"])[:, :end], rtol=1e-5, atol=1e-5)
+
+
+class _Replay(TensorDictModuleBase):
+    """A policy for TorchRL's Collector that plays back given actions ``[n, T, ...]``, one step per call."""
+
+    in_keys, out_keys = ["observation"], ["action"]
+
+    def __init__(self, actions):
+        super().__init__()
+        self.actions, self.t = actions, 0
+
+    def forward(self, td):
+        td.set("action", self.actions[:, self.t])
+        self.t += 1
+        return td
+
+
+def test_batches_continue_where_the_last_one_stopped_as_torchrls_collectors_do():
+    # two batches of 60 steps against TorchRL's Collector replaying the same actions: the carried
+    # observation, the running episode return and the trajectory ids cross the batch boundary alike
+    from torchrl.collectors import Collector
+
+    env_id, n = "CartPole-v1", 2
+    env, actor, _ = _setup(env_id, n, seed=1)
+    collector = DirectCollector(env, actor, 60)
+    whole = torch.cat([collector.collect(), collector.collect()], dim=1)
+    replay = _Replay(whole["action"])
+    reference = Collector(make_env(env_id, n, 1), replay, frames_per_batch=n * 60,
+                          total_frames=-1, auto_register_policy_transforms=False)
+    replay.t = 0  # the Collector may call its policy once while it is built
+    batches = iter(reference)
+    ref = torch.cat([next(batches), next(batches)], dim=1)
+    reference.shutdown()
+    done = ref["next", "done"].squeeze(-1)
+    assert bool(done[:, :60].any()) and bool(done[:, 60:].any())
+    all_done = done.all(0).nonzero()
+    end = 120 if all_done.numel() == 0 else int(all_done[0]) + 1
+    assert end > 60
+    for key in ref.keys(True, True):
+        assert torch.equal(whole[key][:, :end], ref[key][:, :end]), key
+
+
+def test_state_dict_resumes_the_carried_step():
+    env, actor, _ = _setup("CartPole-v1", 2, seed=2)
+    collector = DirectCollector(env, actor, 40)
+    collector.collect()
+    from trpo_torchrl.app.envs import env_state, load_env_state
+
+    saved, sims = collector.state_dict(), env_state(env)
+    rng = torch.get_rng_state()
+    a = collector.collect()
+    collector.load_state_dict(saved)
+    load_env_state(env, sims)
+    torch.set_rng_state(rng)
+    b = collector.collect()
+    assert (a == b).all()
+    with pytest.raises(ValueError, match="observations"):
+        collector.load_state_dict({**saved, "observation": np.zeros((3, 4), np.float32)})
+
+
+def test_log_probabilities_are_the_updates_own():
+    # one forward pass over the batch writes them, as the update's does: the ratio is exactly 1 at θ_old
+    env, actor, _ = _setup("Pendulum-v1", 2, seed=0)
+    batch = DirectCollector(env, actor, 64).collect()
+    with torch.no_grad():
+        dist = actor.get_dist(batch.select("observation").clone())
+        assert torch.equal(dist.log_prob(batch["action"]), batch["action_log_prob"])
+
+
+def test_gaussian_actions_are_drawn_from_the_policy():
+    env, actor, _ = _setup("HalfCheetah-v5" if importlib.util.find_spec("mujoco") else "Pendulum-v1", 2, seed=3)
+    with torch.no_grad():
+        actor.module[0].module[-1].log_std.copy_(torch.linspace(-1.5, 0.5, actor.module[0].module[-1].log_std.numel()))
+    batch = DirectCollector(env, actor, 2000).collect()
+    z = ((batch["action"] - batch["loc"]) / batch["scale"]).reshape(-1, batch["action"].shape[-1])
+    n = z.shape[0]
+    # standard normal per dimension: mean within 5 standard errors, variance within 5 of its own
+    assert z.mean(0).abs().max() < 5 / math.sqrt(n)
+    assert (z.var(0) - 1).abs().max() < 5 * math.sqrt(2 / n)
+    assert z.std() > 0.5  # it sampled, it did not return the mean
+
+
+def test_categorical_actions_are_drawn_from_the_policy():
+    env, actor, _ = _setup("CartPole-v1", 2, seed=0)
+    collector = DirectCollector(env, actor, 1)
+    logits = torch.tensor([[2.0, -1.0], [0.3, 0.1]])
+    draws = 20_000
+    noise = collector._noise(draws, logits).reshape(draws, 2, 2)
+    index = torch.as_tensor(np.stack([collector._act(logits, noise[k]) for k in range(draws)]))
+    freq = (index == 0).double().mean(0)
+    p = torch.softmax(logits.double(), -1)[:, 0]
+    assert ((freq - p).abs() < 5 * (p * (1 - p) / draws).sqrt()).all(), (freq, p)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_frozen_forward_is_the_networks_own(env_id):
+    env, actor, normalizer = _setup(env_id, 2, seed=0, normalize_observations=True)
+    normalizer.update(torch.randn(100, normalizer.moments.mean.shape[0]) * 2 - 1)
+    net = actor.module[0].module
+    plan = _FrozenForward.plan(net)
+    assert plan is not None
+    x = torch.randn(5, normalizer.moments.mean.shape[0]) * 4
+    with torch.no_grad():
+        want, got = net(x), plan.freeze(torch.float32)(x)
+    for w, g in zip(want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,)):
+        assert torch.equal(w, g)
+
+
+def test_unknown_networks_are_called_as_they_are():
+    env = make_env("Pendulum-v1", 2, seed=0)
+    net = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 1))
+    actor = gaussian_actor(net, 1)
+    collector = DirectCollector(env, actor, 16)
+    assert collector._frozen is None
+    batch = collector.collect()
+    with torch.no_grad():
+        dist = actor.get_dist(batch.select("observation").clone())
+    assert torch.equal(dist.log_prob(batch["action"]), batch["action_log_prob"])
+
+
+def test_actors_it_cannot_run_are_a_clear_error():
+    env = make_env("CartPole-v1", 2, seed=0)
+    actor = gaussian_actor(nn.Linear(4, 2), 2)
+    with pytest.raises(ValueError, match="collector='direct' runs the app's actors"):
+        DirectCollector(env, actor, 8)
+    with pytest.raises(ValueError, match="steps_per_env must be >= 1"):
+        DirectCollector(env, actor, 0)
+
+
+def test_training_runs_on_it_by_default(tmp_path):
+    from trpo_torchrl.app.train import Trainer
+
+    config = our_config("CartPole-v1", num_envs=2, steps_per_env=32, critic_epochs=1, total_frames=128,
+                        logdir=str(tmp_path), run_name="r")
+    assert config.collector == "direct"
+    trainer = Trainer(config)
+    assert isinstance(trainer.collector, DirectCollector)
+    result = trainer.train()
+    assert result.frames == 128 and result.checkpoint.is_file()
