@@ -231,6 +231,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--frames", type=int, default=None, help="override the budget's frames on the MuJoCo tasks")
     ap.add_argument("--evals", type=int, default=None, help="override the budget's number of evaluation points")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--collector", default=None, help="our collector (default: the app's, 'direct'); e.g. 'sync' for TorchRL's")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both libraries (default 1)")
     ap.add_argument("--out", default=None, help="folder for learning.json and learning.png")
     args = ap.parse_args(argv)
@@ -251,6 +252,8 @@ def main(argv=None) -> dict:
             if args.frames and task != "CartPole-v1":
                 frames = args.frames
             overrides = {"total_frames": frames}
+            if args.collector:
+                overrides["collector"] = args.collector
             if args.tiny:
                 overrides.update(steps_per_env=64, critic_epochs=2)
             runs[task] = {"ours": [], "sb3-contrib": []}

@@ -2,7 +2,7 @@
 same networks, same frames, same seeds.
 
 Both runs are built by the training app's Trainer from the task's rl-zoo3 TRPO preset: the same
-TorchRL Collector over the same synchronous Gymnasium vector env, the same actor and critic MLPs
+collector (the app's default) over the same synchronous Gymnasium vector env, the same actor and critic MLPs
 (64x64 tanh, orthogonal init), the same observation normaliser and reward scaler, the same FusedGAE
 advantages and λ-returns, the same batch (e.g. 2 x 1024 frames on MuJoCo). Only the update differs:
 

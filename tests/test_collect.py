@@ -10,7 +10,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from tensordict.nn import TensorDictModuleBase
 from torch import nn
 
 from trpo_torchrl.app.config import build_config
@@ -88,44 +87,40 @@ def test_batch_equals_torchrls_for_the_same_actions(env_id, num_envs, steps):
         torch.testing.assert_close(batch["action_log_prob"][:, :end], dist.log_prob(ref["action"])[:, :end], rtol=1e-5, atol=1e-5)
 
 
-class _Replay(TensorDictModuleBase):
-    """A policy for TorchRL's Collector that plays back given actions ``[n, T, ...]``, one step per call."""
-
-    in_keys, out_keys = ["observation"], ["action"]
-
-    def __init__(self, actions):
-        super().__init__()
-        self.actions, self.t = actions, 0
-
-    def forward(self, td):
-        td.set("action", self.actions[:, self.t])
-        self.t += 1
-        return td
-
-
-def test_batches_continue_where_the_last_one_stopped_as_torchrls_collectors_do():
-    # two batches of 60 steps against TorchRL's Collector replaying the same actions: the carried
-    # observation, the running episode return and the trajectory ids cross the batch boundary alike
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_batches_are_torchrls_collectors_bit_for_bit(env_id):
+    # the same actor, the same environments, torch's generator in the same state: two batches of 60
+    # steps equal TorchRL's Collector's in every entry (actions, distribution parameters,
+    # log-probabilities, the carried observation, the running return, trajectory ids) up to the
+    # first step where every environment ended at once (Pendulum: its 200-step time limit)
     from torchrl.collectors import Collector
 
-    env_id, n = "CartPole-v1", 2
-    env, actor, _ = _setup(env_id, n, seed=1)
-    collector = DirectCollector(env, actor, 60)
-    whole = torch.cat([collector.collect(), collector.collect()], dim=1)
-    replay = _Replay(whole["action"])
-    reference = Collector(make_env(env_id, n, 1), replay, frames_per_batch=n * 60,
-                          total_frames=-1, auto_register_policy_transforms=False)
-    replay.t = 0  # the Collector may call its policy once while it is built
-    batches = iter(reference)
-    ref = torch.cat([next(batches), next(batches)], dim=1)
-    reference.shutdown()
+    from trpo_torchrl.policies import collection_policy
+
+    n, steps = 2, 60
+    batches = {}
+    for which in ("direct", "torchrl"):
+        env, actor, normalizer = _setup(env_id, n, seed=1)
+        normalizer.update(torch.randn(64, normalizer.moments.mean.shape[0]) * 2)
+        if which == "direct":
+            collector = DirectCollector(env, actor, steps)
+        else:
+            collector = Collector(env, collection_policy(actor), frames_per_batch=n * steps, total_frames=-1,
+                                  auto_register_policy_transforms=False)
+        torch.manual_seed(123)  # after construction: TorchRL's Collector draws once while it is built
+        it = iter(collector)
+        batches[which] = torch.cat([next(it) for _ in range(4 if env_id == "Pendulum-v1" else 2)], dim=1)
+        if which == "torchrl":
+            collector.shutdown()
+    ours, ref = batches["direct"], batches["torchrl"]
     done = ref["next", "done"].squeeze(-1)
-    assert bool(done[:, :60].any()) and bool(done[:, 60:].any())
     all_done = done.all(0).nonzero()
-    end = 120 if all_done.numel() == 0 else int(all_done[0]) + 1
-    assert end > 60
+    end = ref.shape[1] if all_done.numel() == 0 else int(all_done[0]) + 1
+    assert end > steps and bool(done[:, :end].any())
+    assert set(ours.keys(True, True)) == set(ref.keys(True, True))
     for key in ref.keys(True, True):
-        assert torch.equal(whole[key][:, :end], ref[key][:, :end]), key
+        assert ours[key].dtype == ref[key].dtype, key
+        assert torch.equal(ours[key][:, :end], ref[key][:, :end]), f"{key} differs"
 
 
 def test_state_dict_resumes_the_carried_step():
@@ -146,13 +141,15 @@ def test_state_dict_resumes_the_carried_step():
         collector.load_state_dict({**saved, "observation": np.zeros((3, 4), np.float32)})
 
 
-def test_log_probabilities_are_the_updates_own():
-    # one forward pass over the batch writes them, as the update's does: the ratio is exactly 1 at θ_old
+def test_log_probabilities_are_those_of_the_stored_distribution():
     env, actor, _ = _setup("Pendulum-v1", 2, seed=0)
     batch = DirectCollector(env, actor, 64).collect()
-    with torch.no_grad():
-        dist = actor.get_dist(batch.select("observation").clone())
-        assert torch.equal(dist.log_prob(batch["action"]), batch["action_log_prob"])
+    dist = actor.module[-1].get_dist(batch.select("loc", "scale").clone())
+    assert torch.equal(dist.log_prob(batch["action"]), batch["action_log_prob"])
+    with torch.no_grad():  # and the stored parameters are the actor's on those observations
+        again = actor.module[0](batch.select("observation").clone())
+    torch.testing.assert_close(again["loc"], batch["loc"], rtol=1e-6, atol=1e-7)
+    assert torch.equal(again["scale"], batch["scale"])
 
 
 def test_gaussian_actions_are_drawn_from_the_policy():
@@ -173,8 +170,7 @@ def test_categorical_actions_are_drawn_from_the_policy():
     collector = DirectCollector(env, actor, 1)
     logits = torch.tensor([[2.0, -1.0], [0.3, 0.1]])
     draws = 20_000
-    noise = collector._noise(draws, logits).reshape(draws, 2, 2)
-    index = torch.as_tensor(np.stack([collector._act(logits, noise[k]) for k in range(draws)]))
+    index = torch.stack([collector._sample(logits)[0] for _ in range(draws)])
     freq = (index == 0).double().mean(0)
     p = torch.softmax(logits.double(), -1)[:, 0]
     assert ((freq - p).abs() < 5 * (p * (1 - p) / draws).sqrt()).all(), (freq, p)
@@ -202,7 +198,9 @@ def test_unknown_networks_are_called_as_they_are():
     assert collector._frozen is None
     batch = collector.collect()
     with torch.no_grad():
-        dist = actor.get_dist(batch.select("observation").clone())
+        again = actor.module[0](batch.select("observation").clone())
+    torch.testing.assert_close(again["loc"], batch["loc"], rtol=1e-6, atol=1e-7)
+    dist = actor.module[-1].get_dist(batch.select("loc", "scale").clone())
     assert torch.equal(dist.log_prob(batch["action"]), batch["action_log_prob"])
 
 

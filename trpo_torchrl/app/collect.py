@@ -5,15 +5,17 @@ a 2-environment HalfCheetah vector env on a small CPU, several times the simulat
 (benchmarks/RESULTS.md). This loop steps the vector env's sub-environments with numpy arrays (the
 same-step autoreset of gymnasium's ``SyncVectorEnv``, without its per-step merging of info dicts),
 runs only the actor's network at each step (its fixed parts computed once per batch) and writes
-into preallocated arrays; after the last step one batched forward
-pass writes the distribution parameters and the log-probabilities, so they are exactly what the
-update's own forward pass computes on the batch (the importance ratio is exactly 1 at θ_old).
+into preallocated arrays; the log-probabilities are computed once, for the whole batch, from the
+distribution parameters each action was drawn with.
 
 The batch has the layout and entries of TorchRL's ``Collector`` over
 :func:`~trpo_torchrl.app.envs.make_env` — ``[num_envs, steps]`` with ``observation``, ``action``,
 ``loc``/``scale`` or ``logits``, ``action_log_prob``, ``done``/``terminated``/``truncated``,
 ``episode_reward``, the same under ``"next"`` with ``reward``, and ``("collector", "traj_ids")`` — so
-the rest of the training loop does not know which collector ran (tests/test_collect.py compares the two).
+the rest of the training loop does not know which collector ran. Actions are drawn with the same
+calls on torch's global generator as TorchRL's samplers, so from the same generator state the two
+give the same batch bit for bit (tests/test_collect.py).
+
 At a step where an episode ends, ``("next", "observation")`` is the episode's real final
 observation (a truncated episode bootstraps from it) and the next step starts from the reset
 observation. One difference from TorchRL: when every environment ends at the same step, TorchRL
@@ -114,10 +116,10 @@ class DirectCollector:
     :func:`~trpo_torchrl.app.envs.make_env`) under ``actor`` (the app's Gaussian or one-hot
     categorical actor), forever; shares the actor's parameters, so a new policy needs no copying.
 
-    Actions are drawn per step as ``loc + scale · ε`` (Gaussian) or by the Gumbel-max trick (categorical),
-    with the noise for a whole batch drawn from torch's global generator when the batch starts.
-    :meth:`state_dict` holds the step carried from one batch to the next (the current observations,
-    the running episode returns, the trajectory ids); the simulators' state is
+    Actions are drawn at each step as the TorchRL actor draws them (``Normal.rsample``,
+    ``Categorical.sample`` on torch's global generator); the batch keeps the distribution parameters
+    they were drawn with. :meth:`state_dict` holds the step carried from one batch to the next (the
+    current observations, the running episode returns, the trajectory ids); the simulators' state is
     :func:`~trpo_torchrl.app.envs.env_state`'s.
     """
 
@@ -144,7 +146,7 @@ class DirectCollector:
         params = actor.module[0]  # the TensorDictModule that writes the distribution's parameters
         self._net = params.module
         self._frozen = _FrozenForward.plan(self._net)
-        self._param_module = params
+        self._param_keys = list(params.out_keys)
         self._obs_key = params.in_keys[0]
         self._action_key = actor.dist_sample_keys[0]
         self._log_prob_key = actor.log_prob_keys[0]
@@ -187,18 +189,15 @@ class DirectCollector:
 
     # -- one batch --------------------------------------------------------------------------------
 
-    def _noise(self, steps: int, like: torch.Tensor) -> torch.Tensor:
-        shape = (steps, self.num_envs, *self._action_shape)
-        if self._discrete:  # Gumbel(0, 1) = −log Exp(1)
-            return torch.empty(shape, dtype=like.dtype, device=like.device).exponential_().log_().neg_()
-        return torch.randn(shape, dtype=like.dtype, device=like.device)
-
-    def _act(self, out, noise: torch.Tensor) -> np.ndarray:
-        """The action for the environments: a category index, or the Gaussian sample."""
+    def _sample(self, out) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """One step's action and distribution parameters, drawn with the same calls on torch's global
+        generator as the TorchRL actor (``Normal.rsample``, ``Categorical.sample``), so the same
+        generator state gives the same actions."""
         if self._discrete:
-            return (out + noise).argmax(-1).cpu().numpy()
+            return torch.distributions.Categorical(logits=out).sample(), (out,)
         loc, scale = out
-        return torch.addcmul(loc, scale, noise).cpu().numpy()
+        eps = torch.empty(loc.shape, dtype=loc.dtype, device=loc.device).normal_()
+        return loc + eps * scale, (loc, scale)
 
     def _action_tensor(self, actions: torch.Tensor) -> torch.Tensor:
         if self._discrete:  # one-hot, as TorchRL's one-hot action spec holds it
@@ -219,7 +218,7 @@ class DirectCollector:
         finals: list[tuple[int, int, np.ndarray]] = []
         shape = () if self._discrete else self._action_shape
         actions = np.empty((steps, n, *shape), np.int64 if self._discrete else np.float32)
-        noise = self._noise(steps, first).unbind(0)
+        params: list[tuple[torch.Tensor, ...]] = []
         device = first.device
         envs = self.venv.envs
         forward = self._frozen.freeze(first.dtype) if self._frozen is not None else self._net
@@ -227,7 +226,9 @@ class DirectCollector:
         episode, ids = self._episode_reward, self._traj_ids
         for t in range(steps):
             x = torch.from_numpy(obs[t])
-            action = self._act(forward(x if device.type == "cpu" else x.to(device)), noise[t])
+            action, dist_params = self._sample(forward(x if device.type == "cpu" else x.to(device)))
+            params.append(dist_params)
+            action = action.cpu().numpy()
             actions[t] = action
             # the sub-environments stepped as gymnasium's SyncVectorEnv does with same-step
             # autoreset, without its per-step merging of every sub-environment's info dict
@@ -284,8 +285,9 @@ class DirectCollector:
             batch_size=[n, steps],
             device=self.device,
         )
-        # the distribution's parameters and log-probabilities from one forward pass over the batch
-        self._param_module(td)
+        # the parameters each action was drawn with, and its log-probability under them
+        for key, values in zip(self._param_keys, zip(*params)):
+            td.set(key, batch(torch.stack(values)))
         dist = self.actor.module[-1].get_dist(td)
         td.set(self._log_prob_key, dist.log_prob(td.get(self._action_key)))
         return td
