@@ -204,11 +204,71 @@ def test_unknown_networks_are_called_as_they_are():
     assert torch.equal(dist.log_prob(batch["action"]), batch["action_log_prob"])
 
 
+def test_an_interrupt_mid_batch_leaves_the_carried_step_on_the_simulators():
+    # Ctrl-C lands while a batch is collected; the checkpoint then written must describe where the
+    # simulators are, not where the batch started
+    env, actor, _ = _setup("CartPole-v1", 2, seed=0)
+    collector = DirectCollector(env, actor, 50)
+    collector.collect()
+    first = gym_vector_env(env).envs[0]
+    calls, step = [0], first.step
+
+    def interrupting(action):
+        calls[0] += 1
+        if calls[0] == 21:  # step 20 of the second batch, before environment 0 moves
+            raise KeyboardInterrupt
+        return step(action)
+
+    first.step = interrupting
+    with pytest.raises(KeyboardInterrupt):
+        collector.collect()
+    state = collector.state_dict()
+    for i, sub in enumerate(gym_vector_env(env).envs):
+        np.testing.assert_array_equal(state["observation"][i], np.asarray(sub.unwrapped.state, dtype=np.float32))
+        elapsed = next(w._elapsed_steps for w in _chain(sub) if hasattr(w, "_elapsed_steps"))
+        assert state["episode_reward"][i] == elapsed  # CartPole pays 1 a step: the return is the episode's length
+
+
+def _chain(env):
+    while True:
+        yield env
+        if not hasattr(env, "env"):
+            return
+        env = env.env
+
+
+def test_hooks_and_subclasses_are_run_as_they_are():
+    env, actor, _ = _setup("Pendulum-v1", 2, seed=0)
+    collector = DirectCollector(env, actor, 8)
+    first_linear = next(m for m in actor.modules() if type(m) is nn.Linear)
+    handle = first_linear.register_forward_hook(lambda module, args, out: out + 1.0)
+    try:
+        assert collector._frozen.freeze(torch.float32) is None  # the hook is seen at each batch
+        batch = collector.collect()
+        with torch.no_grad():
+            again = actor.module[0](batch.select("observation").clone())
+        torch.testing.assert_close(batch["loc"], again["loc"], rtol=1e-6, atol=1e-6)
+    finally:
+        handle.remove()
+
+    class Shifted(nn.Linear):
+        def forward(self, x):
+            return super().forward(x) + 1.0
+
+    net = nn.Sequential(Shifted(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    assert _FrozenForward.plan(nn.Sequential(net)) is None
+
+
 def test_actors_it_cannot_run_are_a_clear_error():
     env = make_env("CartPole-v1", 2, seed=0)
     actor = gaussian_actor(nn.Linear(4, 2), 2)
     with pytest.raises(ValueError, match="collector='direct' runs the app's actors"):
         DirectCollector(env, actor, 8)
+    pendulum = make_env("Pendulum-v1", 2, seed=0)
+    squashed = gaussian_actor(nn.Linear(3, 1), 1)
+    squashed.module[-1].distribution_kwargs["tanh_loc"] = True
+    with pytest.raises(ValueError, match="no distribution_kwargs"):
+        DirectCollector(pendulum, squashed, 8)
     with pytest.raises(ValueError, match="steps_per_env must be >= 1"):
         DirectCollector(env, actor, 0)
 

@@ -43,11 +43,20 @@ __all__ = ["DirectCollector"]
 
 
 def _leaves(module: torch.nn.Module):
-    if isinstance(module, torch.nn.Sequential):
+    if type(module) is torch.nn.Sequential:  # a subclass may have its own forward: a leaf
         for child in module:
             yield from _leaves(child)
     else:
         yield module
+
+
+def _has_hooks(module: torch.nn.Module) -> bool:
+    """Forward hooks on ``module``, its children or all modules: calls the plan would skip."""
+    from torch.nn.modules import module as nn_module
+
+    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 class _FrozenForward:
@@ -57,7 +66,8 @@ class _FrozenForward:
     modules' own forward passes; :meth:`plan` returns ``None`` for a network it does not know, and
     the collector then calls the network itself."""
 
-    def __init__(self, ops: list[tuple]):
+    def __init__(self, net: torch.nn.Module, ops: list[tuple]):
+        self.net = net
         self.ops = ops
 
     @classmethod
@@ -65,20 +75,24 @@ class _FrozenForward:
         leaves = list(_leaves(net))
         ops: list[tuple] = []
         for k, m in enumerate(leaves):
-            if isinstance(m, ObservationNormalizer):
+            kind = type(m)  # exact types: a subclass may change the forward pass
+            if kind is ObservationNormalizer:
                 ops.append(("normalize", m))
-            elif isinstance(m, torch.nn.Linear):
+            elif kind is torch.nn.Linear:
                 ops.append(("linear", m))
-            elif type(m) in (torch.nn.Tanh, torch.nn.ReLU):
-                ops.append((type(m).__name__.lower(), m))
-            elif isinstance(m, StateIndependentScale) and k == len(leaves) - 1:
+            elif kind in (torch.nn.Tanh, torch.nn.ReLU):
+                ops.append((kind.__name__.lower(), m))
+            elif kind is StateIndependentScale and k == len(leaves) - 1:
                 ops.append(("scale", m))
             else:
                 return None
-        return cls(ops)
+        return cls(net, ops)
 
     def freeze(self, dtype: torch.dtype):
-        """The per-step function for the current parameters and statistics."""
+        """The per-step function for the current parameters and statistics; ``None`` while the
+        network has forward hooks (they may be added after the plan was made)."""
+        if _has_hooks(self.net):
+            return None
         steps: list[tuple] = []
         for kind, m in self.ops:
             if kind == "normalize":
@@ -133,7 +147,21 @@ class DirectCollector:
         self.device = torch.device(device)
         self.num_envs = self.venv.num_envs
         space = self.venv.single_action_space
-        dist = actor.module[-1].distribution_class
+        prob = actor.module[-1]
+        dist = prob.distribution_class
+        plain = (
+            len(actor.module) == 2
+            and not prob.distribution_kwargs  # e.g. tanh_loc would change what a sample means
+            and not getattr(actor, "safe", False)  # a safe actor projects its samples into the spec
+            and len(actor.module[0].in_keys) == 1
+            and len(actor.dist_sample_keys) == 1
+            and len(actor.log_prob_keys) == 1
+        )
+        if not plain:
+            raise ValueError(
+                "collector='direct' runs the app's actors: one observation in, a plain distribution "
+                "(no distribution_kwargs, not safe), one action and its log-probability out (use collector='sync')"
+            )
         if isinstance(space, gym.spaces.Discrete) and dist is OneHotCategorical:
             self._discrete, self._action_shape = True, (int(space.n),)
         elif isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and dist is IndependentNormal:
@@ -221,7 +249,7 @@ class DirectCollector:
         params: list[tuple[torch.Tensor, ...]] = []
         device = first.device
         envs = self.venv.envs
-        forward = self._frozen.freeze(first.dtype) if self._frozen is not None else self._net
+        forward = (self._frozen.freeze(first.dtype) if self._frozen is not None else None) or self._net
         obs[0] = self._obs
         episode, ids = self._episode_reward, self._traj_ids
         for t in range(steps):
@@ -252,8 +280,10 @@ class DirectCollector:
                 ids = ids.copy()
                 ids[ended] = np.arange(self._next_traj_id, self._next_traj_id + len(ended))
                 self._next_traj_id += len(ended)
-        self._obs = obs[steps].copy()
-        self._episode_reward, self._traj_ids = episode, ids
+            # the carried step follows the simulators at every step: a checkpoint written when a
+            # Ctrl-C lands mid-batch then still matches them (the partial batch is dropped)
+            self._obs, self._episode_reward, self._traj_ids = obs[t + 1], episode, ids
+        self._obs = obs[steps].copy()  # not a view: the batch's buffer is released
 
         next_obs = obs[1:].copy()
         for t, i, final in finals:
