@@ -240,8 +240,7 @@ class DirectCollector:
         reward = np.empty((steps, n), np.float32)
         terminated = np.empty((steps, n), bool)
         truncated = np.empty((steps, n), bool)
-        ep_before = np.empty((steps, n), np.float32)
-        ep_after = np.empty((steps, n), np.float32)
+        ep_before = np.empty((steps, n), np.float32)  # the running return before each step
         traj_ids = np.empty((steps, n), np.int64)
         finals: list[tuple[int, int, np.ndarray]] = []
         shape = () if self._discrete else self._action_shape
@@ -272,7 +271,6 @@ class DirectCollector:
             traj_ids[t] = ids
             ep_before[t] = episode
             episode = episode + reward[t]
-            ep_after[t] = episode
             done = terminated[t] | truncated[t]
             if done.any():
                 ended = np.flatnonzero(done)
@@ -309,7 +307,7 @@ class DirectCollector:
                     "done": batch((terminated | truncated)[..., None]),
                     "terminated": batch(terminated[..., None]),
                     "truncated": batch(truncated[..., None]),
-                    "episode_reward": batch(ep_after[..., None]),
+                    "episode_reward": batch((ep_before + reward)[..., None]),  # the same float32 sums
                 },
             },
             batch_size=[n, steps],
