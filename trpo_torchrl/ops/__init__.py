@@ -5,6 +5,7 @@ from ._extension import extension_loaded, library_loaded
 from .cg import CGInfo, conjugate_gradient
 from .gae import generalized_advantage_estimate
 from .mlp_fit import mlp_fit_adam
+from .tanh import tanh
 
 __all__ = [
     "CGInfo",
@@ -13,4 +14,5 @@ __all__ = [
     "library_loaded",
     "generalized_advantage_estimate",
     "mlp_fit_adam",
+    "tanh",
 ]
