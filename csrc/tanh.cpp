@@ -65,17 +65,38 @@ at::Tensor tanh_cpu(const at::Tensor& x) {
   return out;
 }
 
+at::Tensor& tanh_inplace_cpu(at::Tensor& x) {
+  if (x.scalar_type() != at::kFloat || !x.is_contiguous()) return x.tanh_();
+  float* data = x.mutable_data_ptr<float>();
+  at::parallel_for(0, x.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
+    span(data + begin, data + begin, end - begin);
+  });
+  return x;
+}
+
 at::Tensor tanh_any(const at::Tensor& x) { return at::tanh(x); }
+
+at::Tensor& tanh_inplace_any(at::Tensor& x) { return x.tanh_(); }
 
 }  // namespace
 
 void tanh_float(const float* in, float* out, int64_t n) { span(in, out, n); }
 
-TORCH_LIBRARY_FRAGMENT(trpo_torchrl, m) { m.def("tanh(Tensor x) -> Tensor"); }
+TORCH_LIBRARY_FRAGMENT(trpo_torchrl, m) {
+  m.def("tanh(Tensor x) -> Tensor");
+  // in place: a fresh activation buffer is overwritten, no second large allocation
+  m.def("tanh_(Tensor(a!) x) -> Tensor(a!)");
+}
 
-TORCH_LIBRARY_IMPL(trpo_torchrl, CPU, m) { m.impl("tanh", &tanh_cpu); }
+TORCH_LIBRARY_IMPL(trpo_torchrl, CPU, m) {
+  m.impl("tanh", &tanh_cpu);
+  m.impl("tanh_", &tanh_inplace_cpu);
+}
 
 // every other device: ATen's own tanh
-TORCH_LIBRARY_IMPL(trpo_torchrl, CompositeExplicitAutograd, m) { m.impl("tanh", &tanh_any); }
+TORCH_LIBRARY_IMPL(trpo_torchrl, CompositeExplicitAutograd, m) {
+  m.impl("tanh", &tanh_any);
+  m.impl("tanh_", &tanh_inplace_any);
+}
 
 }  // namespace trpo_torchrl

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from trpo_torchrl.ops import extension_loaded, tanh
+from trpo_torchrl.ops import extension_loaded, tanh, tanh_
 
 needs_op = pytest.mark.skipif(not extension_loaded(), reason="compiled ops not built")
 
@@ -61,6 +61,17 @@ def test_any_length_and_layout_matches_torch_within_2_25_ulp(n):
     assert _ulp_error(x.t(), y).max().item() <= 2.25
 
 
+@needs_op
+def test_in_place_equals_out_of_place():
+    x = torch.randn(1000, 37, generator=torch.Generator().manual_seed(0)) * 4
+    expected = tanh(x)
+    y = x.clone()
+    assert tanh_(y) is y and torch.equal(y, expected)
+    z = x.t().clone().t()  # non-contiguous: through ATen's tanh_, still in place
+    assert tanh_(z) is z
+    torch.testing.assert_close(z, torch.tanh(x))
+
+
 def test_other_dtypes_and_the_fallback_are_torch_tanh():
     x = torch.randn(257, dtype=torch.float64)
     assert torch.equal(tanh(x), torch.tanh(x))
@@ -72,3 +83,5 @@ def test_refuses_what_it_cannot_do():
         tanh([1.0])
     with pytest.raises(RuntimeError, match="no gradient"):
         tanh(torch.ones(3, requires_grad=True))
+    with pytest.raises(RuntimeError, match="no gradient"):
+        tanh_(torch.ones(3, requires_grad=True))

@@ -431,7 +431,8 @@ class TRPOLoss(LossModule):
 
     def mean_kl(self, batch: PolicyBatch, dist: D.Distribution, log_ratio: torch.Tensor) -> torch.Tensor:
         """Mean KL(π_old ‖ π_θ) over the states (reduced over action dimensions by ``kl_reduction``):
-        analytic, or the sampled estimate when asked for."""
+        analytic, or the sampled estimate when asked for. Dimensions of ``log_ratio`` before the
+        states (``[..., N]``) are kept."""
         divisor = self.kl_divisor(dist)
         kl = self._state_kl(batch, dist, log_ratio)
         return kl if divisor == 1 else kl / divisor
@@ -448,29 +449,39 @@ class TRPOLoss(LossModule):
                 ) from None
             # r - 1 - log r >= 0, unbiased for KL(π_old‖π_θ) under a ~ π_old, and its Hessian at θ_old
             # is the (empirical) Fisher, so the trust region keeps its meaning
-            return torch.expm1(log_ratio).sub(log_ratio).mean()
-        return kl.reshape(-1).mean()
+            return torch.expm1(log_ratio).sub(log_ratio).mean(-1)
+        return kl.reshape(log_ratio.shape).mean(-1)
 
     def policy_terms(self, batch: PolicyBatch, params: dict[str, torch.Tensor] | None = None) -> PolicyTerms:
         """Surrogate, KL, entropy and ratios at θ (the actor's parameters, or ``params``)."""
-        dist = self.policy_dist(batch, params)
+        return self.dist_terms(batch, self.policy_dist(batch, params))
+
+    def dist_terms(self, batch: PolicyBatch, dist: D.Distribution, batch_dims: int = 0) -> PolicyTerms:
+        """Surrogate, KL, entropy and ratios of the policy ``dist`` on the batch states (``dist`` as
+        :meth:`policy_dist` returns it, however its parameters were computed).
+
+        ``batch_dims`` leading dimensions of ``dist``'s batch shape come before the states (e.g. the
+        K candidates of a line search, ``[K, N]``): the terms then have that shape (``[K]``).
+        """
+        lead = tuple(dist.batch_shape[:batch_dims])
+        n_states = batch.old_log_prob.numel()
         log_prob = dist.log_prob(batch.action)
-        if log_prob.numel() != batch.old_log_prob.numel():
+        if log_prob.shape[:batch_dims] != lead or log_prob[(0,) * batch_dims].numel() != n_states:
             raise ValueError(
                 f"TRPOLoss: {type(dist).__name__}.log_prob gave shape {tuple(log_prob.shape)}, expected one "
-                f"value per state ({batch.old_log_prob.numel()}); use a distribution that sums over the action "
+                f"value per state ({n_states}); use a distribution that sums over the action "
                 "dimensions (e.g. torchrl's IndependentNormal)"
             )
-        log_prob = log_prob.reshape(-1)
+        log_prob = log_prob.reshape(*lead, n_states)
         log_ratio = log_prob - batch.old_log_prob
         ratio = log_ratio.exp()
-        surrogate = (ratio * batch.advantage).mean()
+        surrogate = (ratio * batch.advantage).mean(-1)
         kl = self.mean_kl(batch, dist, log_ratio)
         try:
-            entropy = dist.entropy().reshape(-1).mean()
+            entropy = dist.entropy().reshape(*lead, n_states).mean(-1)
         except NotImplementedError:
             # importance-weighted -log π_θ on the stored actions estimates π_θ's own entropy
-            entropy = -(ratio * log_prob).mean()
+            entropy = -(ratio * log_prob).mean(-1)
         objective = surrogate + self.entropy_coeff * entropy if self._use_entropy else surrogate
         return PolicyTerms(objective, surrogate, kl, entropy, ratio, dist)
 

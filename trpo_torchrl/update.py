@@ -9,6 +9,7 @@ from tensordict import TensorDict, TensorDictBase
 from .distributed import all_reduce_mean, resolve_process_group
 from .fisher import gauss_newton_fisher_vector_product, kl_fisher_vector_product, subsample_indices
 from .loss import PolicyBatch, TRPOLoss, _trainable_parameters, distribution_family, distribution_parameters
+from .mlp_policy import MLPPolicyPlan
 from .ops import conjugate_gradient
 
 __all__ = ["TrustRegionUpdate", "step_metrics"]
@@ -57,7 +58,8 @@ class TrustRegionUpdate:
     3. ``x ≈ (F + damping·I)⁻¹ g`` by :func:`~trpo_torchrl.ops.conjugate_gradient`;
     4. the full step ``s = x · sqrt(2·max_kl / xᵀ(F + damping·I)x)`` and its expected improvement ``gᵀs``;
     5. the candidates ``θ_old + βᵏ s``, ``k = 0..backtrack_iters-1``, evaluated together (stacked
-       parameters through ``torch.func.functional_call`` under ``torch.vmap``); the first with finite
+       parameters through ``torch.func.functional_call`` under ``torch.vmap``, or batched matrix
+       products for a plain MLP policy, see ``fast_mlp``); the first with finite
        values, ``KL ≤ max_kl``, ``L`` improved and the improvement at least ``accept_ratio`` times the
        expected one is taken, chosen by a mask. When none is, the parameters are left bit-identical.
 
@@ -85,6 +87,13 @@ class TrustRegionUpdate:
             through the mean KL; any distribution the loss can take a KL of).
         fvp_subsample (float): fraction of the batch states the Fisher is averaged over. Defaults to ``1.0``.
         generator (torch.Generator, optional): drives the Fisher subsample.
+        fast_mlp (bool): when the actor is a plain MLP policy (Linear and Tanh/ReLU layers after
+            parameter-free preprocessing; a Gaussian with :class:`~trpo_torchrl.policies.StateIndependentScale`
+            or a categorical; see :mod:`trpo_torchrl.mlp_policy`), compute the Gauss-Newton products
+            and the line-search candidates with explicit matrix products instead of ``torch.func``
+            (the same values up to rounding; the HalfCheetah preset's actor step ~1.5× faster on
+            CPU). Any other actor, or one with forward hooks, takes the ``torch.func`` path either
+            way. Defaults to ``True``.
         process_group (ProcessGroup or "world", optional): data-parallel ranks, each holding an equal
             shard of the batch. The advantage statistics, the gradient, every Fisher-vector product and
             the line-search statistics are averaged over the group (on the device), so every rank
@@ -111,6 +120,7 @@ class TrustRegionUpdate:
         fvp: str = "gauss_newton",
         fvp_subsample: float = 1.0,
         generator: torch.Generator | None = None,
+        fast_mlp: bool = True,
         process_group=None,
     ):
         if not isinstance(loss_module, TRPOLoss):
@@ -148,6 +158,7 @@ class TrustRegionUpdate:
         self._names = [name for name, _ in named]
         self._shapes = [p.shape for _, p in named]
         self._numels = [p.numel() for _, p in named]
+        self._plan = MLPPolicyPlan.build(loss_module.actor_network, self._names, self._numels) if fast_mlp else None
 
     @property
     def _params(self) -> list[torch.nn.Parameter]:
@@ -197,12 +208,31 @@ class TrustRegionUpdate:
         terms = self.loss_module.policy_terms(batch, self.unflatten(theta))
         return terms.objective, terms.surrogate, terms.kl
 
-    def fisher_vector_product(self, batch: PolicyBatch, theta_old: torch.Tensor, dist):
-        """``v ↦ (F + damping·I) v`` at θ_old over the batch states (or a subsample of them)."""
+    @property
+    def plan(self) -> MLPPolicyPlan | None:
+        """The plain-MLP plan used for this call (``None``: the ``torch.func`` path)."""
+        plan = self._plan
+        return plan if plan is not None and plan.applies() else None
+
+    def _evaluate_candidates(self, batch: PolicyBatch, candidates: torch.Tensor) -> torch.Tensor:
+        """``[3, K]``: objective, surrogate and KL of each candidate ``θ`` in ``candidates [K, n]``."""
+        plan = self.plan
+        if plan is None:
+            return torch.stack(torch.vmap(lambda th: self._evaluate(batch, th))(candidates))
+        params = plan.distribution_parameters(plan.features(batch.inputs), candidates)
+        dist = self.loss_module.actor_network.build_dist_from_params(TensorDict(params, batch_size=[]))
+        terms = self.loss_module.dist_terms(batch, dist, batch_dims=1)
+        return torch.stack([terms.objective, terms.surrogate, terms.kl])
+
+    def fisher_vector_product(self, batch: PolicyBatch, theta_old: torch.Tensor, dist, linearization=None):
+        """``v ↦ (F + damping·I) v`` at θ_old over the batch states (or a subsample of them).
+        ``linearization``: the plain-MLP plan's forward pass at θ_old over the whole batch, when
+        the caller has it (see :mod:`trpo_torchrl.mlp_policy`)."""
         loss = self.loss_module
         if self.fvp_subsample < 1.0:
             idx = subsample_indices(batch.advantage.shape[0], self.fvp_subsample, generator=self.generator)
             batch = batch.index(idx.to(batch.advantage.device))
+            linearization = None
         num_states = batch.advantage.shape[0]
         if self.fvp == "gauss_newton":
             family = distribution_family(dist)
@@ -212,13 +242,18 @@ class TrustRegionUpdate:
                     f"policies, not of {type(dist).__name__}; use fvp='kl_hessian'"
                 )
 
+            # the KL averaged over d action dimensions (kl_reduction="mean") has Fisher F / d
+            kl_scale = 1.0 / loss.kl_divisor(dist)
+            plan = self.plan
+            if plan is not None:
+                if linearization is None:
+                    linearization = plan.linearize(plan.features(batch.inputs), theta_old)
+                return linearization.fisher_vector_product(kl_scale=kl_scale, damping=self.damping)
+
             def dist_fn(theta):
                 return distribution_parameters(loss.policy_dist(batch, self.unflatten(theta)), num_states)
 
-            # the KL averaged over d action dimensions (kl_reduction="mean") has Fisher F / d
-            return gauss_newton_fisher_vector_product(
-                dist_fn, theta_old, family, damping=self.damping, kl_scale=1.0 / loss.kl_divisor(dist)
-            )
+            return gauss_newton_fisher_vector_product(dist_fn, theta_old, family, damping=self.damping, kl_scale=kl_scale)
 
         def kl_fn(theta):
             d = loss.policy_dist(batch, self.unflatten(theta))
@@ -235,16 +270,26 @@ class TrustRegionUpdate:
         theta_old = theta_old.detach()
 
         # 1. surrogate and KL at θ_old, and the gradient of the objective there
-        theta = theta_old.clone().requires_grad_(True)
-        terms = self.loss_module.policy_terms(batch, self.unflatten(theta))
-        (g,) = torch.autograd.grad(terms.objective, theta)
+        plan, linearization = self.plan, None
+        if plan is None:
+            theta = theta_old.clone().requires_grad_(True)
+            terms = self.loss_module.policy_terms(batch, self.unflatten(theta))
+            (g,) = torch.autograd.grad(terms.objective, theta)
+        else:
+            # autograd only from the loss to the distribution's arguments; Jᵀ through the MLP explicitly
+            linearization = plan.linearize(plan.features(batch.inputs), theta_old)
+            args = {name: value.detach().requires_grad_(True) for name, value in linearization.args.items()}
+            dist = self.loss_module.actor_network.build_dist_from_params(TensorDict(plan.entries(args), batch_size=[]))
+            terms = self.loss_module.dist_terms(batch, dist)
+            grads = torch.autograd.grad(terms.objective, list(args.values()), allow_unused=True)
+            g = linearization.pullback(dict(zip(args, grads)))
         g = self._all_reduce_mean(g)
         objective_old, surrogate_old, kl_old = self._all_reduce_mean(
             torch.stack([terms.objective, terms.surrogate, terms.kl]).detach()
         ).unbind()
 
         # 2. the Fisher-vector product (damped), built once and reused by CG and the step size
-        local_fvp = self.fisher_vector_product(batch, theta_old, terms.dist)
+        local_fvp = self.fisher_vector_product(batch, theta_old, terms.dist, linearization)
         if self.process_group is None:
             fvp = local_fvp
         else:
@@ -271,7 +316,7 @@ class TrustRegionUpdate:
         candidates = theta_old + fractions[:, None] * full_step
         with torch.no_grad():
             cand_objective, cand_surrogate, cand_kl = self._all_reduce_mean(
-                torch.stack(torch.vmap(lambda th: self._evaluate(batch, th))(candidates))
+                self._evaluate_candidates(batch, candidates)
             ).unbind()
         improvement = cand_objective - objective_old
         acceptable = (

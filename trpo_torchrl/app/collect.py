@@ -34,29 +34,13 @@ from tensordict import TensorDict
 from torchrl.envs import TransformedEnv
 from torchrl.modules import IndependentNormal, OneHotCategorical
 
+from trpo_torchrl.mlp_policy import has_forward_hooks, sequential_leaves
 from trpo_torchrl.policies import StateIndependentScale
 
 from .envs import gym_vector_env
 from .normalize import ObservationNormalizer
 
 __all__ = ["DirectCollector"]
-
-
-def _leaves(module: torch.nn.Module):
-    if type(module) is torch.nn.Sequential:  # a subclass may have its own forward: a leaf
-        for child in module:
-            yield from _leaves(child)
-    else:
-        yield module
-
-
-def _has_hooks(module: torch.nn.Module) -> bool:
-    """Forward hooks on ``module``, its children or all modules: calls the plan would skip."""
-    from torch.nn.modules import module as nn_module
-
-    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 class _FrozenForward:
@@ -72,7 +56,7 @@ class _FrozenForward:
 
     @classmethod
     def plan(cls, net: torch.nn.Module) -> "_FrozenForward | None":
-        leaves = list(_leaves(net))
+        leaves = list(sequential_leaves(net))
         ops: list[tuple] = []
         for k, m in enumerate(leaves):
             kind = type(m)  # exact types: a subclass may change the forward pass
@@ -91,7 +75,7 @@ class _FrozenForward:
     def freeze(self, dtype: torch.dtype):
         """The per-step function for the current parameters and statistics; ``None`` while the
         network has forward hooks (they may be added after the plan was made)."""
-        if _has_hooks(self.net):
+        if has_forward_hooks(self.net):
             return None
         steps: list[tuple] = []
         for kind, m in self.ops:

@@ -5,7 +5,7 @@ from ._extension import extension_loaded, library_loaded
 from .cg import CGInfo, conjugate_gradient
 from .gae import generalized_advantage_estimate
 from .mlp_fit import mlp_fit_adam
-from .tanh import tanh
+from .tanh import tanh, tanh_
 
 __all__ = [
     "CGInfo",
@@ -15,4 +15,5 @@ __all__ = [
     "generalized_advantage_estimate",
     "mlp_fit_adam",
     "tanh",
+    "tanh_",
 ]

@@ -7,7 +7,16 @@ import torch
 
 from ._extension import has_kernel
 
-__all__ = ["tanh"]
+__all__ = ["tanh", "tanh_"]
+
+
+def _use_kernel(x, op: str) -> bool:
+    """Checks ``x``; True when the compiled kernel takes it (float32 on a device it has)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(f"{op}: the fast tanh has no gradient; call it under torch.no_grad() or use torch.{op}")
+    return x.dtype == torch.float32 and has_kernel(op, x.device)
 
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
@@ -16,13 +25,17 @@ def tanh(x: torch.Tensor) -> torch.Tensor:
     float32 CPU tensors go to the compiled kernel; other dtypes and devices, and everything when the
     extension is not built, to ``torch.tanh`` (the reference: the two agree within 2.25 ulp).
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"tanh: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.requires_grad and torch.is_grad_enabled():
-        raise RuntimeError("tanh: the fast tanh has no gradient; call it under torch.no_grad() or use torch.tanh")
-    if x.dtype == torch.float32 and has_kernel("tanh", x.device):
+    if _use_kernel(x, "tanh"):
         return torch.ops.trpo_torchrl.tanh(x)
     return torch.tanh(x)
+
+
+def tanh_(x: torch.Tensor) -> torch.Tensor:
+    """``tanh`` in place (returns ``x``): for a fresh buffer, e.g. a layer's pre-activation, saving
+    the allocation of a second one (a large new buffer costs page faults on every call)."""
+    if _use_kernel(x, "tanh_"):
+        return torch.ops.trpo_torchrl.tanh_(x)
+    return x.tanh_()
 
 
 if has_kernel("tanh", torch.device("cpu")):
@@ -30,3 +43,7 @@ if has_kernel("tanh", torch.device("cpu")):
     @torch.library.register_fake("trpo_torchrl::tanh")
     def _tanh_fake(x):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("trpo_torchrl::tanh_")
+    def _tanh_inplace_fake(x):
+        return x

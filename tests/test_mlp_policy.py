@@ -1,0 +1,219 @@
+"""The plain-MLP plan of the actor step (trpo_torchrl.mlp_policy): which actors it takes, and that
+its forward pass, gradient, Fisher-vector products and whole update equal the torch.func path."""
+
+import copy
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torch import nn
+from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor
+from tensordict.nn import TensorDictModule
+
+from tests._trpo_batches import OBS_DIM, collect, make_actor, make_critic
+from trpo_torchrl import TRPOLoss, TrustRegionUpdate, gaussian_actor
+from trpo_torchrl.fisher import gauss_newton_fisher_vector_product
+from trpo_torchrl.loss import distribution_parameters
+from trpo_torchrl.mlp_policy import MLPPolicyPlan
+from trpo_torchrl.policies import StateIndependentScale, categorical_actor
+
+
+class _Shift(nn.Module):
+    """Parameter-free preprocessing with a buffer, like an observation normaliser."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("offset", torch.linspace(-0.5, 0.5, OBS_DIM))
+
+    def forward(self, x):
+        return (x - self.offset).clamp(-3, 3)
+
+
+def deep_actor(kind: str, dtype=torch.float64, seed: int = 3):
+    """Preprocessing, two hidden layers (ReLU then Tanh) inside torchrl's MLP wrapper."""
+    torch.manual_seed(seed)
+    out = 2 if kind == "gaussian" else 4
+    body = nn.Sequential(nn.Linear(OBS_DIM, 12), nn.ReLU(), nn.Linear(12, 10), nn.Tanh(), nn.Linear(10, out))
+    net = nn.Sequential(_Shift(), body)
+    if kind == "gaussian":
+        actor = gaussian_actor(net, 2, init_log_std=-0.3)
+    else:
+        actor = categorical_actor(net, one_hot=kind == "categorical")
+    return actor.to(dtype)
+
+
+ACTORS = {
+    "gaussian": lambda dtype: make_actor("gaussian", dtype=dtype),
+    "categorical": lambda dtype: make_actor("categorical", dtype=dtype),
+    "categorical_index": lambda dtype: make_actor("categorical_index", dtype=dtype),
+    "deep_gaussian": lambda dtype: deep_actor("gaussian", dtype),
+    "deep_categorical": lambda dtype: deep_actor("categorical", dtype),
+}
+
+
+def _setup(name, dtype=torch.float64, num_states=200, **update_kwargs):
+    actor = ACTORS[name](dtype)
+    loss = TRPOLoss(actor, make_critic(dtype=dtype))
+    td = collect(actor, num_states, dtype=dtype)
+    update = TrustRegionUpdate(loss, **update_kwargs)
+    return actor, loss, td, update
+
+
+@pytest.mark.parametrize("name", list(ACTORS))
+def test_plain_mlp_policies_get_a_plan(name):
+    _, _, _, update = _setup(name)
+    assert update.plan is not None
+    assert update.plan.family == ("normal" if "gaussian" in name else "categorical")
+
+
+def _around(theta, k, spread, seed):
+    """k parameter vectors near θ: line-search-like candidates."""
+    return theta + spread * torch.randn(k, theta.numel(), generator=torch.Generator().manual_seed(seed), dtype=theta.dtype)
+
+
+def _gaussian_with(net, **kwargs):
+    module = TensorDictModule(nn.Sequential(net, StateIndependentScale(2)), in_keys=["observation"], out_keys=["loc", "scale"])
+    return ProbabilisticActor(module, in_keys=["loc", "scale"], distribution_class=IndependentNormal, return_log_prob=True, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "why,actor",
+    [
+        ("state-dependent scale", lambda: make_actor("gaussian_state_scale")),
+        ("trained preprocessing", lambda: _gaussian_with(nn.Sequential(nn.LayerNorm(OBS_DIM), nn.Linear(OBS_DIM, 2)))),
+        ("random preprocessing", lambda: _gaussian_with(nn.Sequential(nn.Dropout(0.1), nn.Linear(OBS_DIM, 2)))),
+        ("unknown activation", lambda: _gaussian_with(nn.Sequential(nn.Linear(OBS_DIM, 8), nn.ELU(), nn.Linear(8, 2)))),
+        ("no bias", lambda: _gaussian_with(nn.Linear(OBS_DIM, 2, bias=False))),
+        ("distribution kwargs", lambda: _gaussian_with(nn.Linear(OBS_DIM, 2), distribution_kwargs={"tanh_loc": True})),
+        ("a subclass's own forward", lambda: _gaussian_with(type("MySeq", (nn.Sequential,), {})(nn.Linear(OBS_DIM, 2)))),
+        ("a torchrl MLP reshaping its output", lambda: _gaussian_with(MLP(in_features=OBS_DIM, out_features=(1, 2), num_cells=[8]))),
+    ],
+)
+def test_other_actors_keep_the_torch_func_path(why, actor):
+    actor = actor()
+    update = TrustRegionUpdate(TRPOLoss(actor, make_critic()))
+    assert update.plan is None, why
+
+
+def test_a_frozen_layer_keeps_the_torch_func_path():
+    actor = make_actor("gaussian")
+    actor.module[0].module[0][0].weight.requires_grad_(False)
+    assert TrustRegionUpdate(TRPOLoss(actor, make_critic())).plan is None
+
+
+@pytest.mark.parametrize("name", list(ACTORS))
+def test_forward_of_stacked_parameters_equals_the_actor(name):
+    actor, loss, td, update = _setup(name)
+    batch = loss.policy_batch(td)
+    thetas = _around(update.flat_parameters(), 4, 0.1, seed=0)
+    plan = update.plan
+    out = plan.distribution_parameters(plan.features(batch.inputs), thetas)
+    for k in range(4):
+        expected = loss.policy_dist(batch, update.unflatten(thetas[k]))
+        got = actor.build_dist_from_params(TensorDict({key: v[k] for key, v in out.items()}, []))
+        exp_args = distribution_parameters(expected, 200)
+        got_args = distribution_parameters(got, 200)
+        for a, b in zip(exp_args if isinstance(exp_args, tuple) else (exp_args,), got_args if isinstance(got_args, tuple) else (got_args,)):
+            torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_float32_forward_uses_the_fast_tanh_within_rounding():
+    actor, loss, td, update = _setup("deep_gaussian", dtype=torch.float32)
+    batch = loss.policy_batch(td)
+    theta = update.flat_parameters()
+    plan = update.plan
+    out = plan.distribution_parameters(plan.features(batch.inputs), theta[None])
+    expected = loss.policy_dist(batch, update.unflatten(theta))
+    torch.testing.assert_close(out["loc"][0], distribution_parameters(expected, 200)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(ACTORS))
+def test_gradient_and_fisher_products_equal_torch_func(name):
+    actor, loss, td, update = _setup(name)
+    batch = loss.policy_batch(td)
+    theta = update.flat_parameters()
+    plan = update.plan
+    lin = plan.linearize(plan.features(batch.inputs), theta)
+    # the gradient: autograd to the distribution's arguments, then the plan's pullback
+    args = {k: v.detach().requires_grad_(True) for k, v in lin.args.items()}
+    terms = loss.dist_terms(batch, actor.build_dist_from_params(TensorDict(plan.entries(args), [])))
+    grads = torch.autograd.grad(terms.objective, list(args.values()))
+    g = lin.pullback(dict(zip(args, grads)))
+    t = theta.clone().requires_grad_(True)
+    (expected_g,) = torch.autograd.grad(loss.policy_terms(batch, update.unflatten(t)).objective, t)
+    torch.testing.assert_close(g, expected_g, rtol=1e-10, atol=1e-13)
+    # the damped Gauss-Newton product, for one vector and for a stack of three
+    family = plan.family
+
+    def dist_fn(th):
+        return distribution_parameters(loss.policy_dist(batch, update.unflatten(th)), 200)
+
+    reference = gauss_newton_fisher_vector_product(dist_fn, theta, family, damping=0.1, kl_scale=0.5)
+    fvp = lin.fisher_vector_product(kl_scale=0.5, damping=0.1)
+    vs = torch.randn(3, theta.numel(), generator=torch.Generator().manual_seed(1), dtype=theta.dtype)
+    torch.testing.assert_close(fvp(vs[0]), reference(vs[0]), rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(fvp(vs), reference(vs), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", list(ACTORS))
+def test_line_search_candidates_equal_torch_func(name):
+    _, loss, td, update = _setup(name)
+    batch = loss.policy_batch(td)
+    cands = _around(update.flat_parameters(), 5, 0.05, seed=2)
+    with torch.no_grad():
+        got = update._evaluate_candidates(batch, cands)
+        expected = torch.stack(torch.vmap(lambda th: update._evaluate(batch, th))(cands))
+    assert got.shape == (3, 5)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("gaussian", {}),
+        ("deep_gaussian", {"max_kl": 0.05}),
+        ("categorical", {}),
+        ("deep_categorical", {"fvp_subsample": 0.5}),
+        ("categorical_index", {"fvp": "kl_hessian"}),
+        ("gaussian", {"accept_ratio": 1e6}),  # every candidate rejected
+    ],
+)
+def test_whole_update_equals_the_torch_func_path(name, options):
+    results = []
+    for fast in (True, False):
+        actor, loss, td, update = _setup(name, fast_mlp=fast, generator=torch.Generator().manual_seed(5), **options)
+        assert (update.plan is not None) == fast
+        metrics = update(td)
+        results.append((update.flat_parameters(), metrics))
+    (fast_theta, fast_metrics), (ref_theta, ref_metrics) = results
+    torch.testing.assert_close(fast_theta, ref_theta, rtol=1e-9, atol=1e-11)
+    assert torch.equal(fast_metrics["step_accepted"], ref_metrics["step_accepted"])
+    assert torch.equal(fast_metrics["backtrack_steps"], ref_metrics["backtrack_steps"])
+    for key in ("kl", "surrogate_before", "surrogate_after", "expected_improvement", "grad_norm", "fisher_curvature"):
+        torch.testing.assert_close(fast_metrics[key], ref_metrics[key], rtol=1e-8, atol=1e-12)
+
+
+def test_forward_hooks_send_the_update_back_to_torch_func():
+    actor, loss, td, update = _setup("gaussian")
+    calls = []
+    handle = actor.module[0].module[0][0].register_forward_hook(lambda *args: calls.append(1))
+    assert update.plan is None
+    metrics = update(td)
+    assert metrics["step_accepted"] and calls  # the hook saw the policy evaluations
+    handle.remove()
+    assert update.plan is not None
+
+
+def test_the_plan_sees_parameter_changes_and_buffers_at_each_call():
+    # the plan keeps module references and θ's layout, never values
+    actor, loss, td, update = _setup("deep_gaussian")
+    copy_actor = copy.deepcopy(actor)
+    update(td)
+    shift = actor.module[0].module[0][0]
+    shift.offset += 0.25
+    copy_actor.module[0].module[0][0].offset += 0.25
+    batch = loss.policy_batch(td)
+    plan = update.plan
+    out = plan.distribution_parameters(plan.features(batch.inputs), update.flat_parameters()[None])
+    expected = loss.policy_dist(batch)
+    torch.testing.assert_close(out["loc"][0], expected.base_dist.loc, rtol=1e-12, atol=1e-12)

@@ -1,0 +1,312 @@
+"""A plain-MLP view of a TorchRL actor, for the actor step's two hot loops.
+
+TRPO's actor step spends its time in ~26 Fisher-vector products and one line search over K
+candidate parameter vectors. Through ``torch.func`` each product replays a recorded autograd graph
+(a vjp of the vjp), and each candidate is a vmapped ``functional_call``; for the policies TRPO is
+almost always run with (an MLP of Linear and Tanh/ReLU layers, a Gaussian with a state-independent
+scale or a categorical) the same numbers come from a handful of explicit matrix products over the
+activations of one forward pass. :class:`MLPPolicyPlan` recognises such an actor and computes:
+
+* :meth:`~MLPPolicyPlan.fisher_vector_product`: ``v ↦ (kl_scale · Jᵀ M J / N + damping·I) v`` —
+  the Gauss-Newton product of :func:`~trpo_torchrl.fisher.gauss_newton_fisher_vector_product`,
+  with ``J v`` as a forward pass of tangents (two products per layer, accumulated in place) and
+  ``Jᵀ u`` as a backward pass, over cached activations and activation derivatives;
+* :meth:`~MLPPolicyPlan.distribution_parameters`: the distribution parameters for a stack of
+  ``K`` parameter vectors at once, as batched matrix products, with the hidden tanh through
+  :func:`trpo_torchrl.ops.tanh_`.
+
+What is not recognised (another layer type, a state-dependent scale, distribution keyword
+arguments, trainable parameters outside the MLP, forward hooks) keeps the ``torch.func`` path:
+:meth:`MLPPolicyPlan.build` returns ``None``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from tensordict.nn import TensorDictModule
+from torch import nn
+from torchrl.modules import MLP, IndependentNormal, OneHotCategorical
+
+from .ops import tanh_ as fast_tanh_
+from .policies import StateIndependentScale
+
+__all__ = ["MLPPolicyPlan", "has_forward_hooks", "sequential_leaves"]
+
+_ACTIVATIONS = (nn.Tanh, nn.ReLU)
+_CATEGORICALS = (OneHotCategorical, torch.distributions.Categorical)
+_STOCHASTIC_OR_STATEFUL = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)
+
+
+def sequential_leaves(module: nn.Module):
+    """The modules a Sequential runs, nested Sequentials flattened. Exact ``nn.Sequential`` (and
+    torchrl's ``MLP`` with one integer output size, whose forward is then the same) are opened;
+    any other module, whose forward may differ, is a leaf."""
+    opened = type(module) is nn.Sequential or (type(module) is MLP and isinstance(module.out_features, int))
+    if opened:
+        for child in module:
+            yield from sequential_leaves(child)
+    else:
+        yield module
+
+
+def has_forward_hooks(module: nn.Module) -> bool:
+    """Forward (pre-)hooks on ``module``, any module under it, or all modules: calls a plan that
+    bypasses the modules' ``__call__`` would skip."""
+    from torch.nn.modules import module as nn_module
+
+    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
+class _Layer:
+    """One Linear layer: where its weight and bias sit in the flat parameter vector, and the
+    activation after it (``None`` for the output layer)."""
+
+    def __init__(self, weight_slice: slice, bias_slice: slice, shape: tuple[int, int], activation: str | None):
+        self.weight, self.bias, self.shape, self.activation = weight_slice, bias_slice, shape, activation
+
+
+class MLPPolicyPlan:
+    """The actor as prefix → MLP → head, with its parameters located in the flat vector θ.
+
+    Built by :meth:`build` from a :class:`~trpo_torchrl.TRPOLoss`'s actor and the names and sizes
+    of θ's pieces (as :class:`~trpo_torchrl.TrustRegionUpdate` lays θ out).
+    """
+
+    def __init__(self, actor, in_key, prefix, layers, log_std: slice | None, family: str, out_keys):
+        self.actor = actor
+        self.in_key = in_key
+        self.prefix = prefix  # parameter-free modules before the first Linear, run once per batch
+        self.layers = layers
+        self.log_std = log_std  # the state-independent log-std's slice of θ (normal family)
+        self.family = family
+        self.out_keys = out_keys  # the distribution's arguments -> the entries that hold them
+
+    @classmethod
+    def build(cls, actor, names: list[str], numels: list[int]) -> "MLPPolicyPlan | None":
+        """The plan for ``actor``, or ``None`` when it is not a plain MLP policy (see the module doc)."""
+        try:
+            td_module, prob = actor.module[0], actor.module[-1]
+            if len(actor.module) != 2 or type(td_module) is not TensorDictModule or len(td_module.in_keys) != 1:
+                return None
+            dist_class, dist_kwargs = prob.distribution_class, dict(prob.distribution_kwargs)
+            # distribution argument name -> the TensorDict entry it is read from
+            feeds = {(d[-1] if isinstance(d, tuple) else d): k for d, k in zip(prob.dist_keys, prob.in_keys)}
+        except (AttributeError, IndexError, TypeError):
+            return None
+        if dist_kwargs:
+            return None
+        if dist_class is IndependentNormal and set(feeds) == {"loc", "scale"}:
+            family, order = "normal", ["loc", "scale"]
+        elif dist_class in _CATEGORICALS and set(feeds) == {"logits"}:
+            family, order = "categorical", ["logits"]
+        else:
+            return None
+        # the module writes exactly those entries, in the order its network returns them
+        if list(td_module.out_keys) != [feeds[name] for name in order]:
+            return None
+        leaves = list(sequential_leaves(td_module.module))
+        head = leaves[-1] if leaves and type(leaves[-1]) is StateIndependentScale else None
+        if (family == "normal") != (head is not None):
+            return None
+        body = leaves[:-1] if head is not None else leaves
+        first = next((i for i, m in enumerate(body) if type(m) is nn.Linear), None)
+        if first is None:
+            return None
+        prefix, body = body[:first], body[first:]
+        for m in prefix:
+            if any(True for _ in m.parameters()) or isinstance(m, _STOCHASTIC_OR_STATEFUL):
+                return None
+        # the MLP: Linear (activation Linear)*, every Linear with a bias
+        linears, acts = body[0::2], body[1::2]
+        if len(body) % 2 == 0 or not all(type(m) is nn.Linear and m.bias is not None for m in linears):
+            return None
+        if not all(type(m) in _ACTIVATIONS for m in acts):
+            return None
+        # θ's layout: exactly the Linears' weights and biases and the log-std, each once
+        offsets, start = {}, 0
+        for name, numel in zip(names, numels):
+            offsets[name] = slice(start, start + numel)
+            start += numel
+        named = dict(actor.named_parameters())
+        by_id = {id(named[name]): offsets[name] for name in names}
+        wanted = [p for m in linears for p in (m.weight, m.bias)] + ([head.log_std] if head is not None else [])
+        if len(wanted) != len(names) or any(id(p) not in by_id for p in wanted):
+            return None
+        layers = []
+        for i, m in enumerate(linears):
+            activation = None if i == len(linears) - 1 else type(acts[i]).__name__.lower()
+            layers.append(_Layer(by_id[id(m.weight)], by_id[id(m.bias)], tuple(m.weight.shape), activation))
+        log_std = by_id[id(head.log_std)] if head is not None else None
+        out_keys = {name: feeds[name] for name in order}
+        return cls(actor, td_module.in_keys[0], prefix, layers, log_std, family, out_keys)
+
+    # ------------------------------------------------------------------------------------------
+    def applies(self) -> bool:
+        """False while forward hooks exist (they can be added after the plan was built)."""
+        return not has_forward_hooks(self.actor)
+
+    @torch.no_grad()
+    def features(self, inputs) -> torch.Tensor:
+        """The MLP's input ``[N, in]``: the parameter-free prefix run on the batch's actor input."""
+        x = inputs.get(self.in_key)
+        for m in self.prefix:
+            x = m(x)
+        return x.reshape(-1, x.shape[-1])
+
+    def _dist_out(self, out: torch.Tensor, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The distribution's arguments from the MLP's output ``[..., N, d]``."""
+        if self.family == "categorical":
+            return {"logits": out}
+        # StateIndependentScale: exp(log_std) on every state. Materialised, not an expanded view:
+        # torch's log (in the log-density, KL and entropy) is ~7x slower on a stride-0 input
+        scale = theta[..., self.log_std].exp()
+        return {"loc": out, "scale": scale.unsqueeze(-2).expand_as(out).contiguous()}
+
+    @torch.no_grad()
+    def distribution_parameters(self, features: torch.Tensor, thetas: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The entries the actor module writes (``loc``/``scale`` or ``logits``, under the module's
+        own keys), ``[K, N, d]``, for the K flat parameter vectors ``thetas [K, n]``, by batched
+        matrix products."""
+        k = thetas.shape[0]
+        h = features.expand(k, *features.shape)
+        for layer in self.layers:
+            out_dim, in_dim = layer.shape
+            weight = thetas[:, layer.weight].view(k, out_dim, in_dim)
+            bias = thetas[:, layer.bias].view(k, out_dim, 1)
+            if layer.activation is None:
+                # the narrow output layer as [K, d, N]: several times faster than [K, N, d] here;
+                # made contiguous again for the elementwise log-density and KL that follow
+                h = torch.baddbmm(bias, weight, h.transpose(1, 2)).transpose(1, 2).contiguous()
+            else:
+                h = _activate(torch.baddbmm(bias.transpose(1, 2), h, weight.transpose(1, 2)), layer.activation)
+        return self.entries(self._dist_out(h, thetas))
+
+    def entries(self, args: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The distribution's arguments (``loc``/``scale``, ``logits``) under the actor module's keys."""
+        return {self.out_keys[name]: value for name, value in args.items()}
+
+    @torch.no_grad()
+    def linearize(self, features: torch.Tensor, theta: torch.Tensor) -> "Linearization":
+        """The forward pass at ``theta`` over ``features [N, in]``, kept for products with its Jacobian."""
+        return Linearization(self, features, theta)
+
+
+def _activate(z: torch.Tensor, activation: str) -> torch.Tensor:
+    """The hidden activation, in place on the fresh pre-activation ``z``."""
+    return fast_tanh_(z) if activation == "tanh" else z.relu_()
+
+
+class Linearization:
+    """The policy at one θ over N states: its outputs, and products with the Jacobian ``J`` of the
+    distribution's arguments in θ — :meth:`pullback` (``Jᵀ``, for the gradient) and
+    :meth:`fisher_vector_product` (``Jᵀ M J``) — as explicit matrix products over the cached layer
+    inputs and activation slopes. The narrow output layer is computed transposed (``[d, N]``)."""
+
+    def __init__(self, plan: MLPPolicyPlan, features: torch.Tensor, theta: torch.Tensor):
+        self.plan, self.theta = plan, theta
+        self.n_states = features.shape[0]
+        self.weights = [theta[layer.weight].view(layer.shape) for layer in plan.layers]
+        self.inputs: list[torch.Tensor] = []  # the input of each layer
+        self.slopes: list[torch.Tensor] = []  # the derivative of each hidden activation
+        h = features
+        for layer, w in zip(plan.layers, self.weights):
+            self.inputs.append(h)
+            if layer.activation is None:
+                h = torch.addmm(theta[layer.bias].unsqueeze(1), w, h.t()).t().contiguous()
+            else:
+                h = _activate(torch.addmm(theta[layer.bias], h, w.t()), layer.activation)
+                self.slopes.append(1.0 - h * h if layer.activation == "tanh" else (h > 0).to(h.dtype))
+        self.args = plan._dist_out(h, theta)  # the distribution's arguments, e.g. loc and scale
+
+    @property
+    def outputs(self) -> dict[str, torch.Tensor]:
+        """The entries the actor module writes, under its keys (``[N, d]`` each)."""
+        return self.plan.entries(self.args)
+
+    def _backward(self, u: torch.Tensor, out: torch.Tensor) -> None:
+        """Writes ``Jᵀ u`` for the MLP's output cotangent ``u [N, d]`` into ``out``'s weight and bias pieces."""
+        layers, last = self.plan.layers, len(self.plan.layers) - 1
+        for i in range(last, -1, -1):
+            layer = layers[i]
+            if i == 0 and self.inputs[0].shape[1] < layer.shape[0]:
+                # a narrow input (the observation): uᵀx is faster computed as (xᵀu)ᵀ
+                out[layer.weight].view(layer.shape).copy_(torch.mm(self.inputs[0].t(), u).t())
+            else:
+                torch.mm(u.t(), self.inputs[i], out=out[layer.weight].view(layer.shape))
+            torch.sum(u, dim=0, out=out[layer.bias])
+            if i > 0:
+                u = torch.mm(u, self.weights[i]).mul_(self.slopes[i - 1])
+
+    def _forward_tangent(self, v: torch.Tensor) -> torch.Tensor:
+        """``J v`` for the MLP's output, ``[N, d]`` (a transposed view)."""
+        layers, last = self.plan.layers, len(self.plan.layers) - 1
+        t = None
+        for i, layer in enumerate(layers):
+            dw, db = v[layer.weight].view(layer.shape), v[layer.bias]
+            if i == last:
+                z = torch.addmm(db.unsqueeze(1), dw, self.inputs[i].t())
+                if t is not None:
+                    z.addmm_(self.weights[i], t.t())
+                return z.t()
+            z = torch.addmm(db, self.inputs[i], dw.t())
+            if t is not None:
+                z.addmm_(t, self.weights[i].t())
+            t = z.mul_(self.slopes[i])
+        raise AssertionError("unreachable: the MLP has an output layer")
+
+    @torch.no_grad()
+    def pullback(self, cotangents: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``Jᵀ c``, flat ``[n]``: the gradient in θ of a function of the distribution's arguments
+        whose gradient in them is ``cotangents`` (``{"loc": .., "scale": ..}`` or ``{"logits": ..}``,
+        each ``[N, d]``; a missing one counts as zero)."""
+        plan = self.plan
+        out = torch.zeros_like(self.theta)
+        main = "loc" if plan.family == "normal" else "logits"
+        if cotangents.get(main) is not None:
+            self._backward(cotangents[main], out)
+        if plan.family == "normal" and cotangents.get("scale") is not None:
+            # scale = exp(log_std) on every state: d/d log_std = Σ_states c_scale · scale
+            out[plan.log_std] = (cotangents["scale"] * self.args["scale"]).sum(0)
+        return out
+
+    def fisher_vector_product(self, *, kl_scale: float, damping: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``v ↦ (kl_scale · Jᵀ M J / N + damping·I) v`` over the N states (``v``: ``[n]`` or
+        ``[B, n]``); M is the distribution's Fisher in its arguments (``1/σ²`` for the mean and
+        ``2/σ²`` for the standard deviation of a Gaussian, ``diag(p) − p pᵀ`` for a categorical's
+        logits), as in :func:`~trpo_torchrl.fisher.gauss_newton_fisher_vector_product`."""
+        plan = self.plan
+        if plan.family == "normal":
+            # the same for every state (the scale is state-independent); the log-std block is 2·kl_scale·I
+            metric = (kl_scale / self.n_states) * torch.exp(-2.0 * self.theta[plan.log_std])
+        else:
+            probs = torch.softmax(self.args["logits"], dim=-1)
+            metric = kl_scale / self.n_states
+
+        def single(v: torch.Tensor, out: torch.Tensor) -> None:
+            t = self._forward_tangent(v)
+            if plan.family == "normal":
+                u = t.mul_(metric)
+            else:
+                pu = probs * t
+                u = (pu - probs * pu.sum(-1, keepdim=True)).mul_(metric)
+            self._backward(u, out)
+            if plan.family == "normal":
+                torch.mul(v[plan.log_std], 2.0 * kl_scale, out=out[plan.log_std])
+
+        def fvp(v: torch.Tensor) -> torch.Tensor:
+            out = torch.empty_like(v)
+            with torch.no_grad():
+                if v.dim() == 1:
+                    single(v, out)
+                else:
+                    for row_v, row_out in zip(v, out):
+                        single(row_v, row_out)
+                if damping:
+                    out.add_(v, alpha=damping)
+            return out
+
+        return fvp
