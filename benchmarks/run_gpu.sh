@@ -83,6 +83,8 @@ QUICK_FLAG=()
 "$PYTHON" benchmarks/cg.py --device cuda "${QUICK_FLAG[@]}" --out "$OUT_DIR/cg.json"
 "$PYTHON" benchmarks/update.py --device cuda --no-peer "${QUICK_FLAG[@]}" --out "$OUT_DIR/update_cuda.json"
 "$PYTHON" benchmarks/update.py --device cpu --no-peer "${QUICK_FLAG[@]}" --out "$OUT_DIR/update_cpu.json"
+# populations (issue 8's CUDA target: 64 members in one update at most 2x one member)
+"$PYTHON" benchmarks/population.py --device cuda "${QUICK_FLAG[@]}" --out "$OUT_DIR/population.json"
 
 # 5. one markdown summary of the JSON files
 "$PYTHON" benchmarks/gpu_summary.py "$OUT_DIR" > "$OUT_DIR/results.md"

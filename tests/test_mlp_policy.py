@@ -51,9 +51,9 @@ ACTORS = {
 }
 
 
-def _setup(name, dtype=torch.float64, num_states=200, **update_kwargs):
+def _setup(name, dtype=torch.float64, num_states=200, loss_kwargs=None, **update_kwargs):
     actor = ACTORS[name](dtype)
-    loss = TRPOLoss(actor, make_critic(dtype=dtype))
+    loss = TRPOLoss(actor, make_critic(dtype=dtype), **(loss_kwargs or {}))
     td = collect(actor, num_states, dtype=dtype)
     update = TrustRegionUpdate(loss, **update_kwargs)
     return actor, loss, td, update
@@ -176,6 +176,8 @@ def test_line_search_candidates_equal_torch_func(name):
         ("deep_categorical", {"fvp_subsample": 0.5}),
         ("categorical_index", {"fvp": "kl_hessian"}),
         ("gaussian", {"accept_ratio": 1e6}),  # every candidate rejected
+        ("deep_gaussian", {"loss_kwargs": {"entropy_coeff": 0.05, "kl_reduction": "mean"}}),
+        ("deep_categorical", {"loss_kwargs": {"entropy_coeff": 0.05}}),
     ],
 )
 def test_whole_update_equals_the_torch_func_path(name, options):
