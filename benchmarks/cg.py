@@ -14,7 +14,9 @@ All run max_iter = 10 iterations (residual_tol is small enough that none stops e
 Part 2 (FVP): one product (F + 0.1 I) v for tanh MLP diagonal-Gaussian policies on 2048 states
 (17 observations, 6 actions, HalfCheetah's sizes), (a) KL double backward vs (b) J^T M J
 (default, jvp per product), with (b)'s one-off setup per theta, and (b) with
-use_linearize=True (cheaper products, costly setup).
+use_linearize=True (cheaper products, costly setup); (c) the same J^T M J product by the plain-MLP
+plan TrustRegionUpdate uses for such policies (trpo_torchrl.mlp_policy: explicit matrix products
+over the activations of one forward pass), with its setup (that forward pass).
 
 Warm-up calls are excluded; CUDA timings synchronise before reading the clock.
 Usage: python benchmarks/cg.py [--quick] [--device cpu|cuda|all] [--out results.json]
@@ -33,7 +35,9 @@ from torch.func import functional_call
 import trpo_torchrl.ops.cg as cg_module
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, median_ms, pick_devices, write_json  # noqa: E402
+from trpo_torchrl import gaussian_actor
 from trpo_torchrl.fisher import gauss_newton_fisher_vector_product, kl_fisher_vector_product
+from trpo_torchrl.mlp_policy import MLPPolicyPlan
 from trpo_torchrl.ops import conjugate_gradient
 
 
@@ -125,19 +129,23 @@ def make_policy(hidden, device, n_states=2048, obs_dim=17, act_dim=6):
         return loc, th[i:].exp().expand_as(loc)
 
     loc0, scale0 = (t.detach() for t in dist_fn(theta))
+    # the same policy as a TorchRL actor (θ laid out the same way: the net's parameters, then the log-std)
+    actor = gaussian_actor(net, act_dim, init_log_std=-0.5)
+    named = [(name, p) for name, p in actor.named_parameters() if p.requires_grad]
+    plan = MLPPolicyPlan.build(actor, [name for name, _ in named], [p.numel() for _, p in named])
 
     def kl_fn(th):
         loc, scale = dist_fn(th)
         kl = torch.log(scale / scale0) + (scale0**2 + (loc0 - loc) ** 2) / (2 * scale**2) - 0.5
         return kl.sum(-1).mean()
 
-    return theta, dist_fn, kl_fn
+    return theta, dist_fn, kl_fn, (plan, obs)
 
 
 def bench_fvp(device, hiddens, reps):
     rows = []
     for hidden in hiddens:
-        theta, dist_fn, kl_fn = make_policy(hidden, device)
+        theta, dist_fn, kl_fn, (plan, obs) = make_policy(hidden, device)
         v = torch.randn_like(theta)
         fvp_a = kl_fisher_vector_product(kl_fn, theta, damping=0.1)
         t_setup_j = median_ms(lambda: gauss_newton_fisher_vector_product(dist_fn, theta, "normal", damping=0.1),
@@ -151,15 +159,21 @@ def bench_fvp(device, hiddens, reps):
         fa = kl_fisher_vector_product(kl_fn, theta)(v)
         fb = gauss_newton_fisher_vector_product(dist_fn, theta, "normal")(v)
         err = ((fa - fb).norm() / fa.norm()).item()
+        fvp_c = plan.linearize(obs, theta).fisher_vector_product(kl_scale=1.0, damping=0.1)
+        err_c = ((fvp_c(v) - fvp_b(v)).norm() / fvp_b(v).norm()).item()
         t_a = median_ms(lambda: fvp_a(v), device, reps)
         t_b = median_ms(lambda: fvp_b(v), device, reps)
         t_l = median_ms(lambda: fvp_l(v), device, reps)
+        t_c = median_ms(lambda: fvp_c(v), device, reps)
+        t_setup_c = median_ms(lambda: plan.linearize(obs, theta), device, max(2, reps // 4), warmup=1)
         rows.append(dict(device=device.type, policy=f"{hidden}x{hidden}", params=theta.numel(), states=2048,
                          kl_double_backward_ms=t_a, gauss_newton_ms=t_b, gauss_newton_setup_ms=t_setup_j,
                          gauss_newton_linearize_ms=t_l, gauss_newton_linearize_setup_ms=t_setup_l,
-                         speedup=t_a / t_b, rel_diff=err))
+                         mlp_plan_ms=t_c, mlp_plan_setup_ms=t_setup_c,
+                         speedup=t_a / t_b, plan_speedup=t_b / t_c, rel_diff=err, plan_rel_diff=err_c))
         print(f"{device.type:>4} {hidden:>4}x{hidden:<4} {theta.numel():>7} {t_a:>10.3f} {t_b:>10.3f} {t_setup_j:>9.3f} "
-              f"{t_l:>9.3f} {t_setup_l:>9.1f} {t_a / t_b:>7.2f}x  {err:.1e}", flush=True)
+              f"{t_l:>9.3f} {t_setup_l:>9.1f} {t_c:>9.3f} {t_setup_c:>9.3f} {t_a / t_b:>7.2f}x {t_b / t_c:>7.2f}x  "
+              f"{err:.1e} {err_c:.1e}", flush=True)
     return rows
 
 
@@ -191,7 +205,7 @@ def main():
         results["cg"] += bench_cg(dev, sizes, batches, args.max_iter, reps)
     print("\nFisher-vector product (F + 0.1 I) v, 2048 states; ms per product")
     print(f"{'dev':>4} {'policy':>9} {'params':>7} {'(a) KL-2bw':>10} {'(b) JtMJ':>10} {'(b) setup':>9} "
-          f"{'(b) lin.':>9} {'lin.setup':>9} {'a/b':>8}  rel.diff")
+          f"{'(b) lin.':>9} {'lin.setup':>9} {'(c) plan':>9} {'(c) setup':>9} {'a/b':>8} {'b/c':>8}  rel.diff a~b, c~b")
     for dev in devices:
         results["fvp"] += bench_fvp(dev, hiddens, reps * 4)
     write_json(args.out, results)
