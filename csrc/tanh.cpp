@@ -2,8 +2,9 @@
 //
 // ATen's float tanh on these CPUs costs ~2.5 ns per element (a high-accuracy vector routine), more
 // than the 64-wide matrix products around it in a small MLP. The kernel here (tanh_vec.inc) is
-// compiled three times, for AVX-512, AVX2 and plain SSE2, and the widest one the CPU supports is
-// picked once at load time. float64 and other devices use ATen's tanh.
+// compiled three times with GCC on x86, for AVX-512, AVX2 and plain SSE2, and the widest one the CPU
+// supports is picked once at load time (other compilers and CPUs: the 16-byte version alone).
+// float64 and other devices use ATen's tanh.
 #include "tanh.h"
 
 #include <ATen/ATen.h>
@@ -15,6 +16,11 @@
 namespace trpo_torchrl {
 namespace {
 
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+#define TRPO_TORCHRL_X86_CLONES 1
+#endif
+
+#ifdef TRPO_TORCHRL_X86_CLONES
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512vl,fma")
 namespace avx512 {
@@ -32,7 +38,9 @@ typedef int32_t I __attribute__((vector_size(32)));
 #include "tanh_vec.inc"
 }  // namespace avx2
 #pragma GCC pop_options
+#endif
 
+// the baseline: 16-byte vectors (SSE2 on x86-64, NEON on AArch64, scalar code elsewhere)
 namespace sse2 {
 typedef float V __attribute__((vector_size(16)));
 typedef int32_t I __attribute__((vector_size(16)));
@@ -42,12 +50,14 @@ typedef int32_t I __attribute__((vector_size(16)));
 using Span = void (*)(const float*, float*, int64_t);
 
 Span pick_span() {
+#ifdef TRPO_TORCHRL_X86_CLONES
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma")) {
     return avx512::tanh_span;
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return avx2::tanh_span;
+#endif
   return sse2::tanh_span;
 }
 

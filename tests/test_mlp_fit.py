@@ -74,6 +74,19 @@ def test_op_matches_the_reference(device, sizes, activation, n, minibatch, dtype
     assert not torch.equal(ours[0][0], net[0].weight.detach())  # it really trained
 
 
+@needs_op
+def test_op_tells_autograd_the_parameters_changed():
+    # a graph that saved the old weights must refuse to backpropagate after the fit, as it would
+    # after any in-place update of them
+    net, x, y, order = _problem((4, 8, 1), "tanh", torch.float32, 32, epochs=1)
+    out = net(x).sum()
+    params = [p.detach() for p in net.parameters()]  # what CriticFit passes: views sharing the version
+    mlp_fit_adam(params, [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params], x, y,
+                 order, minibatch_size=8)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward()
+
+
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 def test_reference_is_torch_optim_adam_on_an_nn_sequential(activation):
     net, x, y, order = _problem((6, 16, 16, 1), activation, torch.float64, 200, epochs=2)

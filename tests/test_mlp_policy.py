@@ -87,12 +87,24 @@ def _gaussian_with(net, **kwargs):
         ("distribution kwargs", lambda: _gaussian_with(nn.Linear(OBS_DIM, 2), distribution_kwargs={"tanh_loc": True})),
         ("a subclass's own forward", lambda: _gaussian_with(type("MySeq", (nn.Sequential,), {})(nn.Linear(OBS_DIM, 2)))),
         ("a torchrl MLP reshaping its output", lambda: _gaussian_with(MLP(in_features=OBS_DIM, out_features=(1, 2), num_cells=[8]))),
+        ("a log-std broadcast over the actions", lambda: ProbabilisticActor(
+            TensorDictModule(nn.Sequential(nn.Linear(OBS_DIM, 2), StateIndependentScale(1)), in_keys=["observation"],
+                             out_keys=["loc", "scale"]),
+            in_keys=["loc", "scale"], distribution_class=IndependentNormal, return_log_prob=True)),
+        ("a forward replaced on one instance", lambda: _with_instance_forward()),
     ],
 )
 def test_other_actors_keep_the_torch_func_path(why, actor):
     actor = actor()
     update = TrustRegionUpdate(TRPOLoss(actor, make_critic()))
     assert update.plan is None, why
+
+
+def _with_instance_forward():
+    actor = make_actor("gaussian")
+    tanh = actor.module[0].module[0][1]
+    tanh.forward = lambda x: torch.tanh(2 * x)
+    return actor
 
 
 def test_a_frozen_layer_keeps_the_torch_func_path():
@@ -219,3 +231,45 @@ def test_the_plan_sees_parameter_changes_and_buffers_at_each_call():
     out = plan.distribution_parameters(plan.features(batch.inputs), update.flat_parameters()[None])
     expected = loss.policy_dist(batch)
     torch.testing.assert_close(out["loc"][0], expected.base_dist.loc, rtol=1e-12, atol=1e-12)
+
+
+def test_swapped_modules_send_the_update_back_to_torch_func():
+    actor, loss, td, update = _setup("gaussian")
+    assert update.plan is not None
+    actor.module[0].module[0][1] = nn.ReLU()  # the plan was built for Tanh
+    assert update.plan is None
+    reference = TrustRegionUpdate(TRPOLoss(copy.deepcopy(actor), make_critic(dtype=torch.float64)), fast_mlp=False)
+    update(td)
+    reference(td)
+    torch.testing.assert_close(update.flat_parameters(), reference.flat_parameters(), rtol=0, atol=0)
+
+
+def test_inputs_with_extra_dimensions_take_the_torch_func_path():
+    # observations [N, 1, obs] (e.g. one agent per state): the plan computes on [N, features] only
+    results = []
+    for fast in (True, False):
+        actor = make_actor("gaussian", dtype=torch.float64)
+        gen = torch.Generator().manual_seed(0)
+        obs = torch.randn(64, 1, OBS_DIM, generator=gen, dtype=torch.float64)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            td = actor(TensorDict({"observation": obs}, [64]))
+        td["advantage"] = torch.randn(64, 1, 1, generator=gen, dtype=torch.float64)
+        update = TrustRegionUpdate(TRPOLoss(actor, make_critic(dtype=torch.float64)), fast_mlp=fast)
+        assert update.plan is None or not update.plan.accepts(update.loss_module.policy_batch(td).inputs)
+        update(td)
+        results.append(update.flat_parameters())
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
+
+
+def test_the_plan_product_checks_its_vector():
+    _, loss, td, update = _setup("gaussian")
+    batch = loss.policy_batch(td)
+    theta = update.flat_parameters()
+    fvp = update.plan.linearize(update.plan.features(batch.inputs), theta).fisher_vector_product(kl_scale=1.0, damping=0.1)
+    with pytest.raises(ValueError, match="shape"):
+        fvp(torch.zeros(theta.numel() + 1, dtype=theta.dtype))
+    with pytest.raises(ValueError, match="float32"):
+        fvp(torch.zeros(theta.numel(), dtype=torch.float32))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        fvp([0.0])

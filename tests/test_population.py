@@ -42,7 +42,7 @@ def test_population_equals_separate_single_member_updates(kind, fvp, kl_reductio
     for m, (actor, batch) in enumerate(zip(actors, batches)):
         single_loss = TRPOLoss(actor, make_critic(dtype=torch.float64), kl_reduction=kl_reduction)
         # the same products as the population's (torch.func); the plain-MLP path agrees with it to
-        # rounding, tested in test_update.py
+        # rounding, tested in test_mlp_policy.py
         single = TrustRegionUpdate(single_loss, fvp=fvp, max_kl=0.02, fast_mlp=False)
         before = single.flat_parameters()
         expected = single(batch)

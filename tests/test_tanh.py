@@ -66,7 +66,9 @@ def test_in_place_equals_out_of_place():
     x = torch.randn(1000, 37, generator=torch.Generator().manual_seed(0)) * 4
     expected = tanh(x)
     y = x.clone()
+    version = y._version
     assert tanh_(y) is y and torch.equal(y, expected)
+    assert y._version > version  # autograd is told, as by torch.Tensor.tanh_
     z = x.t().clone().t()  # non-contiguous: through ATen's tanh_, still in place
     assert tanh_(z) is z
     torch.testing.assert_close(z, torch.tanh(x))

@@ -49,20 +49,23 @@ def _check_damping(damping, where: str) -> float:
     return float(damping)
 
 
+def check_product_vector(v, theta: torch.Tensor, where: str) -> None:
+    """What every Fisher-vector product accepts: ``v`` of shape ``[n]`` or ``[B, n]``, θ's dtype and device."""
+    n = theta.numel()
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"{where}: v must be a torch.Tensor, got {type(v).__name__}")
+    if v.dim() not in (1, 2) or v.shape[-1] != n:
+        raise ValueError(f"{where}: v must have shape [{n}] or [B, {n}], got {tuple(v.shape)}")
+    if v.dtype != theta.dtype or v.device != theta.device:
+        raise ValueError(f"{where}: v is {v.dtype} on {v.device} but theta is {theta.dtype} on {theta.device}")
+
+
 def _make_fvp(single: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, damping: float, where: str):
     """Wraps a one-vector product into the public [n] / [B, n] function with damping."""
     batched = vmap(single)
-    n = theta.numel()
 
     def fvp(v: torch.Tensor) -> torch.Tensor:
-        if not isinstance(v, torch.Tensor):
-            raise TypeError(f"{where}: v must be a torch.Tensor, got {type(v).__name__}")
-        if v.dim() not in (1, 2) or v.shape[-1] != n:
-            raise ValueError(f"{where}: v must have shape [{n}] or [B, {n}], got {tuple(v.shape)}")
-        if v.dtype != theta.dtype or v.device != theta.device:
-            raise ValueError(
-                f"{where}: v is {v.dtype} on {v.device} but theta is {theta.dtype} on {theta.device}"
-            )
+        check_product_vector(v, theta, where)
         # no graph is needed around the products (the transforms inside do their own
         # differentiation); this also keeps parameters the closures capture out of it
         with torch.no_grad():

@@ -29,6 +29,7 @@ from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.modules import MLP, IndependentNormal, OneHotCategorical
 
+from .fisher import check_product_vector
 from .ops import tanh_ as fast_tanh_
 from .policies import StateIndependentScale
 
@@ -78,6 +79,7 @@ class MLPPolicyPlan:
 
     def __init__(self, actor, in_key, prefix, layers, log_std: slice | None, family: str, out_keys):
         self.actor = actor
+        self._structure = _structure(actor)
         self.in_key = in_key
         self.prefix = prefix  # parameter-free modules before the first Linear, run once per batch
         self.layers = layers
@@ -109,6 +111,8 @@ class MLPPolicyPlan:
         if list(td_module.out_keys) != [feeds[name] for name in order]:
             return None
         leaves = list(sequential_leaves(td_module.module))
+        if any("forward" in vars(m) for m in leaves):  # a forward replaced on one instance
+            return None
         head = leaves[-1] if leaves and type(leaves[-1]) is StateIndependentScale else None
         if (family == "normal") != (head is not None):
             return None
@@ -140,14 +144,22 @@ class MLPPolicyPlan:
         for i, m in enumerate(linears):
             activation = None if i == len(linears) - 1 else type(acts[i]).__name__.lower()
             layers.append(_Layer(by_id[id(m.weight)], by_id[id(m.bias)], tuple(m.weight.shape), activation))
+        if head is not None and tuple(head.log_std.shape) != (linears[-1].out_features,):
+            return None  # a log-std broadcast over the action dimensions: not what the products assume
         log_std = by_id[id(head.log_std)] if head is not None else None
         out_keys = {name: feeds[name] for name in order}
         return cls(actor, td_module.in_keys[0], prefix, layers, log_std, family, out_keys)
 
     # ------------------------------------------------------------------------------------------
     def applies(self) -> bool:
-        """False while forward hooks exist (they can be added after the plan was built)."""
-        return not has_forward_hooks(self.actor)
+        """False while forward hooks exist, or once the actor's modules were swapped since the plan
+        was built (both can change after the update was made)."""
+        return not has_forward_hooks(self.actor) and _structure(self.actor) == self._structure
+
+    def accepts(self, inputs) -> bool:
+        """True when the batch's actor input is ``[N, features]``, the shape the plan computes on."""
+        x = inputs.get(self.in_key, None)
+        return isinstance(x, torch.Tensor) and x.dim() == 2
 
     @torch.no_grad()
     def features(self, inputs) -> torch.Tensor:
@@ -155,7 +167,7 @@ class MLPPolicyPlan:
         x = inputs.get(self.in_key)
         for m in self.prefix:
             x = m(x)
-        return x.reshape(-1, x.shape[-1])
+        return x
 
     def _dist_out(self, out: torch.Tensor, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """The distribution's arguments from the MLP's output ``[..., N, d]``."""
@@ -193,6 +205,15 @@ class MLPPolicyPlan:
     def linearize(self, features: torch.Tensor, theta: torch.Tensor) -> "Linearization":
         """The forward pass at ``theta`` over ``features [N, in]``, kept for products with its Jacobian."""
         return Linearization(self, features, theta)
+
+
+def _structure(actor) -> tuple:
+    """The identity and type of every module the plan relies on, to notice swapped modules."""
+    try:
+        modules = [actor.module[0], actor.module[-1], *sequential_leaves(actor.module[0].module)]
+    except (AttributeError, IndexError, TypeError):
+        return ()
+    return tuple((id(m), type(m)) for m in modules)
 
 
 def _activate(z: torch.Tensor, activation: str) -> torch.Tensor:
@@ -298,6 +319,7 @@ class Linearization:
                 torch.mul(v[plan.log_std], 2.0 * kl_scale, out=out[plan.log_std])
 
         def fvp(v: torch.Tensor) -> torch.Tensor:
+            check_product_vector(v, self.theta, "Linearization.fisher_vector_product")
             out = torch.empty_like(v)
             with torch.no_grad():
                 if v.dim() == 1:

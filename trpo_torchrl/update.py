@@ -210,13 +210,18 @@ class TrustRegionUpdate:
 
     @property
     def plan(self) -> MLPPolicyPlan | None:
-        """The plain-MLP plan used for this call (``None``: the ``torch.func`` path)."""
+        """The plain-MLP plan for the actor as it is now (``None``: the ``torch.func`` path)."""
         plan = self._plan
         return plan if plan is not None and plan.applies() else None
 
+    def _plan_for(self, batch: PolicyBatch) -> MLPPolicyPlan | None:
+        """The plan, when it also takes this batch's inputs."""
+        plan = self.plan
+        return plan if plan is not None and plan.accepts(batch.inputs) else None
+
     def _evaluate_candidates(self, batch: PolicyBatch, candidates: torch.Tensor) -> torch.Tensor:
         """``[3, K]``: objective, surrogate and KL of each candidate ``θ`` in ``candidates [K, n]``."""
-        plan = self.plan
+        plan = self._plan_for(batch)
         if plan is None:
             return torch.stack(torch.vmap(lambda th: self._evaluate(batch, th))(candidates))
         params = plan.distribution_parameters(plan.features(batch.inputs), candidates)
@@ -244,7 +249,7 @@ class TrustRegionUpdate:
 
             # the KL averaged over d action dimensions (kl_reduction="mean") has Fisher F / d
             kl_scale = 1.0 / loss.kl_divisor(dist)
-            plan = self.plan
+            plan = self._plan_for(batch)
             if plan is not None:
                 if linearization is None:
                     linearization = plan.linearize(plan.features(batch.inputs), theta_old)
@@ -270,7 +275,7 @@ class TrustRegionUpdate:
         theta_old = theta_old.detach()
 
         # 1. surrogate and KL at θ_old, and the gradient of the objective there
-        plan, linearization = self.plan, None
+        plan, linearization = self._plan_for(batch), None
         if plan is None:
             theta = theta_old.clone().requires_grad_(True)
             terms = self.loss_module.policy_terms(batch, self.unflatten(theta))

@@ -63,7 +63,12 @@ def mlp_fit_adam(
     )
     if has_kernel("mlp_fit_adam", inputs.device):
         with torch.no_grad():
-            return torch.ops.trpo_torchrl.mlp_fit_adam(*args)
+            losses = torch.ops.trpo_torchrl.mlp_fit_adam(*args)
+        # the CPU kernel writes through data pointers: tell autograd these tensors changed, so a
+        # graph that saved them fails loudly instead of differentiating through the new values
+        for t in (*params, *exp_avgs, *exp_avg_sqs):
+            torch.autograd.graph.increment_version(t)
+        return losses
     if not library_loaded():
         warn_reference_once("mlp_fit_adam")
     _check_reference_args(params, exp_avgs, exp_avg_sqs, inputs, targets, order)

@@ -20,7 +20,7 @@ def _use_kernel(x, op: str) -> bool:
 
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
-    """``tanh(x)`` as a new tensor, not differentiable (for forward passes under no_grad).
+    """``tanh(x)`` as a new (contiguous) tensor, not differentiable (for forward passes under no_grad).
 
     float32 CPU tensors go to the compiled kernel; other dtypes and devices, and everything when the
     extension is not built, to ``torch.tanh`` (the reference: the two agree within 2.25 ulp).
@@ -34,7 +34,10 @@ def tanh_(x: torch.Tensor) -> torch.Tensor:
     """``tanh`` in place (returns ``x``): for a fresh buffer, e.g. a layer's pre-activation, saving
     the allocation of a second one (a large new buffer costs page faults on every call)."""
     if _use_kernel(x, "tanh_"):
-        return torch.ops.trpo_torchrl.tanh_(x)
+        torch.ops.trpo_torchrl.tanh_(x)
+        # the kernel writes through the data pointer: tell autograd x changed, as x.tanh_() would
+        torch.autograd.graph.increment_version(x)
+        return x
     return x.tanh_()
 
 
