@@ -125,3 +125,14 @@ def no_kl_actor():
         return_log_prob=True,
         default_interaction_type=InteractionType.RANDOM,
     )
+
+
+def assert_same_step(fast, reference) -> None:
+    """Two actor steps, each ``(new flat parameters, metrics)``, agree to float64 rounding: the
+    plain-MLP path against the torch.func one."""
+    (fast_theta, fast_metrics), (ref_theta, ref_metrics) = fast, reference
+    torch.testing.assert_close(fast_theta, ref_theta, rtol=1e-9, atol=1e-11)
+    assert torch.equal(fast_metrics["step_accepted"], ref_metrics["step_accepted"])
+    assert torch.equal(fast_metrics["backtrack_steps"], ref_metrics["backtrack_steps"])
+    for key in ("kl", "surrogate_before", "surrogate_after", "expected_improvement", "grad_norm", "fisher_curvature"):
+        torch.testing.assert_close(fast_metrics[key], ref_metrics[key], rtol=1e-8, atol=1e-12)

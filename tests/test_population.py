@@ -5,7 +5,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from tests._trpo_batches import actor_state, collect, make_actor, make_critic
+from tests._trpo_batches import actor_state, assert_same_step, collect, make_actor, make_critic
 from trpo_torchrl import TRPOLoss, TrustRegionUpdate
 from trpo_torchrl.population import PopulationTrustRegionUpdate, population_policy
 
@@ -167,3 +167,23 @@ def test_member_buffers_are_each_members_own():
         single = TrustRegionUpdate(TRPOLoss(actor, make_critic(dtype=torch.float64)), fast_mlp=False)
         single(batches[m])
         torch.testing.assert_close(update.flat_parameters()[m], single.flat_parameters(), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "kind,options",
+    [
+        ("gaussian", {}),
+        ("categorical", {"kl_reduction": "mean"}),
+        ("categorical_index", {"fvp_subsample": 0.5}),
+        ("gaussian", {"fvp": "kl_hessian"}),  # the plan then gives the gradient and the candidates only
+        ("gaussian", {"max_kl": [0.01, 1e-9, 0.02]}),  # one radius per member, one of them tiny
+    ],
+)
+def test_the_plain_mlp_population_path_equals_the_torch_func_one(kind, options):
+    results = []
+    for fast in (True, False):
+        _, batches, _, update = population(kind, 3, fast_mlp=fast, generator=torch.Generator().manual_seed(3), **options)
+        assert (update._plan_for(update.population_batch(torch.stack(batches))) is not None) == fast
+        metrics = update(torch.stack(batches))
+        results.append((update.flat_parameters(), metrics))
+    assert_same_step(*results)

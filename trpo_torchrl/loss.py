@@ -464,7 +464,7 @@ class TRPOLoss(LossModule):
         K candidates of a line search, ``[K, N]``): the terms then have that shape (``[K]``).
         """
         lead = tuple(dist.batch_shape[:batch_dims])
-        n_states = batch.old_log_prob.numel()
+        n_states = batch.old_log_prob.shape[-1]  # [N], or [M, N] for a population's batch
         log_prob = dist.log_prob(batch.action)
         if log_prob.shape[:batch_dims] != lead or log_prob[(0,) * batch_dims].numel() != n_states:
             raise ValueError(

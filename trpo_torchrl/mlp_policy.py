@@ -156,10 +156,11 @@ class MLPPolicyPlan:
         was built (both can change after the update was made)."""
         return not has_forward_hooks(self.actor) and _structure(self.actor) == self._structure
 
-    def accepts(self, inputs) -> bool:
-        """True when the batch's actor input is ``[N, features]``, the shape the plan computes on."""
+    def accepts(self, inputs, members: bool = False) -> bool:
+        """True when the batch's actor input is ``[N, features]`` (``[M, N, features]`` for a
+        population), the shape the plan computes on."""
         x = inputs.get(self.in_key, None)
-        return isinstance(x, torch.Tensor) and x.dim() == 2
+        return isinstance(x, torch.Tensor) and x.dim() == 2 + int(members)
 
     @torch.no_grad()
     def features(self, inputs) -> torch.Tensor:
@@ -181,20 +182,24 @@ class MLPPolicyPlan:
     @torch.no_grad()
     def distribution_parameters(self, features: torch.Tensor, thetas: torch.Tensor) -> dict[str, torch.Tensor]:
         """The entries the actor module writes (``loc``/``scale`` or ``logits``, under the module's
-        own keys), ``[K, N, d]``, for the K flat parameter vectors ``thetas [K, n]``, by batched
-        matrix products."""
-        k = thetas.shape[0]
-        h = features.expand(k, *features.shape)
+        own keys), ``[K, ..., N, d]``, for the flat parameter vectors ``thetas [K, ..., n]``, by
+        batched matrix products. ``features`` is ``[N, in]``, or ``[M, N, in]`` for ``thetas
+        [K, M, n]`` (member m's states under each candidate's θ_m)."""
+        lead, n_states = thetas.shape[:-1], features.shape[-2]
+        flat = thetas.reshape(-1, thetas.shape[-1])
+        h = features.expand(*lead, *features.shape[-2:]).reshape(-1, *features.shape[-2:])
+        rows = flat.shape[0]
         for layer in self.layers:
             out_dim, in_dim = layer.shape
-            weight = thetas[:, layer.weight].view(k, out_dim, in_dim)
-            bias = thetas[:, layer.bias].view(k, out_dim, 1)
+            weight = flat[:, layer.weight].view(rows, out_dim, in_dim)
+            bias = flat[:, layer.bias].view(rows, out_dim, 1)
             if layer.activation is None:
-                # the narrow output layer as [K, d, N]: several times faster than [K, N, d] here;
+                # the narrow output layer as [.., d, N]: several times faster than [.., N, d] here;
                 # made contiguous again for the elementwise log-density and KL that follow
                 h = torch.baddbmm(bias, weight, h.transpose(1, 2)).transpose(1, 2).contiguous()
             else:
                 h = _activate(torch.baddbmm(bias.transpose(1, 2), h, weight.transpose(1, 2)), layer.activation)
+        h = h.view(*lead, n_states, h.shape[-1])
         return self.entries(self._dist_out(h, thetas))
 
     def entries(self, args: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -203,8 +208,32 @@ class MLPPolicyPlan:
 
     @torch.no_grad()
     def linearize(self, features: torch.Tensor, theta: torch.Tensor) -> "Linearization":
-        """The forward pass at ``theta`` over ``features [N, in]``, kept for products with its Jacobian."""
+        """The forward pass at ``theta`` over ``features [N, in]``, kept for products with its Jacobian;
+        or, for a population, at ``theta [M, n]`` over ``features [M, N, in]`` (member by member)."""
         return Linearization(self, features, theta)
+
+    @torch.no_grad()
+    def member_features(self, inputs, buffers: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[M, N, in]``: each member's states through the prefix with that member's own buffers
+        (``buffers``: the actor's buffer names → ``[M, ...]``, e.g. normaliser statistics)."""
+        if not buffers:
+            return torch.vmap(self.features)(inputs)
+        holder = _Holder(self)
+        return torch.vmap(
+            lambda x, bufs: torch.func.functional_call(holder, {"actor." + k: v for k, v in bufs.items()}, (x,))
+        )(inputs, buffers)
+
+
+class _Holder(nn.Module):
+    """The actor as a submodule, so ``functional_call`` can swap its buffers around the prefix."""
+
+    def __init__(self, plan: MLPPolicyPlan):
+        super().__init__()
+        self.actor = plan.actor
+        self.__dict__["plan"] = plan
+
+    def forward(self, inputs):
+        return self.plan.features(inputs)
 
 
 def _structure(actor) -> tuple:
@@ -221,69 +250,115 @@ def _activate(z: torch.Tensor, activation: str) -> torch.Tensor:
     return fast_tanh_(z) if activation == "tanh" else z.relu_()
 
 
+# matrix products for one policy (2-D operands) or a population (3-D, member first)
+def _affine(bias: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x wᵀ + b``: ``[.., N, out]``."""
+    if x.dim() == 2:
+        return torch.addmm(bias, x, w.t())
+    return torch.baddbmm(bias.unsqueeze(-2), x, w.transpose(1, 2))
+
+
+def _affine_transposed(bias: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``(x wᵀ + b)ᵀ``: ``[.., out, N]`` — for the narrow output layer, several times faster."""
+    if x.dim() == 2:
+        return torch.addmm(bias.unsqueeze(-1), w, x.t())
+    return torch.baddbmm(bias.unsqueeze(-1), w, x.transpose(1, 2))
+
+
+def _accumulate(z: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``z += a b`` in place."""
+    return z.addmm_(a, b) if z.dim() == 2 else z.baddbmm_(a, b)
+
+
+def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.mm(a, b) if a.dim() == 2 else torch.bmm(a, b)
+
+
+def _t(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(-1, -2)
+
+
 class Linearization:
     """The policy at one θ over N states: its outputs, and products with the Jacobian ``J`` of the
     distribution's arguments in θ — :meth:`pullback` (``Jᵀ``, for the gradient) and
     :meth:`fisher_vector_product` (``Jᵀ M J``) — as explicit matrix products over the cached layer
-    inputs and activation slopes. The narrow output layer is computed transposed (``[d, N]``)."""
+    inputs and activation slopes. The narrow output layer is computed transposed (``[d, N]``).
+
+    For a population (θ ``[M, n]``, states ``[M, N, in]``) every product is batched over the members;
+    member m's rows depend on θ_m and its own states only (the Jacobian is block diagonal).
+    """
 
     def __init__(self, plan: MLPPolicyPlan, features: torch.Tensor, theta: torch.Tensor):
         self.plan, self.theta = plan, theta
-        self.n_states = features.shape[0]
-        self.weights = [theta[layer.weight].view(layer.shape) for layer in plan.layers]
+        self.lead = tuple(theta.shape[:-1])  # () for one policy, (M,) for a population
+        if features.dim() != 2 + len(self.lead) or tuple(features.shape[: len(self.lead)]) != self.lead:
+            raise ValueError(
+                f"Linearization: features {tuple(features.shape)} do not match theta {tuple(theta.shape)} "
+                "(expected [N, in] for [n], [M, N, in] for [M, n])"
+            )
+        self.n_states = features.shape[-2]
+        self.weights = [theta[..., layer.weight].view(*self.lead, *layer.shape) for layer in plan.layers]
         self.inputs: list[torch.Tensor] = []  # the input of each layer
         self.slopes: list[torch.Tensor] = []  # the derivative of each hidden activation
         h = features
         for layer, w in zip(plan.layers, self.weights):
             self.inputs.append(h)
+            bias = theta[..., layer.bias]
             if layer.activation is None:
-                h = torch.addmm(theta[layer.bias].unsqueeze(1), w, h.t()).t().contiguous()
+                h = _t(_affine_transposed(bias, w, h)).contiguous()
             else:
-                h = _activate(torch.addmm(theta[layer.bias], h, w.t()), layer.activation)
+                h = _activate(_affine(bias, h, w), layer.activation)
                 self.slopes.append(1.0 - h * h if layer.activation == "tanh" else (h > 0).to(h.dtype))
         self.args = plan._dist_out(h, theta)  # the distribution's arguments, e.g. loc and scale
 
     @property
     def outputs(self) -> dict[str, torch.Tensor]:
-        """The entries the actor module writes, under its keys (``[N, d]`` each)."""
+        """The entries the actor module writes, under its keys (``[.., N, d]`` each)."""
         return self.plan.entries(self.args)
 
+    def _piece(self, out: torch.Tensor, layer_slice: slice, shape=None) -> torch.Tensor:
+        piece = out[..., layer_slice]
+        return piece if shape is None else piece.view(*self.lead, *shape)
+
     def _backward(self, u: torch.Tensor, out: torch.Tensor) -> None:
-        """Writes ``Jᵀ u`` for the MLP's output cotangent ``u [N, d]`` into ``out``'s weight and bias pieces."""
+        """Writes ``Jᵀ u`` for the MLP's output cotangent ``u [.., N, d]`` into ``out``'s weight and bias pieces."""
         layers, last = self.plan.layers, len(self.plan.layers) - 1
         for i in range(last, -1, -1):
             layer = layers[i]
-            if i == 0 and self.inputs[0].shape[1] < layer.shape[0]:
+            weight = self._piece(out, layer.weight, layer.shape)
+            if not self.lead and not (i == 0 and self.inputs[0].shape[-1] < layer.shape[0]):
+                torch.mm(u.t(), self.inputs[i], out=weight)
+            elif i == 0 and self.inputs[0].shape[-1] < layer.shape[0]:
                 # a narrow input (the observation): uᵀx is faster computed as (xᵀu)ᵀ
-                out[layer.weight].view(layer.shape).copy_(torch.mm(self.inputs[0].t(), u).t())
+                weight.copy_(_t(_matmul(_t(self.inputs[0]), u)))
             else:
-                torch.mm(u.t(), self.inputs[i], out=out[layer.weight].view(layer.shape))
-            torch.sum(u, dim=0, out=out[layer.bias])
+                weight.copy_(_matmul(_t(u), self.inputs[i]))
+            self._piece(out, layer.bias).copy_(u.sum(-2))
             if i > 0:
-                u = torch.mm(u, self.weights[i]).mul_(self.slopes[i - 1])
+                u = _matmul(u, self.weights[i]).mul_(self.slopes[i - 1])
 
     def _forward_tangent(self, v: torch.Tensor) -> torch.Tensor:
-        """``J v`` for the MLP's output, ``[N, d]`` (a transposed view)."""
+        """``J v`` for the MLP's output, ``[.., N, d]`` (a transposed view)."""
         layers, last = self.plan.layers, len(self.plan.layers) - 1
         t = None
         for i, layer in enumerate(layers):
-            dw, db = v[layer.weight].view(layer.shape), v[layer.bias]
+            dw, db = self._piece(v, layer.weight, layer.shape), v[..., layer.bias]
             if i == last:
-                z = torch.addmm(db.unsqueeze(1), dw, self.inputs[i].t())
+                z = _affine_transposed(db, dw, self.inputs[i])
                 if t is not None:
-                    z.addmm_(self.weights[i], t.t())
-                return z.t()
-            z = torch.addmm(db, self.inputs[i], dw.t())
+                    _accumulate(z, self.weights[i], _t(t))
+                return _t(z)
+            z = _affine(db, self.inputs[i], dw)
             if t is not None:
-                z.addmm_(t, self.weights[i].t())
+                _accumulate(z, t, _t(self.weights[i]))
             t = z.mul_(self.slopes[i])
         raise AssertionError("unreachable: the MLP has an output layer")
 
     @torch.no_grad()
     def pullback(self, cotangents: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``Jᵀ c``, flat ``[n]``: the gradient in θ of a function of the distribution's arguments
+        """``Jᵀ c``, flat ``[.., n]``: the gradient in θ of a function of the distribution's arguments
         whose gradient in them is ``cotangents`` (``{"loc": .., "scale": ..}`` or ``{"logits": ..}``,
-        each ``[N, d]``; a missing one counts as zero)."""
+        each ``[.., N, d]``; a missing one counts as zero)."""
         plan = self.plan
         out = torch.zeros_like(self.theta)
         main = "loc" if plan.family == "normal" else "logits"
@@ -291,18 +366,19 @@ class Linearization:
             self._backward(cotangents[main], out)
         if plan.family == "normal" and cotangents.get("scale") is not None:
             # scale = exp(log_std) on every state: d/d log_std = Σ_states c_scale · scale
-            out[plan.log_std] = (cotangents["scale"] * self.args["scale"]).sum(0)
+            out[..., plan.log_std] = (cotangents["scale"] * self.args["scale"]).sum(-2)
         return out
 
     def fisher_vector_product(self, *, kl_scale: float, damping: float) -> Callable[[torch.Tensor], torch.Tensor]:
         """``v ↦ (kl_scale · Jᵀ M J / N + damping·I) v`` over the N states (``v``: ``[n]`` or
-        ``[B, n]``); M is the distribution's Fisher in its arguments (``1/σ²`` for the mean and
-        ``2/σ²`` for the standard deviation of a Gaussian, ``diag(p) − p pᵀ`` for a categorical's
-        logits), as in :func:`~trpo_torchrl.fisher.gauss_newton_fisher_vector_product`."""
+        ``[B, n]``; for a population ``[M, n]``, one vector per member); M is the distribution's
+        Fisher in its arguments (``1/σ²`` for the mean and ``2/σ²`` for the standard deviation of a
+        Gaussian, ``diag(p) − p pᵀ`` for a categorical's logits), as in
+        :func:`~trpo_torchrl.fisher.gauss_newton_fisher_vector_product`."""
         plan = self.plan
         if plan.family == "normal":
             # the same for every state (the scale is state-independent); the log-std block is 2·kl_scale·I
-            metric = (kl_scale / self.n_states) * torch.exp(-2.0 * self.theta[plan.log_std])
+            metric = ((kl_scale / self.n_states) * torch.exp(-2.0 * self.theta[..., plan.log_std])).unsqueeze(-2)
         else:
             probs = torch.softmax(self.args["logits"], dim=-1)
             metric = kl_scale / self.n_states
@@ -316,13 +392,20 @@ class Linearization:
                 u = (pu - probs * pu.sum(-1, keepdim=True)).mul_(metric)
             self._backward(u, out)
             if plan.family == "normal":
-                torch.mul(v[plan.log_std], 2.0 * kl_scale, out=out[plan.log_std])
+                torch.mul(v[..., plan.log_std], 2.0 * kl_scale, out=out[..., plan.log_std])
 
         def fvp(v: torch.Tensor) -> torch.Tensor:
-            check_product_vector(v, self.theta, "Linearization.fisher_vector_product")
+            if self.lead:
+                if not isinstance(v, torch.Tensor) or v.shape != self.theta.shape:
+                    raise ValueError(
+                        f"Linearization.fisher_vector_product: v must be {list(self.theta.shape)} (one vector "
+                        f"per member), got {tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}"
+                    )
+            else:
+                check_product_vector(v, self.theta, "Linearization.fisher_vector_product")
             out = torch.empty_like(v)
             with torch.no_grad():
-                if v.dim() == 1:
+                if v.dim() == 1 or self.lead:
                     single(v, out)
                 else:
                     for row_v, row_out in zip(v, out):

@@ -87,8 +87,10 @@ class PopulationTrustRegionUpdate:
         max_kl (float or sequence of M floats): the trust-region radius, one for all members or one
             per member (a sweep over δ in one update). Defaults to ``0.01``.
         damping, cg_iters, backtrack_iters, backtrack_coeff, accept_ratio, fvp, fvp_subsample,
-        generator: as for :class:`~trpo_torchrl.TrustRegionUpdate`. With ``fvp_subsample < 1``
-            every member draws its own subset of states.
+        generator, fast_mlp: as for :class:`~trpo_torchrl.TrustRegionUpdate`. With ``fvp_subsample < 1``
+            every member draws its own subset of states. With ``fast_mlp`` (the default) a plain MLP
+            policy's gradient, products and candidates are batched matrix products over the members
+            (:mod:`trpo_torchrl.mlp_policy`) instead of member-vmapped ``torch.func`` transforms.
 
     Examples:
         >>> params = TensorDict.from_modules(*actors, as_module=True)  # doctest: +SKIP
@@ -111,6 +113,7 @@ class PopulationTrustRegionUpdate:
         fvp: str = "gauss_newton",
         fvp_subsample: float = 1.0,
         generator: torch.Generator | None = None,
+        fast_mlp: bool = True,
     ):
         where = "PopulationTrustRegionUpdate"
         if not isinstance(params, TensorDictBase) or params.batch_dims != 1:
@@ -140,6 +143,7 @@ class PopulationTrustRegionUpdate:
             fvp=fvp,
             fvp_subsample=fvp_subsample,
             generator=generator,
+            fast_mlp=fast_mlp,
         )
         self.loss_module = loss_module
         self.params = params
@@ -258,8 +262,15 @@ class PopulationTrustRegionUpdate:
         with torch.no_grad():
             return self.loss_module.policy_dist(first, self._member_tensors(theta[0], buffers))
 
-    def fisher_vector_product(self, batch: PolicyBatch, theta_old: torch.Tensor):
-        """``v [M, n] ↦ (F_m + damping·I) v_m`` for every member at once (F is block diagonal)."""
+    def _plan_for(self, batch: PolicyBatch):
+        """The single step's plain-MLP plan, when it applies to the members' batch."""
+        plan = self.single.plan
+        return plan if plan is not None and plan.accepts(batch.inputs, members=True) else None
+
+    def fisher_vector_product(self, batch: PolicyBatch, theta_old: torch.Tensor, linearization=None):
+        """``v [M, n] ↦ (F_m + damping·I) v_m`` for every member at once (F is block diagonal).
+        ``linearization``: the plain-MLP plan's forward pass at θ_old over the whole batch, when the
+        caller has it."""
         single = self.single
         members, n = theta_old.shape
         if single.fvp_subsample < 1.0:
@@ -269,8 +280,15 @@ class PopulationTrustRegionUpdate:
             ).to(theta_old.device)
             rows = torch.arange(members, device=idx.device)[:, None]
             batch = PolicyBatch(*(field[rows, idx] for field in batch))
+            linearization = None
         num_states = batch.advantage.shape[1]
         loss = self.loss_module
+        plan = self._plan_for(batch) if single.fvp == "gauss_newton" else None
+        if plan is not None:
+            if linearization is None:
+                linearization = plan.linearize(plan.member_features(batch.inputs, self._member_buffers()), theta_old)
+            dist = self._first_member_dist(batch, theta_old)
+            return linearization.fisher_vector_product(kl_scale=1.0 / loss.kl_divisor(dist), damping=single.damping)
 
         buffers = self._member_buffers()
 
@@ -342,13 +360,25 @@ class PopulationTrustRegionUpdate:
         max_kl = torch.tensor(self.max_kl, dtype=theta_old.dtype, device=theta_old.device)
 
         # 1. per-member objective and gradient: Σ_m L_m has ∂/∂θ_m = ∇L_m, so one backward gives all rows
-        theta = theta_old.clone().requires_grad_(True)
-        objective, surrogate, kl = self._member_terms(batch, theta)
-        (g,) = torch.autograd.grad(objective.sum(), theta)
+        plan, linearization = self._plan_for(batch), None
+        if plan is None:
+            theta = theta_old.clone().requires_grad_(True)
+            objective, surrogate, kl = self._member_terms(batch, theta)
+            (g,) = torch.autograd.grad(objective.sum(), theta)
+        else:
+            # as TrustRegionUpdate's plan path, with every product batched over the members
+            features = plan.member_features(batch.inputs, self._member_buffers())
+            linearization = plan.linearize(features, theta_old)
+            args = {name: value.detach().requires_grad_(True) for name, value in linearization.args.items()}
+            dist = self.loss_module.actor_network.build_dist_from_params(TensorDict(plan.entries(args), batch_size=[]))
+            terms = self.loss_module.dist_terms(batch, dist, batch_dims=1)
+            objective, surrogate, kl = terms.objective, terms.surrogate, terms.kl
+            grads = torch.autograd.grad(objective.sum(), list(args.values()), allow_unused=True)
+            g = linearization.pullback(dict(zip(args, grads)))
         objective_old, surrogate_old, kl_old = objective.detach(), surrogate.detach(), kl.detach()
 
         # 2-3. the block-diagonal Fisher product and M CG systems in one solve
-        fvp = self.fisher_vector_product(batch, theta_old)
+        fvp = self.fisher_vector_product(batch, theta_old, linearization)
         x, cg_info = conjugate_gradient(fvp, g, max_iter=single.cg_iters)
 
         # 4. each member's own step length: ½ s_mᵀF_m s_m = δ_m
@@ -365,7 +395,13 @@ class PopulationTrustRegionUpdate:
         fractions = single.backtrack_coeff**k
         candidates = theta_old + fractions[:, None, None] * full_step
         with torch.no_grad():
-            cand_objective, cand_surrogate, cand_kl = torch.vmap(lambda th: self._member_terms(batch, th))(candidates)
+            if plan is None:
+                cand_objective, cand_surrogate, cand_kl = torch.vmap(lambda th: self._member_terms(batch, th))(candidates)
+            else:
+                params = plan.distribution_parameters(features, candidates)  # [K, M, N, d]
+                dist = self.loss_module.actor_network.build_dist_from_params(TensorDict(params, batch_size=[]))
+                terms = self.loss_module.dist_terms(batch, dist, batch_dims=2)
+                cand_objective, cand_surrogate, cand_kl = terms.objective, terms.surrogate, terms.kl
         improvement = cand_objective - objective_old
         acceptable = (
             torch.isfinite(candidates).all(-1)
