@@ -267,6 +267,25 @@ class PopulationTrustRegionUpdate:
         plan = self.single.plan
         return plan if plan is not None and plan.accepts(batch.inputs, members=True) else None
 
+    # members per line-search chunk: K · members · N rows of activations at most (~4 MB per 64-wide
+    # layer in float32); measured on a 2-core CPU, 16 members × 256 states, K = 10: 24 ms in one
+    # piece against ~10 ms in chunks of 1–6 members — the whole [K, M, N, 64] leaves the cache
+    CANDIDATE_ROWS = 16_384
+
+    def _plan_candidates(self, plan, batch: PolicyBatch, features: torch.Tensor, candidates: torch.Tensor):
+        """Objective, surrogate and KL ``[K, M]`` of the candidates ``[K, M, n]`` through the plan,
+        a chunk of members at a time."""
+        num_candidates, members = candidates.shape[:2]
+        chunk = max(1, self.CANDIDATE_ROWS // (num_candidates * features.shape[1]))
+        actor, values = self.loss_module.actor_network, []
+        for start in range(0, members, chunk):
+            part = slice(start, start + chunk)
+            params = plan.distribution_parameters(features[part], candidates[:, part])  # [K, m, N, d]
+            dist = actor.build_dist_from_params(TensorDict(params, batch_size=[]))
+            terms = self.loss_module.dist_terms(PolicyBatch(*(field[part] for field in batch)), dist, batch_dims=2)
+            values.append(torch.stack([terms.objective, terms.surrogate, terms.kl]))
+        return torch.cat(values, dim=-1).unbind()
+
     def fisher_vector_product(self, batch: PolicyBatch, theta_old: torch.Tensor, linearization=None):
         """``v [M, n] ↦ (F_m + damping·I) v_m`` for every member at once (F is block diagonal).
         ``linearization``: the plain-MLP plan's forward pass at θ_old over the whole batch, when the
@@ -398,10 +417,7 @@ class PopulationTrustRegionUpdate:
             if plan is None:
                 cand_objective, cand_surrogate, cand_kl = torch.vmap(lambda th: self._member_terms(batch, th))(candidates)
             else:
-                params = plan.distribution_parameters(features, candidates)  # [K, M, N, d]
-                dist = self.loss_module.actor_network.build_dist_from_params(TensorDict(params, batch_size=[]))
-                terms = self.loss_module.dist_terms(batch, dist, batch_dims=2)
-                cand_objective, cand_surrogate, cand_kl = terms.objective, terms.surrogate, terms.kl
+                cand_objective, cand_surrogate, cand_kl = self._plan_candidates(plan, batch, features, candidates)
         improvement = cand_objective - objective_old
         acceptable = (
             torch.isfinite(candidates).all(-1)
