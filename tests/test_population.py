@@ -187,3 +187,14 @@ def test_the_plain_mlp_population_path_equals_the_torch_func_one(kind, options):
         metrics = update(torch.stack(batches))
         results.append((update.flat_parameters(), metrics))
     assert_same_step(*results)
+
+
+def test_candidates_in_member_chunks_equal_one_piece():
+    # 3 members x 64 states x 10 candidates: 640 rows per member, so 700 rows means one member per chunk
+    results = []
+    for rows in (PopulationTrustRegionUpdate.CANDIDATE_ROWS, 700):
+        _, batches, _, update = population("gaussian", 3, max_kl=0.05)
+        update.CANDIDATE_ROWS = rows
+        metrics = update(torch.stack(batches))
+        results.append((update.flat_parameters(), metrics))
+    assert_same_step(*results)
