@@ -203,6 +203,7 @@ void fit_cpu(const std::vector<at::Tensor>& params, const std::vector<at::Tensor
   at::Tensor delta = at::empty({mb, 1}, inputs.options());
   std::vector<at::Tensor> back(layers);  // back[l]: the gradient at layer l's output
   for (size_t l = 0; l + 1 < layers; ++l) back[l] = at::empty_like(out[l]);
+  std::vector<at::Tensor> hs(layers + 1);  // hs[l]: the input of layer l in this minibatch; hs[layers]: the value
   T* loss_out = losses.mutable_data_ptr<T>();
   const T* target = nullptr;
   at::Tensor t_epoch;
@@ -214,9 +215,7 @@ void fit_cpu(const std::vector<at::Tensor>& params, const std::vector<at::Tensor
     target = t_epoch.const_data_ptr<T>();
     for (int64_t start = 0; start < num_states; start += minibatch_size, ++k) {
       const int64_t rows = std::min(minibatch_size, num_states - start);
-      at::Tensor h = x_epoch.narrow(0, start, rows);
-      std::vector<at::Tensor> hs(layers + 1);
-      hs[0] = h;
+      hs[0] = x_epoch.narrow(0, start, rows);
       for (size_t l = 0; l < layers; ++l) {
         at::Tensor z = out[l].narrow(0, 0, rows);
         at::cpu::addmm_out(z, params[2 * l + 1], hs[l], weights_t[l]);

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.modules import MLP, IndependentNormal, OneHotCategorical
@@ -206,6 +207,22 @@ class MLPPolicyPlan:
         """The distribution's arguments (``loc``/``scale``, ``logits``) under the actor module's keys."""
         return {self.out_keys[name]: value for name, value in args.items()}
 
+    def distribution(self, entries: dict[str, torch.Tensor]):
+        """The actor's distribution from its module outputs ``entries`` (as
+        :meth:`distribution_parameters` or :attr:`Linearization.outputs` give them)."""
+        return self.actor.build_dist_from_params(TensorDict(entries, batch_size=[]))
+
+    def terms(self, loss, batch, entries: dict[str, torch.Tensor], batch_dims: int = 0):
+        """``loss.dist_terms`` of the policy whose module outputs are ``entries``."""
+        return loss.dist_terms(batch, self.distribution(entries), batch_dims=batch_dims)
+
+    @torch.no_grad()
+    def candidate_terms(self, loss, batch, features: torch.Tensor, thetas: torch.Tensor, batch_dims: int) -> torch.Tensor:
+        """``[3, ...]``: objective, surrogate and KL of the parameter vectors ``thetas`` (leading
+        ``batch_dims`` dimensions, e.g. ``[K]`` candidates or ``[K, M]`` for a population)."""
+        terms = self.terms(loss, batch, self.distribution_parameters(features, thetas), batch_dims)
+        return torch.stack([terms.objective, terms.surrogate, terms.kl])
+
     @torch.no_grad()
     def linearize(self, features: torch.Tensor, theta: torch.Tensor) -> "Linearization":
         """The forward pass at ``theta`` over ``features [N, in]``, kept for products with its Jacobian;
@@ -353,6 +370,20 @@ class Linearization:
                 _accumulate(z, t, _t(self.weights[i]))
             t = z.mul_(self.slopes[i])
         raise AssertionError("unreachable: the MLP has an output layer")
+
+    @property
+    def features(self) -> torch.Tensor:
+        """The MLP's input the forward pass ran on."""
+        return self.inputs[0]
+
+    def objective_gradient(self, loss, batch, batch_dims: int = 0):
+        """``(terms, g)``: ``loss``'s terms at θ and the gradient of the objective (summed over
+        ``batch_dims`` leading dimensions, e.g. a population's members) in θ — autograd from the
+        loss to the distribution's arguments only, then :meth:`pullback` through the network."""
+        args = {name: value.detach().requires_grad_(True) for name, value in self.args.items()}
+        terms = self.plan.terms(loss, batch, self.plan.entries(args), batch_dims)
+        grads = torch.autograd.grad(terms.objective.sum(), list(args.values()), allow_unused=True)
+        return terms, self.pullback(dict(zip(args, grads)))
 
     @torch.no_grad()
     def pullback(self, cotangents: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -277,13 +277,12 @@ class PopulationTrustRegionUpdate:
         a chunk of members at a time."""
         num_candidates, members = candidates.shape[:2]
         chunk = max(1, self.CANDIDATE_ROWS // (num_candidates * features.shape[1]))
-        actor, values = self.loss_module.actor_network, []
-        for start in range(0, members, chunk):
-            part = slice(start, start + chunk)
-            params = plan.distribution_parameters(features[part], candidates[:, part])  # [K, m, N, d]
-            dist = actor.build_dist_from_params(TensorDict(params, batch_size=[]))
-            terms = self.loss_module.dist_terms(PolicyBatch(*(field[part] for field in batch)), dist, batch_dims=2)
-            values.append(torch.stack([terms.objective, terms.surrogate, terms.kl]))
+        values = [
+            plan.candidate_terms(
+                self.loss_module, PolicyBatch(*(field[part] for field in batch)), features[part], candidates[:, part], 2
+            )
+            for part in (slice(start, start + chunk) for start in range(0, members, chunk))
+        ]
         return torch.cat(values, dim=-1).unbind()
 
     def fisher_vector_product(self, batch: PolicyBatch, theta_old: torch.Tensor, linearization=None):
@@ -306,7 +305,9 @@ class PopulationTrustRegionUpdate:
         if plan is not None:
             if linearization is None:
                 linearization = plan.linearize(plan.member_features(batch.inputs, self._member_buffers()), theta_old)
-            dist = self._first_member_dist(batch, theta_old)
+            # the divisor reads the distribution's event shape: the linearization's outputs give it
+            # without another forward pass
+            dist = plan.distribution(linearization.outputs)
             return linearization.fisher_vector_product(kl_scale=1.0 / loss.kl_divisor(dist), damping=single.damping)
 
         buffers = self._member_buffers()
@@ -388,12 +389,8 @@ class PopulationTrustRegionUpdate:
             # as TrustRegionUpdate's plan path, with every product batched over the members
             features = plan.member_features(batch.inputs, self._member_buffers())
             linearization = plan.linearize(features, theta_old)
-            args = {name: value.detach().requires_grad_(True) for name, value in linearization.args.items()}
-            dist = self.loss_module.actor_network.build_dist_from_params(TensorDict(plan.entries(args), batch_size=[]))
-            terms = self.loss_module.dist_terms(batch, dist, batch_dims=1)
+            terms, g = linearization.objective_gradient(self.loss_module, batch, batch_dims=1)
             objective, surrogate, kl = terms.objective, terms.surrogate, terms.kl
-            grads = torch.autograd.grad(objective.sum(), list(args.values()), allow_unused=True)
-            g = linearization.pullback(dict(zip(args, grads)))
         objective_old, surrogate_old, kl_old = objective.detach(), surrogate.detach(), kl.detach()
 
         # 2-3. the block-diagonal Fisher product and M CG systems in one solve

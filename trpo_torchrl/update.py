@@ -219,15 +219,15 @@ class TrustRegionUpdate:
         plan = self.plan
         return plan if plan is not None and plan.accepts(batch.inputs) else None
 
-    def _evaluate_candidates(self, batch: PolicyBatch, candidates: torch.Tensor) -> torch.Tensor:
-        """``[3, K]``: objective, surrogate and KL of each candidate ``θ`` in ``candidates [K, n]``."""
+    def _evaluate_candidates(self, batch: PolicyBatch, candidates: torch.Tensor, features=None) -> torch.Tensor:
+        """``[3, K]``: objective, surrogate and KL of each candidate ``θ`` in ``candidates [K, n]``
+        (``features``: the plan's input for the batch, when the caller has it)."""
         plan = self._plan_for(batch)
         if plan is None:
             return torch.stack(torch.vmap(lambda th: self._evaluate(batch, th))(candidates))
-        params = plan.distribution_parameters(plan.features(batch.inputs), candidates)
-        dist = self.loss_module.actor_network.build_dist_from_params(TensorDict(params, batch_size=[]))
-        terms = self.loss_module.dist_terms(batch, dist, batch_dims=1)
-        return torch.stack([terms.objective, terms.surrogate, terms.kl])
+        if features is None:
+            features = plan.features(batch.inputs)
+        return plan.candidate_terms(self.loss_module, batch, features, candidates, batch_dims=1)
 
     def fisher_vector_product(self, batch: PolicyBatch, theta_old: torch.Tensor, dist, linearization=None):
         """``v ↦ (F + damping·I) v`` at θ_old over the batch states (or a subsample of them).
@@ -281,13 +281,8 @@ class TrustRegionUpdate:
             terms = self.loss_module.policy_terms(batch, self.unflatten(theta))
             (g,) = torch.autograd.grad(terms.objective, theta)
         else:
-            # autograd only from the loss to the distribution's arguments; Jᵀ through the MLP explicitly
             linearization = plan.linearize(plan.features(batch.inputs), theta_old)
-            args = {name: value.detach().requires_grad_(True) for name, value in linearization.args.items()}
-            dist = self.loss_module.actor_network.build_dist_from_params(TensorDict(plan.entries(args), batch_size=[]))
-            terms = self.loss_module.dist_terms(batch, dist)
-            grads = torch.autograd.grad(terms.objective, list(args.values()), allow_unused=True)
-            g = linearization.pullback(dict(zip(args, grads)))
+            terms, g = linearization.objective_gradient(self.loss_module, batch)
         g = self._all_reduce_mean(g)
         objective_old, surrogate_old, kl_old = self._all_reduce_mean(
             torch.stack([terms.objective, terms.surrogate, terms.kl]).detach()
@@ -321,7 +316,7 @@ class TrustRegionUpdate:
         candidates = theta_old + fractions[:, None] * full_step
         with torch.no_grad():
             cand_objective, cand_surrogate, cand_kl = self._all_reduce_mean(
-                self._evaluate_candidates(batch, candidates)
+                self._evaluate_candidates(batch, candidates, None if linearization is None else linearization.features)
             ).unbind()
         improvement = cand_objective - objective_old
         acceptable = (
