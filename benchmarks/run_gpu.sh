@@ -71,22 +71,37 @@ export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 FORCE_CUDA=1 "$PYTHON" setup.py build_ext --inplace
 "$PYTHON" -c "import trpo_torchrl, torch; assert trpo_torchrl.extension_loaded(), 'the compiled ops did not load'; print('run_gpu: compiled ops loaded; CUDA kernels:', torch._C._dispatch_has_kernel_for_dispatch_key('trpo_torchrl::gae', 'CUDA'))"
 
-# 3. the CUDA tests (and the CPU ones they sit beside), unless skipped
+# 3-4. the CUDA tests, then the benchmarks on the GPU. GPU time is scarce, so a failing step is
+# reported and the next one still runs; the script's exit status says whether any failed.
+FAILED=()
+step() {
+  local name=$1; shift
+  local t0=$SECONDS
+  echo "run_gpu: [$name] $*"
+  if "$@"; then
+    echo "run_gpu: [$name] ok in $((SECONDS - t0)) s"
+  else
+    echo "run_gpu: [$name] FAILED (exit $?) after $((SECONDS - t0)) s"
+    FAILED+=("$name")
+  fi
+}
 if [ "${SKIP_TESTS:-0}" != "1" ]; then
-  "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda tests --junitxml "$OUT_DIR/cuda_tests.xml"
+  step tests "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda tests --junitxml "$OUT_DIR/cuda_tests.xml"
 fi
-
-# 4. the benchmarks on the GPU
 QUICK_FLAG=()
 [ "${QUICK:-0}" = "1" ] && QUICK_FLAG=(--quick)
-"$PYTHON" benchmarks/gae.py --device cuda "${QUICK_FLAG[@]}" --out "$OUT_DIR/gae.json"
-"$PYTHON" benchmarks/cg.py --device cuda "${QUICK_FLAG[@]}" --out "$OUT_DIR/cg.json"
-"$PYTHON" benchmarks/update.py --device cuda --no-peer "${QUICK_FLAG[@]}" --out "$OUT_DIR/update_cuda.json"
-"$PYTHON" benchmarks/update.py --device cpu --no-peer "${QUICK_FLAG[@]}" --out "$OUT_DIR/update_cpu.json"
+step gae "$PYTHON" benchmarks/gae.py --device cuda "${QUICK_FLAG[@]}" --out "$OUT_DIR/gae.json"
+step cg "$PYTHON" benchmarks/cg.py --device cuda "${QUICK_FLAG[@]}" --out "$OUT_DIR/cg.json"
+step update_cuda "$PYTHON" benchmarks/update.py --device cuda --no-peer "${QUICK_FLAG[@]}" --out "$OUT_DIR/update_cuda.json"
+step update_cpu "$PYTHON" benchmarks/update.py --device cpu --no-peer "${QUICK_FLAG[@]}" --out "$OUT_DIR/update_cpu.json"
 # populations (issue 8's CUDA target: 64 members in one update at most 2x one member)
-"$PYTHON" benchmarks/population.py --device cuda "${QUICK_FLAG[@]}" --out "$OUT_DIR/population.json"
+step population "$PYTHON" benchmarks/population.py --device cuda "${QUICK_FLAG[@]}" --out "$OUT_DIR/population.json"
 
 # 5. one markdown summary of the JSON files
 "$PYTHON" benchmarks/gpu_summary.py "$OUT_DIR" > "$OUT_DIR/results.md"
 cat "$OUT_DIR/results.md"
 echo "run_gpu: done; JSON, results.md and run_gpu.log in $OUT_DIR"
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "run_gpu: failed steps: ${FAILED[*]}"
+  exit 1
+fi

@@ -271,12 +271,16 @@ class PopulationTrustRegionUpdate:
     # layer in float32); measured on a 2-core CPU, 16 members × 256 states, K = 10: 24 ms in one
     # piece against ~10 ms in chunks of 1–6 members — the whole [K, M, N, 64] leaves the cache
     CANDIDATE_ROWS = 16_384
+    # on a GPU the chunks only add kernel launches (H100, 64 members × 2048 states: one chunk per
+    # member, 64 of them); 2**22 rows (1 GiB per 64-wide float32 layer) keeps that case in one piece
+    CANDIDATE_ROWS_CUDA = 1 << 22
 
     def _plan_candidates(self, plan, batch: PolicyBatch, features: torch.Tensor, candidates: torch.Tensor):
         """Objective, surrogate and KL ``[K, M]`` of the candidates ``[K, M, n]`` through the plan,
         a chunk of members at a time."""
         num_candidates, members = candidates.shape[:2]
-        chunk = max(1, self.CANDIDATE_ROWS // (num_candidates * features.shape[1]))
+        rows = self.CANDIDATE_ROWS_CUDA if features.is_cuda else self.CANDIDATE_ROWS
+        chunk = max(1, rows // (num_candidates * features.shape[1]))
         values = [
             plan.candidate_terms(
                 self.loss_module, PolicyBatch(*(field[part] for field in batch)), features[part], candidates[:, part], 2
