@@ -1,5 +1,5 @@
 """Markdown summary of the JSON files benchmarks/run_gpu.sh writes (gae.json, cg.json,
-update_cuda.json, update_cpu.json, population.json): the machine, then one table per list of
+critic_fit.json, update_cuda.json, update_cpu.json, population.json): the machine, then one table per list of
 result rows.
 
     python benchmarks/gpu_summary.py bench_out/gpu > bench_out/gpu/results.md
@@ -28,7 +28,7 @@ def table(rows: list[dict]) -> str:
 def main(folder: str) -> None:
     folder = Path(folder)
     print(f"# GPU benchmarks ({folder})\n")
-    for name in ("gae", "cg", "update_cuda", "update_cpu", "population"):
+    for name in ("gae", "cg", "critic_fit", "update_cuda", "update_cpu", "population"):
         path = folder / f"{name}.json"
         if not path.exists():
             print(f"## {name}\n\nnot run (no {path.name})\n")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command on a CUDA machine: install the missing Python packages from wheels carried in .whl/,
 # build the extension (C++ and CUDA) against the machine's own torch, run the CUDA tests, then the
-# GAE, CG and update benchmarks on the GPU; JSON per benchmark and a markdown summary in $OUT_DIR.
+# GAE, CG, critic-fit, update and population benchmarks on the GPU; JSON per benchmark and a
+# markdown summary in $OUT_DIR.
 #
 # The target: our GPU test machines (H100/H200, Python 3.12, torch 2.11 + CUDA 13, nvcc, ninja,
 # pytest, numpy, pyyaml, tqdm, matplotlib, cloudpickle, packaging) have no torchrl, tensordict,
@@ -92,6 +93,7 @@ QUICK_FLAG=()
 [ "${QUICK:-0}" = "1" ] && QUICK_FLAG=(--quick)
 step gae "$PYTHON" benchmarks/gae.py --device cuda "${QUICK_FLAG[@]}" --out "$OUT_DIR/gae.json"
 step cg "$PYTHON" benchmarks/cg.py --device cuda "${QUICK_FLAG[@]}" --out "$OUT_DIR/cg.json"
+step critic_fit "$PYTHON" benchmarks/critic_fit.py --device all "${QUICK_FLAG[@]}" --out "$OUT_DIR/critic_fit.json"
 step update_cuda "$PYTHON" benchmarks/update.py --device cuda --no-peer "${QUICK_FLAG[@]}" --out "$OUT_DIR/update_cuda.json"
 step update_cpu "$PYTHON" benchmarks/update.py --device cpu --no-peer "${QUICK_FLAG[@]}" --out "$OUT_DIR/update_cpu.json"
 # populations (issue 8's CUDA target: 64 members in one update at most 2x one member)

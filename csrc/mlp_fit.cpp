@@ -5,9 +5,10 @@
 // minibatches of 128 states on a 64×64 MLP). Each step is ~30 small tensor operations, so in eager
 // PyTorch the time goes to the Python interpreter, autograd's graph and the optimiser's bookkeeping,
 // not to arithmetic. Here the loop, the backward pass (written out: the network is a plain MLP) and
-// Adam run in C++ on ATen operations. Being ATen-composed, the one kernel serves every device
-// (registered as CompositeExplicitAutograd): CPU tensors run CPU kernels, CUDA tensors CUDA kernels,
-// with no host read inside the loop (Adam's bias corrections come from the host-side step count).
+// Adam run in C++ on ATen operations. Being ATen-composed, this first kernel serves every device
+// (registered as CompositeExplicitAutograd), with no host read inside the loop (Adam's bias
+// corrections come from the host-side step count). CPU has a loop-fused kernel below, CUDA a
+// one-block kernel in cuda/mlp_fit.cu; both fall back on nothing but this one.
 //
 // The math is exactly that of the Python path it replaces (trpo_torchrl.ops.reference.mlp_fit_adam):
 // per minibatch, loss = coeff · mean((value − target)²) with value = MLP(inputs[idx]); then
@@ -22,12 +23,12 @@
 #include <type_traits>
 #include <vector>
 
+#include "mlp_fit.h"
 #include "tanh.h"
 
 namespace trpo_torchrl {
-namespace {
 
-void check_inputs(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& exp_avgs,
+void mlp_fit_check_inputs(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& exp_avgs,
                   const std::vector<at::Tensor>& exp_avg_sqs, const at::Tensor& inputs,
                   const at::Tensor& targets, const at::Tensor& order, int64_t minibatch_size,
                   const std::string& activation, int64_t step) {
@@ -75,15 +76,15 @@ void check_inputs(const std::vector<at::Tensor>& params, const std::vector<at::T
               op, ": targets and order must be on the inputs' device, targets of their dtype");
 }
 
-at::Tensor mlp_fit_adam(at::TensorList params_list, at::TensorList exp_avgs_list, at::TensorList exp_avg_sqs_list,
-                        const at::Tensor& inputs, const at::Tensor& targets, const at::Tensor& order,
-                        int64_t minibatch_size, c10::string_view activation_view, double coeff, double lr,
-                        double beta1, double beta2, double eps, int64_t step) {
+at::Tensor mlp_fit_adam_composite(at::TensorList params_list, at::TensorList exp_avgs_list,
+                                  at::TensorList exp_avg_sqs_list, const at::Tensor& inputs, const at::Tensor& targets,
+                                  const at::Tensor& order, int64_t minibatch_size, c10::string_view activation_view,
+                                  double coeff, double lr, double beta1, double beta2, double eps, int64_t step) {
   const std::vector<at::Tensor> params = params_list.vec();
   const std::vector<at::Tensor> exp_avgs = exp_avgs_list.vec();
   const std::vector<at::Tensor> exp_avg_sqs = exp_avg_sqs_list.vec();
   const std::string activation(activation_view);
-  check_inputs(params, exp_avgs, exp_avg_sqs, inputs, targets, order, minibatch_size, activation, step);
+  mlp_fit_check_inputs(params, exp_avgs, exp_avg_sqs, inputs, targets, order, minibatch_size, activation, step);
   const bool tanh = activation == "tanh";
 
   const int64_t num_states = inputs.size(0), epochs = order.size(0);
@@ -141,6 +142,7 @@ at::Tensor mlp_fit_adam(at::TensorList params_list, at::TensorList exp_avgs_list
   return losses;
 }
 
+namespace {
 
 // ---------------------------------------------------------------------------------------- CPU
 // The same fit with the per-step work that is not a matrix product written as plain loops over
@@ -271,7 +273,7 @@ at::Tensor mlp_fit_adam_cpu(at::TensorList params_list, at::TensorList exp_avgs_
   const std::vector<at::Tensor> exp_avgs = exp_avgs_list.vec();
   const std::vector<at::Tensor> exp_avg_sqs = exp_avg_sqs_list.vec();
   const std::string activation(activation_view);
-  check_inputs(params, exp_avgs, exp_avg_sqs, inputs, targets, order, minibatch_size, activation, step);
+  mlp_fit_check_inputs(params, exp_avgs, exp_avg_sqs, inputs, targets, order, minibatch_size, activation, step);
   const int64_t num_states = inputs.size(0), epochs = order.size(0);
   const int64_t per_epoch = (num_states + minibatch_size - 1) / minibatch_size;
   at::Tensor losses = at::empty({epochs * per_epoch}, inputs.options());
@@ -297,8 +299,9 @@ TORCH_LIBRARY_FRAGMENT(trpo_torchrl, m) {
       "float beta2, float eps, int step) -> Tensor");
 }
 
-// ATen-composed: one implementation for every device the ATen operations run on (CUDA; CPU has its own)
-TORCH_LIBRARY_IMPL(trpo_torchrl, CompositeExplicitAutograd, m) { m.impl("mlp_fit_adam", &mlp_fit_adam); }
+// ATen-composed: one implementation for every device the ATen operations run on (CPU and CUDA have
+// their own kernels; the CUDA one falls back to this for networks too big for one block's memory)
+TORCH_LIBRARY_IMPL(trpo_torchrl, CompositeExplicitAutograd, m) { m.impl("mlp_fit_adam", &mlp_fit_adam_composite); }
 
 // CPU: the loop-fused version above
 TORCH_LIBRARY_IMPL(trpo_torchrl, CPU, m) { m.impl("mlp_fit_adam", &mlp_fit_adam_cpu); }

@@ -39,6 +39,20 @@ def test_update_benchmark_tiny(tmp_path):
         assert saved["speedup_of_medians"] > 0
 
 
+def test_critic_fit_benchmark_quick(tmp_path):
+    from trpo_torchrl.ops import extension_loaded
+
+    if not extension_loaded():
+        pytest.skip("compiled ops not built")
+    out = tmp_path / "critic_fit.json"
+    rows = load("critic_fit").main(["--device", "cpu", "--quick", "--states", "256", "--out", str(out)])
+    assert json.loads(out.read_text())["rows"] == rows
+    (row,) = rows
+    assert row["adam_steps"] == 5 * 2 and min(row["ours_ms"], row["composite_ms"], row["eager_ms"]) > 0
+    # the three kernels did the same fit
+    assert row["composite_final_loss_rel_diff"] < 1e-4 and row["eager_final_loss_rel_diff"] < 1e-4
+
+
 def test_throughput_benchmark_tiny(tmp_path):
     pytest.importorskip("mujoco")
     out = tmp_path / "throughput.json"

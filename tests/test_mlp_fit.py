@@ -53,6 +53,8 @@ def _state(net, step_state=None):
         ((3, 1), "tanh", 50, 7, torch.float64),  # a linear critic: no hidden layer
         ((11, 32, 16, 8, 1), "relu", 257, 32, torch.float32),
         ((17, 64, 64, 1), "tanh", 512, 128, torch.float32),
+        # too big for one CUDA block's shared memory: the CUDA op takes the ATen-composed kernel
+        ((17, 256, 256, 1), "tanh", 600, 256, torch.float32),
     ],
 )
 def test_op_matches_the_reference(device, sizes, activation, n, minibatch, dtype):
@@ -248,3 +250,24 @@ def test_opcheck(device):
     params, m, v = _state(net)
     args = (params, m, v, x, y, order, 8, "tanh", 1.0, 1e-3, 0.9, 0.999, 1e-8, 0)
     torch.library.opcheck(torch.ops.trpo_torchrl.mlp_fit_adam.default, args)
+
+
+@needs_op
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("sizes,minibatch,fused", [((17, 64, 64, 1), 128, True), ((17, 256, 256, 1), 256, False)])
+def test_cuda_fit_is_one_kernel_launch_when_the_network_fits_a_block(sizes, minibatch, fused):
+    from torch.profiler import ProfilerActivity, profile
+
+    net, x, y, order = _problem(sizes, "tanh", torch.float32, 1024, epochs=4, device="cuda")
+    state = _state(net)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        mlp_fit_adam(*state, x, y, order, minibatch_size=minibatch)
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events()]
+    launches = [n for n in names if n.startswith("cudaLaunchKernel") or n == "cuLaunchKernel"]
+    ours = [n for n in names if "fit_kernel" in n]
+    if fused:
+        assert len(ours) == 1 and len(launches) == 1, names
+    else:
+        assert not ours and len(launches) > 4 * 4 * 10, names  # dozens of launches per Adam step
