@@ -19,6 +19,7 @@ Budgets:
                    10 seeds, 20 evaluation points; about 2 x 40 CPU-hours of training at ~1.5k
                    frames/s, so run it on a bigger machine, e.g. one task per job:
                    python benchmarks/learning.py --budget full --tasks Hopper-v5 --out bench_out/learning_hopper
+                   (--jobs N trains N seeds at once in worker processes: one per core)
 
 Published reference figures (TRPO, sb3-contrib with the rl-zoo3 presets; final trained agents, not
 curves, and on the v3 MuJoCo tasks, so for orientation only):
@@ -171,6 +172,35 @@ def train_peer(config, eval_at: set[int], task: str) -> list[dict]:
     return curve
 
 
+def run_seed(job) -> tuple[list[dict], list[dict] | None]:
+    """One seed of one task: ours, then the peer when asked; (our curve, the peer's curve or None)."""
+    task, seed, overrides, evals, with_peer, threads, tmp = job
+    torch.set_num_threads(threads)
+    config = our_config(task, seed=seed, **overrides)
+    total_iterations = -(-config.total_frames // config.frames_per_batch)
+    eval_at = eval_iterations(total_iterations, evals)
+    t0 = time.perf_counter()
+    ours = train_ours(config, eval_at, Path(tmp) / f"{task}_{seed}", task)
+    msg = f"{task} seed {seed}: ours {ours[-1]['return']:.1f}"
+    peer = None
+    if with_peer:
+        peer = train_peer(config, eval_at, task)
+        msg += f", sb3-contrib {peer[-1]['return']:.1f}"
+    print(f"{msg}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return ours, peer
+
+
+def run_seeds(jobs: list, processes: int) -> list:
+    """The seeds one after another, or in ``processes`` worker processes (results in seed order)."""
+    if processes <= 1:
+        return [run_seed(job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(run_seed, jobs))
+
+
 # ---------------------------------------------------------------- statistics and outputs
 def iqm(x: np.ndarray) -> float:
     """Interquartile mean: the mean of the middle half (25 % trimmed each side, whole samples)."""
@@ -233,6 +263,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--collector", default=None, help="our collector (default: the app's, 'direct'); e.g. 'sync' for TorchRL's")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both libraries (default 1)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="seeds trained at once in worker processes (each with --threads threads; default 1)")
     ap.add_argument("--out", default=None, help="folder for learning.json and learning.png")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -240,6 +272,8 @@ def main(argv=None) -> dict:
     tasks = ["CartPole-v1"] if args.tiny else (args.tasks or TASKS)
     seeds = args.seeds or budget["seeds"]
     with_peer = sb3_available() and not args.no_peer
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
     if not with_peer and not args.no_peer:
         print("sb3_contrib is not importable: training ours only (pip install '.[bench]' for the peer)")
 
@@ -257,18 +291,13 @@ def main(argv=None) -> dict:
             if args.tiny:
                 overrides.update(steps_per_env=64, critic_epochs=2)
             runs[task] = {"ours": [], "sb3-contrib": []}
-            for seed in range(args.first_seed, args.first_seed + seeds):
-                config = our_config(task, seed=seed, **overrides)
-                configs[task] = config.to_dict()
-                total_iterations = -(-config.total_frames // config.frames_per_batch)
-                eval_at = eval_iterations(total_iterations, args.evals or budget["evals"])
-                t0 = time.perf_counter()
-                runs[task]["ours"].append(train_ours(config, eval_at, Path(tmp) / f"{task}_{seed}", task))
-                msg = f"{task} seed {seed}: ours {runs[task]['ours'][-1][-1]['return']:.1f}"
-                if with_peer:
-                    runs[task]["sb3-contrib"].append(train_peer(config, eval_at, task))
-                    msg += f", sb3-contrib {runs[task]['sb3-contrib'][-1][-1]['return']:.1f}"
-                print(f"{msg}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+            jobs = [(task, seed, overrides, args.evals or budget["evals"], with_peer, args.threads, tmp)
+                    for seed in range(args.first_seed, args.first_seed + seeds)]
+            configs[task] = our_config(task, seed=args.first_seed, **overrides).to_dict()
+            for ours, peer in run_seeds(jobs, args.jobs):
+                runs[task]["ours"].append(ours)
+                if peer:
+                    runs[task]["sb3-contrib"].append(peer)
             summary[task] = {lib: summarize([c[-1]["return"] for c in curves])
                              for lib, curves in runs[task].items() if curves}
 

@@ -73,6 +73,21 @@ def test_learning_benchmark_tiny(tmp_path):
     assert result["runs"]["CartPole-v1"]["ours"][0][-1]["frames"] == 256
 
 
+def test_learning_benchmark_seeds_in_worker_processes_equal_one_after_another(tmp_path):
+    import os
+    import subprocess
+
+    args = ["--tiny", "--seeds", "2", "--no-peer"]
+    in_turn = load("learning").main(args)["runs"]["CartPole-v1"]["ours"]
+    env = dict(os.environ, PYTHONPATH=str(BENCHMARKS.parent))
+    subprocess.run([sys.executable, str(BENCHMARKS / "learning.py"), *args, "--jobs", "2", "--out", str(tmp_path)],
+                   check=True, env=env, capture_output=True)
+    in_workers = json.loads((tmp_path / "learning.json").read_text())["runs"]["CartPole-v1"]["ours"]
+    assert len(in_workers) == 2
+    for a, b in zip(in_workers, in_turn):  # seed order kept, same returns (the training is seeded)
+        assert [c["return"] for c in a] == [c["return"] for c in b]
+
+
 def test_learning_statistics():
     learning = load("learning")
     assert learning.iqm([1, 2, 3, 100]) == 2.5  # the middle half of four seeds
