@@ -28,7 +28,9 @@
 
 namespace trpo_torchrl {
 
-void mlp_fit_check_inputs(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& exp_avgs,
+namespace {
+
+void check_inputs(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& exp_avgs,
                   const std::vector<at::Tensor>& exp_avg_sqs, const at::Tensor& inputs,
                   const at::Tensor& targets, const at::Tensor& order, int64_t minibatch_size,
                   const std::string& activation, int64_t step) {
@@ -76,20 +78,28 @@ void mlp_fit_check_inputs(const std::vector<at::Tensor>& params, const std::vect
               op, ": targets and order must be on the inputs' device, targets of their dtype");
 }
 
+}  // namespace
+
+MlpFitArgs mlp_fit_unpack(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                          const at::Tensor& inputs, const at::Tensor& targets, const at::Tensor& order,
+                          int64_t minibatch_size, c10::string_view activation, int64_t step) {
+  MlpFitArgs a{params.vec(), exp_avgs.vec(), exp_avg_sqs.vec(), std::string(activation), 0};
+  check_inputs(a.params, a.exp_avgs, a.exp_avg_sqs, inputs, targets, order, minibatch_size, a.activation, step);
+  a.num_losses = order.size(0) * ((inputs.size(0) + minibatch_size - 1) / minibatch_size);
+  return a;
+}
+
 at::Tensor mlp_fit_adam_composite(at::TensorList params_list, at::TensorList exp_avgs_list,
                                   at::TensorList exp_avg_sqs_list, const at::Tensor& inputs, const at::Tensor& targets,
                                   const at::Tensor& order, int64_t minibatch_size, c10::string_view activation_view,
                                   double coeff, double lr, double beta1, double beta2, double eps, int64_t step) {
-  const std::vector<at::Tensor> params = params_list.vec();
-  const std::vector<at::Tensor> exp_avgs = exp_avgs_list.vec();
-  const std::vector<at::Tensor> exp_avg_sqs = exp_avg_sqs_list.vec();
-  const std::string activation(activation_view);
-  mlp_fit_check_inputs(params, exp_avgs, exp_avg_sqs, inputs, targets, order, minibatch_size, activation, step);
+  const MlpFitArgs args = mlp_fit_unpack(params_list, exp_avgs_list, exp_avg_sqs_list, inputs, targets, order,
+                                         minibatch_size, activation_view, step);
+  const auto& [params, exp_avgs, exp_avg_sqs, activation, num_losses] = args;
   const bool tanh = activation == "tanh";
 
   const int64_t num_states = inputs.size(0), epochs = order.size(0);
-  const int64_t per_epoch = (num_states + minibatch_size - 1) / minibatch_size;
-  at::Tensor losses = at::empty({epochs * per_epoch}, inputs.options());
+  at::Tensor losses = at::empty({num_losses}, inputs.options());
   if (num_states == 0 || epochs == 0) return losses.zero_();
 
   const size_t layers = params.size() / 2;
@@ -269,15 +279,11 @@ at::Tensor mlp_fit_adam_cpu(at::TensorList params_list, at::TensorList exp_avgs_
                             at::TensorList exp_avg_sqs_list, const at::Tensor& inputs, const at::Tensor& targets,
                             const at::Tensor& order, int64_t minibatch_size, c10::string_view activation_view,
                             double coeff, double lr, double beta1, double beta2, double eps, int64_t step) {
-  const std::vector<at::Tensor> params = params_list.vec();
-  const std::vector<at::Tensor> exp_avgs = exp_avgs_list.vec();
-  const std::vector<at::Tensor> exp_avg_sqs = exp_avg_sqs_list.vec();
-  const std::string activation(activation_view);
-  mlp_fit_check_inputs(params, exp_avgs, exp_avg_sqs, inputs, targets, order, minibatch_size, activation, step);
-  const int64_t num_states = inputs.size(0), epochs = order.size(0);
-  const int64_t per_epoch = (num_states + minibatch_size - 1) / minibatch_size;
-  at::Tensor losses = at::empty({epochs * per_epoch}, inputs.options());
-  if (num_states == 0 || epochs == 0) return losses.zero_();
+  const MlpFitArgs args = mlp_fit_unpack(params_list, exp_avgs_list, exp_avg_sqs_list, inputs, targets, order,
+                                         minibatch_size, activation_view, step);
+  const auto& [params, exp_avgs, exp_avg_sqs, activation, num_losses] = args;
+  at::Tensor losses = at::empty({num_losses}, inputs.options());
+  if (inputs.size(0) == 0 || order.size(0) == 0) return losses.zero_();
   at::NoGradGuard no_grad;
   const at::Tensor x = inputs.contiguous(), y = targets.contiguous();
   if (x.scalar_type() == at::kFloat) {

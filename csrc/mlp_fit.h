@@ -1,5 +1,5 @@
 // trpo_torchrl::mlp_fit_adam: what the CPU (mlp_fit.cpp) and CUDA (cuda/mlp_fit.cu) kernels share:
-// the argument checks and the ATen-composed kernel, which the CUDA kernel falls back to for
+// the argument unpacking and checks, and the ATen-composed kernel, which the CUDA kernel falls back to for
 // networks that do not fit one thread block's shared memory.
 #pragma once
 
@@ -10,11 +10,17 @@
 
 namespace trpo_torchrl {
 
-// TORCH_CHECKs every argument of the op: shapes, dtypes, devices, contiguity, the MLP's chain.
-void mlp_fit_check_inputs(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& exp_avgs,
-                          const std::vector<at::Tensor>& exp_avg_sqs, const at::Tensor& inputs,
-                          const at::Tensor& targets, const at::Tensor& order, int64_t minibatch_size,
-                          const std::string& activation, int64_t step);
+// The op's arguments as every kernel needs them: the tensor lists as vectors and the activation as a
+// string, after a TORCH_CHECK of every argument (shapes, dtypes, devices, contiguity, the MLP's chain).
+struct MlpFitArgs {
+  std::vector<at::Tensor> params, exp_avgs, exp_avg_sqs;
+  std::string activation;
+  int64_t num_losses;  // epochs · ceil(N / minibatch_size): one loss per Adam step
+};
+
+MlpFitArgs mlp_fit_unpack(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                          const at::Tensor& inputs, const at::Tensor& targets, const at::Tensor& order,
+                          int64_t minibatch_size, c10::string_view activation, int64_t step);
 
 // The whole fit as ATen operations: runs on any device ATen runs on.
 at::Tensor mlp_fit_adam_composite(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,

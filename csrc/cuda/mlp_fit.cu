@@ -293,18 +293,15 @@ at::Tensor mlp_fit_adam_cuda(at::TensorList params_list, at::TensorList exp_avgs
                              at::TensorList exp_avg_sqs_list, const at::Tensor& inputs, const at::Tensor& targets,
                              const at::Tensor& order, int64_t minibatch_size, c10::string_view activation_view,
                              double coeff, double lr, double beta1, double beta2, double eps, int64_t step) {
-  const std::vector<at::Tensor> params = params_list.vec();
-  const std::vector<at::Tensor> exp_avgs = exp_avgs_list.vec();
-  const std::vector<at::Tensor> exp_avg_sqs = exp_avg_sqs_list.vec();
-  const std::string activation(activation_view);
-  mlp_fit_check_inputs(params, exp_avgs, exp_avg_sqs, inputs, targets, order, minibatch_size, activation, step);
+  const MlpFitArgs args = mlp_fit_unpack(params_list, exp_avgs_list, exp_avg_sqs_list, inputs, targets, order,
+                                         minibatch_size, activation_view, step);
+  const auto& [params, exp_avgs, exp_avg_sqs, activation, num_losses] = args;
   const int64_t num_states = inputs.size(0), epochs = order.size(0);
-  const int64_t per_epoch = (num_states + minibatch_size - 1) / minibatch_size;
   const bool small = params.size() / 2 <= static_cast<size_t>(kMaxLayers) && num_states < (int64_t{1} << 31) &&
                      inputs.size(1) * std::min(minibatch_size, num_states) < (int64_t{1} << 31);
   if (num_states > 0 && epochs > 0 && small) {
     c10::cuda::CUDAGuard guard(inputs.device());
-    at::Tensor losses = at::empty({epochs * per_epoch}, inputs.options());
+    at::Tensor losses = at::empty({num_losses}, inputs.options());
     const at::Tensor x = inputs.contiguous(), y = targets.contiguous(), o = order.contiguous();
     const bool tanh = activation == "tanh";
     at::NoGradGuard no_grad;
