@@ -29,7 +29,7 @@ namespace trpo_torchrl {
 namespace {
 
 constexpr int kMaxLayers = 8;
-constexpr int kThreads = 512;
+constexpr int kThreads = 1024;
 constexpr int kWarp = 32;
 
 // Row stride of a [rows, n] buffer in shared memory: odd, so that 32 consecutive rows fall in 32
@@ -102,6 +102,22 @@ __device__ __forceinline__ T activation_backward(T g, T h) {
   } else {
     return h <= T(0) ? T(0) : g;
   }
+}
+
+// Σ_k a[k·sa]·b[k·sb] over k < n in four interleaved partial sums: four independent chains of FMAs
+// keep the pipeline busy where a single chain would wait on each previous FMA.
+template <typename T>
+__device__ __forceinline__ T strided_dot(const T* a, int sa, const T* b, int sb, int n) {
+  T s0 = T(0), s1 = T(0), s2 = T(0), s3 = T(0);
+  int k = 0;
+  for (; k + 4 <= n; k += 4) {
+    s0 += a[k * sa] * b[k * sb];
+    s1 += a[(k + 1) * sa] * b[(k + 1) * sb];
+    s2 += a[(k + 2) * sa] * b[(k + 2) * sb];
+    s3 += a[(k + 3) * sa] * b[(k + 3) * sb];
+  }
+  for (; k < n; ++k) s0 += a[k * sa] * b[k * sb];
+  return (s0 + s1) + (s2 + s3);
 }
 
 // torch.optim.Adam on one element, in torch's order of operations (see mlp_fit.cpp).
@@ -180,10 +196,7 @@ __global__ void __launch_bounds__(kThreads) fit_kernel(const FitArgs<T> a) {
         T* dst = last ? value : H[l + 1];
         for (int t = tid; t < rows * out; t += kThreads) {
           const int r = t / out, j = t % out;
-          const T* h = H[l] + r * si;
-          const T* w = W[l] + j * si;
-          T acc = B[l][j];
-          for (int i = 0; i < in; ++i) acc += h[i] * w[i];
+          const T acc = B[l][j] + strided_dot(H[l] + r * si, 1, W[l] + j * si, 1, in);
           dst[r * so + j] = last ? acc : activate<T, kTanh>(acc);
         }
         __syncthreads();
@@ -211,9 +224,7 @@ __global__ void __launch_bounds__(kThreads) fit_kernel(const FitArgs<T> a) {
           // the gradient at layer l's input, through the weights before this step's update
           for (int t = tid; t < rows * in; t += kThreads) {
             const int r = t / in, i = t % in;
-            const T* gr = g + r * sg;
-            T acc = T(0);
-            for (int j = 0; j < out; ++j) acc += gr[j] * W[l][j * si + i];
+            const T acc = strided_dot(g + r * sg, 1, W[l] + i, si, out);
             g_next[r * si + i] = activation_backward<T, kTanh>(acc, H[l][r * si + i]);
           }
           __syncthreads();
@@ -221,8 +232,7 @@ __global__ void __launch_bounds__(kThreads) fit_kernel(const FitArgs<T> a) {
         // the weights' and biases' gradients, each element's Adam step right away
         for (int t = tid; t < out * in; t += kThreads) {
           const int j = t / in, i = t % in;
-          T acc = T(0);
-          for (int r = 0; r < rows; ++r) acc += g[r * sg + j] * H[l][r * si + i];
+          const T acc = strided_dot(g + j, sg, H[l] + i, si, rows);
           adam(W[l][j * si + i], a.m_w[l] + t, a.v_w[l] + t, acc, w1, beta2, w2, bc2_sqrt, eps, step_size);
         }
         for (int j = tid; j < out; j += kThreads) {
