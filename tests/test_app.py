@@ -112,6 +112,24 @@ def test_resume_refuses_changes_to_the_past(tmp_path):
         resume_trainer(t.run_dir, {"max_kl": 0.5})
 
 
+def test_threads_sets_torchs_thread_count(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        Trainer(_config(tmp_path, "t1", 128, threads=1)).collector.shutdown()
+        assert torch.get_num_threads() == 1
+        t = Trainer(_config(tmp_path, "t0", 128))  # 0 (the default) leaves it as it is
+        assert torch.get_num_threads() == 1
+        t.train()
+        resumed = resume_trainer(t.run_dir, {"threads": 2, "total_frames": 256})  # a machine setting
+        assert resumed.config.threads == 2 and torch.get_num_threads() == 2
+        resumed.collector.shutdown()
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match="threads=-1 must be >= 0"):
+        _config(tmp_path, "bad", 128, threads=-1)
+
+
 def test_env_snapshot_restores_the_simulators():
     env = make_env("CartPole-v1", 2, seed=3)
     env.rollout(20, break_when_any_done=False)

@@ -67,10 +67,24 @@ def _frames_column(run: Path) -> list[int]:
 def test_collectors_deliver_the_batch_on_policy(tmp_path, monkeypatch, capsys, collector):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a local Ray instance, started for the run
     seen = _check_batches(monkeypatch)
-    code = main(["train", "--logdir", str(tmp_path), "--run-name", "run", *SMALL, "--env", "CartPole-v1",
-                 "--total-frames", str(3 * FRAMES_PER_BATCH), "--collector", collector, "--workers", "2"])
+    threads, next_batch = [], Trainer.next_batch
+
+    def counted(self, batches):
+        threads.append(torch.get_num_threads())  # while the learner runs
+        return next_batch(self, batches)
+
+    monkeypatch.setattr(Trainer, "next_batch", counted)
+    before = torch.get_num_threads()
+    try:
+        # --threads reaches TorchRL's multi-process collector, which would otherwise pick its own count
+        code = main(["train", "--logdir", str(tmp_path), "--run-name", "run", *SMALL, "--env", "CartPole-v1",
+                     "--total-frames", str(3 * FRAMES_PER_BATCH), "--collector", collector, "--workers", "2",
+                     "--threads", "3"])
+    finally:
+        torch.set_num_threads(before)
     assert code == 0, capsys.readouterr().err
     assert seen == [FRAMES_PER_BATCH] * 3
+    assert threads == [3] * 3
     assert _frames_column(tmp_path / "run") == [64, 128, 192]
     assert (tmp_path / "run" / "checkpoints" / "final.pt").is_file()
 

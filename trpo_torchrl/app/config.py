@@ -39,6 +39,9 @@ class TrainConfig:
     """Train this many independent members (seeds seed, seed+1, ...) in one process, the actor steps batched into one update; each writes its own run directory."""
     device: str = "cpu"
     """Device of the networks and the update (``cpu`` or ``cuda``)."""
+    threads: int = 0
+    """torch's CPU threads in this process (0: torch's default, one per core). Give each process 1
+    when several share a machine (collector workers, torchrun ranks, runs side by side)."""
     logdir: str = "runs"
     """Folder under which each run gets its own directory."""
     run_name: str | None = None
@@ -148,6 +151,7 @@ class TrainConfig:
         checks = [
             ("total_frames", self.total_frames >= 1, "must be >= 1"),
             ("seeds", self.seeds >= 1, "must be >= 1"),
+            ("threads", self.threads >= 0, "must be >= 0 (0: torch's default)"),
             ("num_envs", self.num_envs >= 1, "must be >= 1"),
             ("steps_per_env", self.steps_per_env >= 1, "must be >= 1"),
             ("workers", self.workers >= 1, "must be >= 1"),

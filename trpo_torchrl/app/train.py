@@ -107,6 +107,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, run_dir: Path | None = None):
         self.config = config.validate()
+        if config.threads:
+            torch.set_num_threads(config.threads)  # process-wide, like any torch setting
         # before joining the group: a batch that does not split is an error on every rank alike
         config.check_split(int(os.environ.get("WORLD_SIZE", "1")))
         self.ranks, device = init_learner_ranks(config.device)
@@ -193,6 +195,8 @@ class Trainer:
                 total_frames=-1,
                 device=self.device,
                 cat_results="stack",
+                # TorchRL otherwise sets this process to (cores - workers) threads
+                num_threads=config.threads or None,
             )
         if config.collector == "direct":
             from .collect import DirectCollector
@@ -463,7 +467,7 @@ def resume_trainer(checkpoint_path: str | Path, overrides: dict[str, Any] | None
 
     state = load_checkpoint(checkpoint_path)
     config = config_from_dict(state["config"])
-    allowed = {"total_frames", "checkpoint_every", "progress", "eval_episodes", "eval_every", "logger"}
+    allowed = {"total_frames", "checkpoint_every", "progress", "eval_episodes", "eval_every", "logger", "threads"}
     if overrides:
         bad = sorted(set(k.replace("-", "_") for k in overrides) - allowed)
         if bad:
