@@ -32,6 +32,8 @@ curves, and on the v3 MuJoCo tasks, so for orientation only):
 
     python benchmarks/learning.py --budget short --out bench_out/learning
     python benchmarks/learning.py --tiny          # smoke test: CartPole, 2 iterations, 1 seed
+    python benchmarks/learning.py --merge bench_out/hc_a bench_out/hc_b --out bench_out/hc
+                                  # one table and plot from sweeps split over jobs or machines
 """
 
 from __future__ import annotations
@@ -251,6 +253,92 @@ def plot(runs: dict, path: Path) -> None:
     print(f"wrote {path}")
 
 
+def print_table(runs: dict, summary: dict, seeds: dict) -> None:
+    print(f"\nfinal deterministic return ({EVAL_EPISODES} episodes)")
+    print(f"{'task':16} {'library':12} {'seeds':>5} {'frames':>9} {'mean':>9} {'IQM':>9} {'95% CI':>21} {'zoo ref (v3)':>16}")
+    for task in runs:
+        ref = REFERENCES.get(task)
+        for lib, s in summary[task].items():
+            frames = runs[task][lib][0][-1]["frames"]
+            reftxt = f"{ref['mean']:.0f} @ {ref['frames'] // 1000}k" if ref else "—"
+            ci = f"[{s['ci95'][0]:.1f}, {s['ci95'][1]:.1f}]"
+            print(f"{task:16} {lib:12} {len(seeds[task]):>5} {frames:>9} {s['mean']:>9.1f} {s['iqm']:>9.1f} {ci:>21} {reftxt:>16}")
+
+
+def seed_list(result: dict, task: str) -> list[int]:
+    """The seeds of ``task``'s runs, in run order (files from before ``seed_list`` existed ran
+    ``seeds`` consecutive seeds from their config's seed)."""
+    if "seed_list" in result:
+        return list(result["seed_list"][task])
+    first = result["configs"][task]["seed"]
+    return list(range(first, first + result["seeds"]))
+
+
+# config keys that do not change what a run learns
+BOOKKEEPING = {"seed", "threads", "logdir", "run_name", "progress", "logger", "checkpoint_every"}
+
+
+def merge(folders: list[str]) -> dict:
+    """One result from several ``learning.json`` (a sweep split over jobs or machines): the runs of
+    each task pooled, curves cut to the evaluation frames every run has, statistics recomputed.
+    Refuses runs whose configurations differ in anything but the seed, and a seed seen twice."""
+    import json
+
+    from trpo_torchrl.app.config import TrainConfig
+
+    defaults = TrainConfig().to_dict()
+    sources = []
+    for folder in folders:
+        path = Path(folder) / "learning.json" if Path(folder).is_dir() else Path(folder)
+        if not path.is_file():
+            raise SystemExit(f"--merge: {path} does not exist")
+        result = json.loads(path.read_text())
+        if result.get("benchmark") != "learning":
+            raise SystemExit(f"--merge: {path} is not a learning.py result")
+        sources.append((path, result))
+    runs: dict = {}
+    configs: dict = {}
+    seeds: dict = {}
+    for path, result in sources:
+        for task, libs in result["runs"].items():
+            # keys a file predates count as their default; the run's bookkeeping may differ
+            config = {k: v for k, v in {**defaults, **result["configs"][task]}.items() if k not in BOOKKEEPING}
+            if task in configs and config != configs[task][0]:
+                diff = sorted(k for k in config.keys() | configs[task][0].keys()
+                              if config.get(k) != configs[task][0].get(k))
+                raise SystemExit(f"--merge: {task} in {path} differs from {configs[task][1]} in {', '.join(diff)}")
+            configs.setdefault(task, (config, path))
+            these = seed_list(result, task)
+            twice = sorted(set(these) & set(seeds.get(task, [])))
+            if twice:
+                raise SystemExit(f"--merge: {task} seed(s) {twice} appear in more than one input (again in {path})")
+            seeds.setdefault(task, []).extend(these)
+            for lib, curves in libs.items():
+                if curves and len(curves) != len(these):
+                    raise SystemExit(f"--merge: {path} holds {len(curves)} {lib} runs of {task} for {len(these)} seeds")
+                runs.setdefault(task, {}).setdefault(lib, []).extend(curves)
+    summary = {}
+    for task, libs in runs.items():
+        common = set.intersection(*({c["frames"] for c in curve} for curves in libs.values() for curve in curves))
+        for lib in libs:
+            libs[lib] = [[c for c in curve if c["frames"] in common] for curve in libs[lib]]
+        summary[task] = {lib: summarize([c[-1]["return"] for c in curves]) for lib, curves in libs.items() if curves}
+    return {"benchmark": "learning", "merged_from": [{"path": str(p), "machine": r.get("machine"), "budget": r.get("budget"),
+                                                      "seed_list": {t: seed_list(r, t) for t in r["runs"]}}
+                                                     for p, r in sources],
+            "eval_episodes": EVAL_EPISODES, "seed_list": seeds,
+            "configs": {t: {**c, "seed": seeds[t][0]} for t, (c, _) in configs.items()},  # of the first seed
+            "summary": summary, "runs": runs, "references": REFERENCES}
+
+
+def write_outputs(result: dict, out: str | None) -> None:
+    if out:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "learning.json", result)
+        plot(result["runs"], out / "learning.png")
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", choices=["short", "full"], default="short")
@@ -266,7 +354,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--jobs", type=int, default=1,
                     help="seeds trained at once in worker processes (each with --threads threads; default 1)")
     ap.add_argument("--out", default=None, help="folder for learning.json and learning.png")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="FOLDER",
+                    help="train nothing: pool the runs of these earlier --out folders (or learning.json files)")
     args = ap.parse_args(argv)
+    if args.merge:
+        result = merge(args.merge)
+        print_table(result["runs"], result["summary"], result["seed_list"])
+        write_outputs(result, args.out)
+        return result
     torch.set_num_threads(args.threads)
     budget = BUDGETS["tiny" if args.tiny else args.budget]
     tasks = ["CartPole-v1"] if args.tiny else (args.tasks or TASKS)
@@ -301,23 +396,12 @@ def main(argv=None) -> dict:
             summary[task] = {lib: summarize([c[-1]["return"] for c in curves])
                              for lib, curves in runs[task].items() if curves}
 
+    seed_lists = {task: list(range(args.first_seed, args.first_seed + seeds)) for task in tasks}
     result = {"benchmark": "learning", "machine": machine(), "budget": "tiny" if args.tiny else args.budget,
-              "seeds": seeds, "eval_episodes": EVAL_EPISODES, "configs": configs, "summary": summary,
-              "runs": runs, "references": REFERENCES}
-    print(f"\nfinal deterministic return ({EVAL_EPISODES} episodes) over {seeds} seeds")
-    print(f"{'task':16} {'library':12} {'frames':>9} {'mean':>9} {'IQM':>9} {'95% CI':>21} {'zoo ref (v3)':>16}")
-    for task in tasks:
-        ref = REFERENCES.get(task)
-        for lib, s in summary[task].items():
-            frames = runs[task][lib][0][-1]["frames"]
-            reftxt = f"{ref['mean']:.0f} @ {ref['frames'] // 1000}k" if ref else "—"
-            print(f"{task:16} {lib:12} {frames:>9} {s['mean']:>9.1f} {s['iqm']:>9.1f} "
-                  f"{'[' + format(s['ci95'][0], '.1f') + ', ' + format(s['ci95'][1], '.1f') + ']':>21} {reftxt:>16}")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "learning.json", result)
-        plot(runs, out / "learning.png")
+              "seeds": seeds, "seed_list": seed_lists, "eval_episodes": EVAL_EPISODES, "configs": configs,
+              "summary": summary, "runs": runs, "references": REFERENCES}
+    print_table(runs, summary, seed_lists)
+    write_outputs(result, args.out)
     return result
 
 

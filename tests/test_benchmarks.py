@@ -88,6 +88,35 @@ def test_learning_benchmark_seeds_in_worker_processes_equal_one_after_another(tm
         assert [c["return"] for c in a] == [c["return"] for c in b]
 
 
+def test_learning_merge_pools_split_sweeps(tmp_path):
+    learning = load("learning")
+    both = learning.main(["--tiny", "--seeds", "2", "--no-peer"])
+    for seed in (0, 1):
+        learning.main(["--tiny", "--first-seed", str(seed), "--no-peer", "--out", str(tmp_path / f"s{seed}")])
+    merged = learning.main(["--merge", str(tmp_path / "s1"), str(tmp_path / "s0"), "--out", str(tmp_path / "m")])
+    assert merged["seed_list"] == {"CartPole-v1": [1, 0]}
+    # the pooled runs are the two-seed sweep's (all but the timings), in the inputs' order
+    def points(curves):
+        return [[(c["frames"], c["return"]) for c in curve] for curve in curves]
+
+    assert points(merged["runs"]["CartPole-v1"]["ours"]) == points(both["runs"]["CartPole-v1"]["ours"])[::-1]
+    assert merged["summary"]["CartPole-v1"]["ours"]["mean"] == pytest.approx(both["summary"]["CartPole-v1"]["ours"]["mean"])
+    assert json.loads((tmp_path / "m" / "learning.json").read_text())["summary"] == merged["summary"]
+    # curves evaluated at more points are cut to the frames every run has
+    learning.main(["--tiny", "--first-seed", "2", "--evals", "2", "--no-peer", "--out", str(tmp_path / "s2")])
+    assert len(json.loads((tmp_path / "s2" / "learning.json").read_text())["runs"]["CartPole-v1"]["ours"][0]) == 2
+    cut = learning.merge([str(tmp_path / "s0"), str(tmp_path / "s2")])["runs"]["CartPole-v1"]["ours"]
+    assert [[c["frames"] for c in curve] for curve in cut] == [[256], [256]]
+    with pytest.raises(SystemExit, match=r"seed\(s\) \[0\] appear in more than one input"):
+        learning.main(["--merge", str(tmp_path / "s0"), str(tmp_path / "m")])
+    other = json.loads((tmp_path / "s0" / "learning.json").read_text())
+    other["configs"]["CartPole-v1"]["max_kl"] *= 2
+    other["seed_list"] = {"CartPole-v1": [7]}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="differs from .* in max_kl"):
+        learning.main(["--merge", str(tmp_path / "s1"), str(tmp_path / "other.json")])
+
+
 def test_learning_statistics():
     learning = load("learning")
     assert learning.iqm([1, 2, 3, 100]) == 2.5  # the middle half of four seeds
