@@ -338,3 +338,40 @@ def test_episode_ends_carry_the_real_final_observation(env_id, steps):
     assert ends > 0
     # the simulator's per-step diagnostics stay out of the batch
     assert set(out["next"].keys()) <= {"observation", "reward", "done", "terminated", "truncated", "episode_reward", "final"}
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_advantages_equal_stable_baselines3s_on_the_same_batch(tmp_path, env_id):
+    # the app's scaled rewards -> λ-returns pipeline against Stable-Baselines3's RolloutBuffer fed the
+    # same rewards, values and episode starts, with its own truncation rule: a truncated episode's
+    # last reward gains γ·V(final observation) (Pendulum always truncates, CartPole terminates)
+    buffers = pytest.importorskip("stable_baselines3.common.buffers")
+    import gymnasium as gym
+
+    config = _config(tmp_path, "sb3", 3 * 256, env=env_id, steps_per_env=256,
+                     normalize_observations=True, normalize_rewards=True)
+    trainer = Trainer(config)
+    batches = iter(trainer.collector)
+    trainer._iteration(next(batches))  # a critic that has been fitted once, statistics that have moved
+    batch = next(batches)
+    trainer.collector.shutdown()
+    done = batch["next", "done"]
+    batch["next", "reward"] = trainer.reward_scaler(batch["next", "reward"], done)
+    with torch.no_grad():
+        trainer.loss.value_estimator(batch)
+        value = trainer.critic(batch.select("observation").clone())["state_value"].squeeze(-1).numpy()
+        next_value = trainer.critic(batch["next"].select("observation").clone())["state_value"].squeeze(-1).numpy()
+    envs, steps = value.shape
+    reward = batch["next", "reward"].squeeze(-1).numpy()
+    truncated = (batch["next", "truncated"] & ~batch["next", "terminated"]).squeeze(-1).numpy()
+    done = done.squeeze(-1).numpy()
+    assert done.any()  # episodes end inside the batch: the case that matters
+    assert truncated.any() == (env_id == "Pendulum-v1")
+    rollout = buffers.RolloutBuffer(steps, gym.spaces.Box(-1, 1, (1,)), gym.spaces.Box(-1, 1, (1,)),
+                                    gamma=config.gamma, gae_lambda=config.gae_lambda, n_envs=envs)
+    rollout.rewards[:] = np.where(truncated, reward + config.gamma * next_value, reward).T
+    rollout.values[:] = value.T
+    rollout.episode_starts[1:] = done.T[:-1]
+    rollout.compute_returns_and_advantage(last_values=torch.as_tensor(next_value[:, -1]), dones=done[:, -1])
+    np.testing.assert_allclose(batch["advantage"].squeeze(-1).numpy().T, rollout.advantages, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(batch["value_target"].squeeze(-1).numpy().T, rollout.returns, rtol=1e-5, atol=1e-6)
