@@ -16,10 +16,13 @@ Budgets:
                    40 960 frames (40 iterations of 2 x 512), 3 seeds, 3 evaluation points.
                    Far too short for MuJoCo returns to mean much beyond "both climb alike".
   --budget full    the published protocol: 1M frames on the MuJoCo tasks and 100k on CartPole,
-                   10 seeds, 20 evaluation points; about 2 x 40 CPU-hours of training at ~1.5k
-                   frames/s, so run it on a bigger machine, e.g. one task per job:
-                   python benchmarks/learning.py --budget full --tasks Hopper-v5 --out bench_out/learning_hopper
-                   (--jobs N trains N seeds at once in worker processes: one per core)
+                   10 seeds, 20 evaluation points. One 1M-frame run trains in ~180-235 s (ours)
+                   and ~500-535 s (sb3-contrib) on one core of the 2-core VM, evaluation aside:
+                   one task's 10 seeds, both libraries, take ~65 min with --jobs 2 there, all
+                   three MuJoCo tasks ~3.3 h; so split the sweep by task or by seeds, e.g.
+                   python benchmarks/learning.py --budget full --tasks Hopper-v5 --seeds 2 --first-seed 4 --jobs 2 --out bench_out/hop_s4
+                   and pool the parts with --merge (--jobs N trains N runs at once in worker
+                   processes: one per core)
 
 Published reference figures (TRPO, sb3-contrib with the rl-zoo3 presets; final trained agents, not
 curves, and on the v3 MuJoCo tasks, so for orientation only):
