@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 import importlib.util
 import json
 import math
@@ -103,6 +104,19 @@ def test_resume_equals_uninterrupted_run(tmp_path, env, kw):
     # and the run really moved: parameters differ from a fresh initialisation
     fresh = _params(Trainer(_config(tmp_path, "fresh", 128, env=env, **kw)))
     assert any(not torch.equal(a[k], fresh[k]) for k in a if k.startswith("a."))
+
+
+def test_resume_from_the_run_directory_writes_into_it(tmp_path):
+    first = Trainer(_config(tmp_path / "logs", "r", 128))
+    first.train()
+    resumed = resume_trainer(first.run_dir, {"total_frames": 256})
+    assert resumed.run_dir == first.run_dir.resolve() and resumed.iteration == 1
+    resumed.train()
+    with open(first.run_dir / "progress.csv") as f:
+        assert [row["iteration"] for row in csv.DictReader(f)] == ["1", "2"]
+    state = ckpt.load_checkpoint(first.run_dir / "checkpoints" / "final.pt")
+    assert state["iteration"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs"]  # nothing written beside the logdir
 
 
 def test_resume_refuses_changes_to_the_past(tmp_path):

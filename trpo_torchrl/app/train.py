@@ -34,7 +34,7 @@ from trpo_torchrl import CriticFit, TRPOLoss, TrustRegionUpdate
 from trpo_torchrl.policies import collection_policy
 from trpo_torchrl.distributed import all_gather_cat, all_reduce_mean
 
-from .checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, config_from_dict, save_yaml
 from .envs import env_state, gym_vector_env, load_env_state, make_env
 from .evaluate import evaluate_actor
@@ -459,12 +459,14 @@ class Trainer:
 
 
 def resume_trainer(checkpoint_path: str | Path, overrides: dict[str, Any] | None = None) -> Trainer:
-    """A Trainer in the state saved at ``checkpoint_path``, in the same run directory.
+    """A Trainer in the state saved at ``checkpoint_path`` (a checkpoint file or its run directory),
+    writing on into that run directory.
 
     ``overrides`` may change what does not alter the run's past (e.g. ``total_frames``,
     ``checkpoint_every``, ``progress``, ``eval_episodes``)."""
     from .config import apply_overrides
 
+    checkpoint_path = resolve_checkpoint(checkpoint_path)  # a run directory names its checkpoint
     state = load_checkpoint(checkpoint_path)
     config = config_from_dict(state["config"])
     allowed = {"total_frames", "checkpoint_every", "progress", "eval_episodes", "eval_every", "logger", "threads"}
