@@ -6,9 +6,13 @@ Each point is a real ``trpo-torchrl train`` run on HalfCheetah-v5 (its preset: 2
 
   * workers  – ``--collector sync`` for 1 worker, ``--collector multisync --workers W`` (or
                ``--collector ray`` with ``--ray``) for W = 2, 4, … up to the cores present;
-  * ranks    – ``torchrun --nproc-per-node K -m trpo_torchrl train …`` (launched as
-               ``python -m torch.distributed.run``) for K = 2, 4, … up to the cores present, each
+  * ranks    – ``torchrun --nproc-per-node K -m trpo_torchrl train --collector sync …`` (launched
+               as ``python -m torch.distributed.run``) for K = 2, 4, … up to the cores present, each
                rank collecting 2048 / K frames and the update averaged over the ranks.
+
+Both sweeps start from the same point, one process with ``--collector sync`` (TorchRL's
+``Collector``), so they measure what the extra processes buy, not the app's own single-process
+``direct`` loop, which is faster still (``benchmarks/throughput.py``).
 
 Every run gets ``OMP_NUM_THREADS=--threads`` (default 1), the value torchrun itself gives its ranks:
 the networks are small, and on a busy machine a process whose policy call spreads over several
@@ -132,7 +136,7 @@ def main() -> None:
                     sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(k),
                     "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "trpo_torchrl",
                 ]
-                point = run_point(f"ranks{k}", launcher, [], args, logdir)
+                point = run_point(f"ranks{k}", launcher, ["--collector", "sync"], args, logdir)
                 points.append({"sweep": "ranks", "collector": "sync", "workers": 1, "ranks": k, **point})
 
     machine = {
