@@ -4,8 +4,9 @@ sb3-contrib's TRPO, on HalfCheetah-v5 with the same rl-zoo3 preset?
 Both train from scratch for the same fixed number of frames (collection, advantages, actor step,
 critic fit, observation/reward normalisation; no evaluation, no logging, no checkpoints):
 
-  * ours:  the training app's ``Trainer`` (TorchRL ``Collector`` over a synchronous Gymnasium vector
-           env, FusedGAE, TrustRegionUpdate, CriticFit), ``trainer.train()`` timed;
+  * ours:  the training app's ``Trainer`` (by default its ``direct`` collector: its own loop over a
+           synchronous Gymnasium vector env; ``--collector sync`` for TorchRL's ``Collector``;
+           FusedGAE, TrustRegionUpdate, CriticFit), ``trainer.train()`` timed;
   * peer:  ``sb3_contrib.TRPO(...).learn(total_timesteps)`` timed (``DummyVecEnv`` + ``VecNormalize``).
 
 Construction is not timed. Runs alternate (ours, peer, ours, peer, ...) in one process so machine
@@ -14,6 +15,7 @@ load hits both alike; the table gives the median frames/s per side and the ratio
     python benchmarks/throughput.py                    # 20 480 frames (10 iterations) x 2 runs each
     python benchmarks/throughput.py --frames 102400 --runs 3
     python benchmarks/throughput.py --quick            # 1 run of 10 240 frames each
+    python benchmarks/throughput.py --collector sync   # ours on TorchRL's Collector instead
     python benchmarks/throughput.py --out bench_out/throughput.json
 """
 
@@ -56,13 +58,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="1 run of 10 240 frames per side")
     ap.add_argument("--tiny", action="store_true", help="2 iterations of 2 x 64 steps: smoke test only")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--collector", choices=("direct", "sync"), default="direct",
+                    help="our collector: the app's own loop (default) or TorchRL's Collector")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both sides (default 1: small networks, shared cores)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     frames, runs = (10_240, 1) if args.quick else (args.frames, args.runs)
-    overrides = {"total_frames": frames}
+    overrides = {"total_frames": frames, "collector": args.collector}
     if args.tiny:
         runs = 1
         overrides.update(total_frames=256, steps_per_env=64, critic_epochs=2)

@@ -59,8 +59,11 @@ def test_throughput_benchmark_tiny(tmp_path):
     result = load("throughput").main(["--tiny", "--threads", "1", "--out", str(out)])
     assert result["ours"][0]["frames"] == 256
     assert json.loads(out.read_text())["ours_fps"] > 0
+    assert result["config"]["collector"] == "direct"  # the app's default
     if sb3_installed():
         assert result["peer"][0]["frames"] == 256
+    sync = load("throughput").main(["--tiny", "--threads", "1", "--no-peer", "--collector", "sync"])
+    assert sync["config"]["collector"] == "sync" and sync["ours"][0]["frames"] == 256
 
 
 def test_learning_benchmark_tiny(tmp_path):
