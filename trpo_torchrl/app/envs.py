@@ -1,9 +1,10 @@
 """Environments for the training app: Gymnasium tasks as one synchronous vector env in TorchRL.
 
 ``gymnasium.make_vec(..., vectorization_mode="sync")`` with same-step autoreset, wrapped by
-TorchRL's ``GymWrapper``: several times faster than one TorchRL env per task on a small CPU (see
-DESIGN.md), and a done step still reports the episode's real final observation, so truncated
-episodes bootstrap from the right state. Continuous actions are clipped to the box on their way
+TorchRL's ``GymWrapper``: several times faster than one TorchRL env per task on a small CPU
+(HalfCheetah-v5 on 2 cores: ≈ 1 000 steps/s for one env, ≈ 6 000 at 16 in one vector env),
+and a done step still reports the episode's real final observation, so truncated episodes
+bootstrap from the right state. Continuous actions are clipped to the box on their way
 into the simulator only (a Gymnasium wrapper inside each sub-environment): the batch keeps the
 sampled action, whose log-probability TRPO needs.
 
