@@ -24,7 +24,7 @@ PIP=("$VENV/bin/python" -m pip)
 # torch first: the extension is compiled against the torch it will be loaded into, so the
 # package is built without build isolation (an isolated build would fetch another torch)
 "${PIP[@]}" install -q --disable-pip-version-check "$TORCH_SPEC"
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+# TORCH_CUDA_ARCH_LIST unset: setup.py builds for the visible GPU, or for 9.0 (H100/H200) without one
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 echo "setup: building trpo_torchrl (extras: $EXTRAS)"
 "${PIP[@]}" install -q --disable-pip-version-check --no-build-isolation -e ".[${EXTRAS}]"
