@@ -13,8 +13,8 @@ All run max_iter = 10 iterations (residual_tol is small enough that none stops e
 
 Part 2 (FVP): one product (F + 0.1 I) v for tanh MLP diagonal-Gaussian policies on 2048 states
 (17 observations, 6 actions, HalfCheetah's sizes), (a) KL double backward vs (b) J^T M J
-(default, jvp per product), with (b)'s one-off setup per theta, and (b) with
-use_linearize=True (cheaper products, costly setup); (c) the same J^T M J product by the plain-MLP
+(default: J v through the transpose of the recorded pullback), with (b)'s one-off setup per theta,
+and (b) with use_linearize=True (J v from a traced jvp: products about as cheap, costly setup); (c) the same J^T M J product by the plain-MLP
 plan TrustRegionUpdate uses for such policies (trpo_torchrl.mlp_policy: explicit matrix products
 over the activations of one forward pass), with its setup (that forward pass).
 

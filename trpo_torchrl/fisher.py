@@ -178,8 +178,9 @@ def gauss_newton_fisher_vector_product(
     kl_scale: float = 1.0,
     use_linearize: bool = False,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``v -> (kl_scale · J^T M J / N + damping I) v``: the Fisher of the policy at ``theta`` through one
-    jvp and one vjp of the network (Gauss-Newton form; exact at theta_old).
+    """``v -> (kl_scale · J^T M J / N + damping I) v``: the Fisher of the policy at ``theta`` through
+    two passes over the network's recorded graph, ``J v`` and ``J^T (M J v)`` (Gauss-Newton form;
+    exact at theta_old).
 
     Args:
         dist_fn: ``theta -> distribution parameters`` over N states: ``(loc, scale)``, each
