@@ -1,7 +1,8 @@
 """What does one critic fit cost, kernel by kernel?
 
 The fit of rl-zoo3's MuJoCo preset: a 17→64→64→1 tanh MLP, 2048 states, 20 epochs of minibatches
-of 128 (320 Adam steps), float32. Timed on each device, in one run:
+of 128 (320 Adam steps), float32; by default also the same fit at 256 wide (--hidden 64,256).
+Timed on each device, in one run:
   * ours       – trpo_torchrl.ops.mlp_fit_adam: the device's own kernel (CPU: loop-fused C++;
                  CUDA: the whole fit in one thread block, one launch)
   * composite  – the same op's ATen-composed kernel (~40 ATen calls per Adam step), reached by
@@ -11,7 +12,7 @@ of 128 (320 Adam steps), float32. Timed on each device, in one run:
 Every call starts from the same parameters and Adam state, so all three do the same arithmetic;
 the script checks that their final losses agree. CUDA timings synchronise before reading the clock.
 
-    python benchmarks/critic_fit.py [--device cpu|cuda|all] [--hidden 64] [--out critic_fit.json]
+    python benchmarks/critic_fit.py [--device cpu|cuda|all] [--hidden 64,256] [--out critic_fit.json]
 """
 
 from __future__ import annotations

@@ -95,8 +95,8 @@ def start_ray(address: str | None, num_workers: int) -> bool:
         import ray
     except ImportError:
         raise ConfigError(
-            "config: collector='ray' needs Ray; install it with `pip install 'trpo-torchrl[ray]'` "
-            "(or pip install 'ray[default]')"
+            "config: collector='ray' needs Ray; install it with `pip install 'ray[default]'`, or with the "
+            "package's ray extra (in a checkout: `EXTRAS=mujoco,test,plot,ray bash scripts/setup.sh`)"
         ) from None
     if ray.is_initialized():
         return False
