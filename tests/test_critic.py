@@ -33,6 +33,28 @@ def test_fit_needs_value_targets_and_sane_arguments():
         CriticFit(loss, minibatch_size=0)
     with pytest.raises(ValueError, match="eps"):
         CriticFit(loss, eps=0.0)
+    with pytest.raises(ValueError, match="lr"):
+        CriticFit(loss, lr=-1e-3)
+    for bad in (-1.0, 0.0, float("inf"), "a"):
+        with pytest.raises(ValueError, match="max_grad_norm"):
+            CriticFit(loss, max_grad_norm=bad)
+    with pytest.raises(TypeError, match="generator"):
+        CriticFit(loss, generator=0)
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_non_finite_value_targets_raise_before_the_critic_moves(fused):
+    actor = make_actor("categorical")
+    loss = TRPOLoss(actor, make_critic())
+    td = collect(actor)
+    td["value_target"][3] = float("nan")
+    before = [p.detach().clone() for p in loss.critic_network.parameters()]
+    with pytest.raises(RuntimeError, match="value target 'value_target' has non-finite values"):
+        CriticFit(loss, fused=fused)(td)
+    for a, b in zip(before, loss.critic_network.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(TypeError, match="floating-point"):
+        CriticFit(loss, fused=fused)(td.set("value_target", td["value_target"].nan_to_num().long()))
     assert CriticFit(loss, eps=1e-5).optimizer.param_groups[0]["eps"] == 1e-5
 
 

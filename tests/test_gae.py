@@ -285,6 +285,10 @@ def test_grad_falls_back_to_differentiable_reference():
         (lambda a: a.update(reward=a["reward"].to("meta")), "reward is on meta"),
         (lambda a: a.update(gamma=torch.ones(5, dtype=torch.float64)), "gamma of shape"),
         (lambda a: a.update(lmbda="0.9"), "lmbda must be a float or a tensor"),
+        (lambda a: a.update(gamma=1.5), r"gamma must be in \[0, 1\]"),
+        (lambda a: a.update(lmbda=float("nan")), r"lmbda must be in \[0, 1\]"),
+        (lambda a: a.update(gamma=True), "gamma must be a float or a tensor"),
+        (lambda a: a.update(time_dim=True), "time_dim=True is out of range"),
     ],
 )
 def test_bad_input(mutate, match):

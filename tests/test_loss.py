@@ -181,6 +181,11 @@ def test_networks_without_parameters_are_rejected():
         TRPOLoss(actor, make_critic(), loss_critic_type="huber?")
     with pytest.raises(ValueError, match="kl_reduction"):
         TRPOLoss(actor, make_critic(), kl_reduction="max")
+    for bad in (-1.0, float("nan"), float("inf"), "1"):
+        with pytest.raises(ValueError, match="critic_coeff"):
+            TRPOLoss(actor, make_critic(), critic_coeff=bad)
+        with pytest.raises(ValueError, match="entropy_coeff"):
+            TRPOLoss(actor, make_critic(), entropy_coeff=bad)
 
 
 def test_distribution_without_analytic_kl_needs_the_sampled_estimate():

@@ -157,9 +157,19 @@ def test_arguments_are_checked():
         ({"accept_ratio": -1.0}, "accept_ratio"),
         ({"fvp": "dense"}, "fvp"),
         ({"fvp_subsample": 0.0}, "fvp_subsample"),
+        # non-finite or non-numeric values would switch the step off without a word
+        ({"max_kl": float("inf")}, "max_kl"),
+        ({"max_kl": float("nan")}, "max_kl"),
+        ({"damping": float("inf")}, "damping"),
+        ({"accept_ratio": float("inf")}, "accept_ratio"),
+        ({"cg_iters": True}, "cg_iters"),
     ]:
         with pytest.raises(ValueError, match=name):
             TrustRegionUpdate(loss, **kwargs)
+    with pytest.raises(ValueError, match="max_kl"):
+        TrustRegionUpdate(loss, max_kl="0.01")
+    with pytest.raises(TypeError, match="generator"):
+        TrustRegionUpdate(loss, generator="x")
     with pytest.raises(TypeError, match="TRPOLoss"):
         TrustRegionUpdate(actor)
 
@@ -177,6 +187,19 @@ def test_bad_batches_fail_before_touching_the_parameters():
     td["advantage"][0] = float("nan")
     with pytest.raises(RuntimeError, match="advantage"):
         update(td)
+    for a, b in zip(state, actor.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_non_finite_stored_logits_reject_the_step():
+    # a NaN among π_old's logits makes the KL NaN, so no candidate is inside the region; it must not
+    # read as a zero-probability class (KL 0, region off)
+    actor = make_actor("categorical")
+    td = collect(actor)
+    td["logits"][:] = float("nan")
+    state = actor_state(actor)
+    metrics = TrustRegionUpdate(TRPOLoss(actor, make_critic()))(td)
+    assert not metrics["step_accepted"]
     for a, b in zip(state, actor.parameters()):
         assert torch.equal(a, b)
 

@@ -85,5 +85,12 @@ def test_fused_gae_without_value_network(rollout, value_net):
         FusedGAE(gamma=0.99, lmbda=0.95, value_network=None)(td_missing)
 
 
+@pytest.mark.parametrize("kwargs", [{"gamma": 1.5}, {"gamma": -0.1}, {"lmbda": float("nan")}, {"lmbda": True}])
+def test_fused_gae_refuses_discounts_outside_0_1(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=f"{name} must be in \\[0, 1\\]"):
+        FusedGAE(**{"gamma": 0.99, "lmbda": 0.95, **kwargs}, value_network=None)
+
+
 def test_fused_gae_is_a_torchrl_gae():
     assert issubclass(FusedGAE, GAE)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from numbers import Real
+
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule
@@ -72,6 +75,12 @@ class CriticFit:
             raise ValueError(f"CriticFit: epochs must be an int >= 1, got {epochs!r}")
         if not (isinstance(minibatch_size, int) and minibatch_size >= 1):
             raise ValueError(f"CriticFit: minibatch_size must be an int >= 1, got {minibatch_size!r}")
+        if not (_finite_number(lr) and lr > 0):
+            raise ValueError(f"CriticFit: lr must be a finite number > 0, got {lr!r}")
+        if max_grad_norm is not None and not (_finite_number(max_grad_norm) and max_grad_norm > 0):
+            raise ValueError(f"CriticFit: max_grad_norm must be None or a finite number > 0, got {max_grad_norm!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"CriticFit: generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.loss_module = loss_module
         self.epochs = epochs
         self.minibatch_size = minibatch_size
@@ -82,7 +91,7 @@ class CriticFit:
             raise ValueError(f"CriticFit: fused must be None, True or False, got {fused!r}")
         self.fused = fused
         self.parameters = [p for p in loss_module.critic_network.parameters() if p.requires_grad]
-        if not eps > 0:
+        if not (_finite_number(eps) and eps > 0):
             raise ValueError(f"CriticFit: eps must be > 0, got {eps!r}")
         self.optimizer = torch.optim.Adam(self.parameters, lr=lr, eps=eps)
 
@@ -152,6 +161,16 @@ class CriticFit:
             )
         data = tensordict.reshape(-1)
         num_states = data.numel()
+        target = data.get(key)
+        if not target.is_floating_point():
+            raise TypeError(f"CriticFit: the value target {key!r} must be a floating-point tensor, got {target.dtype}")
+        finite = torch.isfinite(target).all()
+        if self.process_group is not None:
+            # every rank learns whether any rank's targets are bad, so all raise together
+            finite = all_reduce_mean(finite.to(target.dtype).reshape(1), self.process_group)[0] == 1
+        # an assert on the device: raises here on CPU, asynchronously on CUDA, never syncs the host;
+        # a NaN target would otherwise turn every critic parameter into NaN
+        torch._assert_async(finite, f"CriticFit: the value target {key!r} has non-finite values")
         plan = None if self.fused is False else _FusedPlan.build(self, data)
         if isinstance(plan, str):
             if self.fused:
@@ -167,6 +186,10 @@ class CriticFit:
             {"loss_critic": last_epoch.mean(), "explained_variance": explained},
             batch_size=[],
         )
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class _TensorMinibatchLoss:

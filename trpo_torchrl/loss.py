@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from numbers import Real
 from typing import NamedTuple
 
 import torch
@@ -91,8 +93,9 @@ def _categorical_kl(old: D.Distribution, new: D.Distribution) -> torch.Tensor:
     indexing torch's own version uses (which vmap cannot batch and which syncs on CUDA)."""
     old_logp, new_logp = old.logits, new.logits
     terms = old_logp.exp() * (old_logp - new_logp)
-    # a zero-probability class contributes nothing, even where the new policy also gives it -inf
-    return torch.where(old_logp > -torch.inf, terms, torch.zeros_like(terms)).sum(-1)
+    # a zero-probability class contributes nothing, even where the new policy also gives it -inf;
+    # a NaN stays NaN (the step is then rejected), never reads as a zero-probability class
+    return torch.where(old_logp == -torch.inf, torch.zeros_like(terms), terms).sum(-1)
 
 
 def _analytic_kl(old: D.Distribution, new: D.Distribution) -> torch.Tensor:
@@ -239,8 +242,9 @@ class TRPOLoss(LossModule):
             raise ValueError(f"TRPOLoss: kl_estimate must be 'analytic' or 'sampled', got {kl_estimate!r}")
         if kl_reduction not in ("sum", "mean"):
             raise ValueError(f"TRPOLoss: kl_reduction must be 'sum' or 'mean', got {kl_reduction!r}")
-        if critic_coeff < 0 or entropy_coeff < 0:
-            raise ValueError("TRPOLoss: critic_coeff and entropy_coeff must be >= 0")
+        for name, value in (("critic_coeff", critic_coeff), ("entropy_coeff", entropy_coeff)):
+            if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < math.inf:
+                raise ValueError(f"TRPOLoss: {name} must be a finite number >= 0, got {value!r}")
         self._in_keys = None
         super().__init__()
         # the loss keeps the user's modules and their Parameter objects (no copies): an actor step

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from numbers import Real
 
 import torch
 from tensordict import TensorDictBase
@@ -41,6 +42,12 @@ class FusedGAE(GAE):
         >>> gae(td)["advantage"].shape
         torch.Size([4, 10, 1])
     """
+
+    def __init__(self, *, gamma, lmbda, **kwargs):
+        for name, value in (("gamma", gamma), ("lmbda", lmbda)):
+            if isinstance(value, Real) and (isinstance(value, bool) or not 0 <= value <= 1):
+                raise ValueError(f"FusedGAE: {name} must be in [0, 1], got {value!r}")
+        super().__init__(gamma=gamma, lmbda=lmbda, **kwargs)
 
     def _gae_inputs(self, tensordict, params, target_params, time_dim):
         """Everything the recursion needs, gathered exactly as TorchRL's GAE gathers it."""

@@ -70,7 +70,7 @@ def _check_and_normalize(gamma, lmbda, state_value, next_state_value, reward, do
     ndim = state_value.ndim
     if ndim < 1:
         raise ValueError("generalized_advantage_estimate: inputs must have at least one (time) dimension")
-    if not isinstance(time_dim, int) or not -ndim <= time_dim < ndim:
+    if not isinstance(time_dim, int) or isinstance(time_dim, bool) or not -ndim <= time_dim < ndim:
         raise ValueError(
             f"generalized_advantage_estimate: time_dim={time_dim} is out of range for inputs of shape {tuple(shape)}"
         )
@@ -88,7 +88,9 @@ def _check_and_normalize(gamma, lmbda, state_value, next_state_value, reward, do
                     f"generalized_advantage_estimate: {name} of shape {tuple(c.shape)} does not broadcast to the "
                     f"inputs' shape {tuple(shape)}"
                 ) from None
-        elif isinstance(c, Real):
+        elif isinstance(c, Real) and not isinstance(c, bool):
+            if not 0 <= c <= 1:
+                raise ValueError(f"generalized_advantage_estimate: {name} must be in [0, 1], got {c!r}")
             c = torch.full((), float(c), dtype=dtype, device=device).expand(shape)
         else:
             raise TypeError(f"generalized_advantage_estimate: {name} must be a float or a tensor, got {type(c).__name__}")
