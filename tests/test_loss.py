@@ -9,7 +9,7 @@ from torch import nn
 from torchrl.objectives.utils import ValueEstimators
 from torchrl.objectives.value import TD0Estimator
 
-from tests._trpo_batches import POLICY_KINDS, collect, make_actor, make_critic, no_kl_actor, trajectory_batch
+from tests._trpo_batches import NUM_ACTIONS, POLICY_KINDS, collect, make_actor, make_critic, no_kl_actor, trajectory_batch
 from trpo_torchrl import FusedGAE, TRPOLoss
 
 
@@ -151,6 +151,28 @@ def test_missing_log_prob_or_distribution_parameters_name_the_key():
     cat = make_actor("categorical")
     with pytest.raises(KeyError, match="logits"):
         TRPOLoss(cat, make_critic())(collect(cat).exclude("logits"))
+
+
+@pytest.mark.parametrize("kind", POLICY_KINDS)
+def test_actions_and_log_probs_of_the_wrong_shape_are_errors(kind):
+    # they would otherwise broadcast into the log-probabilities and the step be taken on garbage
+    actor = make_actor(kind)
+    loss = TRPOLoss(actor, make_critic())
+    td = collect(actor)
+    loss(td)  # the collected batch itself is fine
+    action = td["action"]
+    if kind.startswith("gaussian"):
+        wrong = [action[..., :1], action[..., None]]
+    elif kind == "categorical":  # one-hot actions
+        wrong = [action.argmax(-1), action[..., :2]]
+    else:  # index actions
+        wrong = [torch.nn.functional.one_hot(action, NUM_ACTIONS), action[:, None]]
+    for bad in wrong:
+        with pytest.raises(ValueError, match="the action 'action' has shape"):
+            loss(td.clone().set("action", bad))
+    log_prob = td["action_log_prob"]
+    with pytest.raises(ValueError, match="the stored log-probability 'action_log_prob' has shape"):
+        loss(td.clone().set("action_log_prob", torch.stack([log_prob, log_prob], -1)))
 
 
 def test_non_finite_advantage_is_an_error():

@@ -104,6 +104,17 @@ def _analytic_kl(old: D.Distribution, new: D.Distribution) -> torch.Tensor:
     return D.kl_divergence(old, new)
 
 
+def _action_shape(dist: D.Distribution) -> tuple[int, ...] | None:
+    """The shape of the actions ``dist`` produces, from its deterministic action; None when the
+    distribution has no such action to ask."""
+    for name in ("deterministic_sample", "mode"):
+        try:
+            return tuple(getattr(dist, name).shape)
+        except (AttributeError, NotImplementedError):
+            continue
+    return None
+
+
 class _DistParams(torch.nn.Module):
     """Wraps the actor so ``torch.func.functional_call`` can run its deterministic part alone."""
 
@@ -401,7 +412,13 @@ class TRPOLoss(LossModule):
             advantage = (advantage - advantage.mean()) / advantage.std().clamp_min(1e-8)
         elif normalize:
             advantage = (advantage - mean) / std.clamp_min(1e-8)
-        return PolicyBatch(
+        if old_log_prob.numel() != num_states:
+            raise ValueError(
+                f"TRPOLoss: the stored log-probability {self.tensor_keys.sample_log_prob!r} has shape "
+                f"{tuple(old_log_prob.shape)}, expected one value per state of the batch {tuple(tensordict.batch_size)} "
+                "(the joint log-probability of the action, summed over its dimensions)"
+            )
+        batch = PolicyBatch(
             inputs=data.select(*self.actor_network.in_keys).detach(),
             action=action.detach(),
             old_log_prob=old_log_prob.reshape(num_states),
@@ -409,6 +426,16 @@ class TRPOLoss(LossModule):
             advantage=advantage,
             data=data,
         )
+        # π_old's deterministic action says what an action must look like (event_shape does not:
+        # a one-hot categorical reports none); a mismatched one would broadcast into the
+        # log-probabilities without an error
+        expected = _action_shape(self.old_dist(batch))
+        if expected is not None and tuple(action.shape) != expected:
+            raise ValueError(
+                f"TRPOLoss: the action {self.tensor_keys.action!r} has shape {tuple(action.shape)} per batch of "
+                f"{num_states} states, but the actor's distribution gives actions of shape {expected}"
+            )
+        return batch
 
     # ---------------------------------------------------------------- the policy terms
     def policy_dist(self, batch: PolicyBatch, params: dict[str, torch.Tensor] | None = None) -> D.Distribution:
