@@ -119,6 +119,18 @@ def test_resume_from_the_run_directory_writes_into_it(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logs"]  # nothing written beside the logdir
 
 
+def test_a_new_run_refuses_a_run_directory_that_holds_a_run(tmp_path):
+    first = Trainer(_config(tmp_path, "same", 128, seed=1))
+    first.train()
+    before = {p.name: p.read_bytes() for p in (first.run_dir / "progress.csv", first.run_dir / "config.yaml")}
+    with pytest.raises(ConfigError, match="already holds a run .*--resume"):
+        Trainer(_config(tmp_path, "same", 128, seed=2))
+    assert before == {name: (first.run_dir / name).read_bytes() for name in before}
+    # the command line says so in one line, without a traceback
+    assert main(["train", "--env", "CartPole-v1", "--logdir", str(tmp_path), "--run-name", "same",
+                 "--total-frames", "128", "--eval-episodes", "0"]) != 0
+
+
 def test_resume_refuses_changes_to_the_past(tmp_path):
     t = Trainer(_config(tmp_path, "r", 128))
     t.train()

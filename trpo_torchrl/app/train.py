@@ -105,7 +105,7 @@ def default_run_name(config: TrainConfig) -> str:
 class Trainer:
     """Builds a run from a :class:`TrainConfig` and trains it; see the module docstring."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path | None = None):
+    def __init__(self, config: TrainConfig, run_dir: Path | None = None, *, resume: bool = False):
         self.config = config.validate()
         if config.threads:
             torch.set_num_threads(config.threads)  # process-wide, like any torch setting
@@ -116,10 +116,13 @@ class Trainer:
         _seed_everything(config.seed)  # the same on every rank: the models start identical
         self.device = torch.device(device)
         run_dir = Path(run_dir) if run_dir else Path(config.logdir) / (config.run_name or default_run_name(config))
+        clash = None if resume else _earlier_run(run_dir)
         if group is not None:  # rank 0 names the run (the default name holds a clock time)
-            box = [run_dir]
+            box = [run_dir, clash]
             torch.distributed.broadcast_object_list(box, src=0)
-            run_dir = box[0]
+            run_dir, clash = box
+        if clash:  # on every rank alike: a new run never writes into another run's files
+            raise ConfigError(clash)
         self.run_dir = run_dir
         if self.ranks.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -458,6 +461,17 @@ class Trainer:
         return RunResult(self.run_dir, checkpoint, self.frames, self.iteration, eval_mean, eval_std)
 
 
+def _earlier_run(run_dir: Path) -> str | None:
+    """Why a new run may not use ``run_dir`` (another run's log or checkpoints are there), or None."""
+    found = [name for name in ("progress.csv", CHECKPOINT_DIR) if (run_dir / name).exists()]
+    if not found:
+        return None
+    return (
+        f"run directory {str(run_dir)!r} already holds a run ({', '.join(found)}): choose another "
+        f"--run-name or --logdir, or continue that run with --resume {run_dir}"
+    )
+
+
 def resume_trainer(checkpoint_path: str | Path, overrides: dict[str, Any] | None = None) -> Trainer:
     """A Trainer in the state saved at ``checkpoint_path`` (a checkpoint file or its run directory),
     writing on into that run directory.
@@ -479,6 +493,6 @@ def resume_trainer(checkpoint_path: str | Path, overrides: dict[str, Any] | None
             )
         config = apply_overrides(config, overrides, "the command line").validate()
     run_dir = Path(checkpoint_path).resolve().parent.parent
-    trainer = Trainer(config, run_dir=run_dir)
+    trainer = Trainer(config, run_dir=run_dir, resume=True)
     trainer.load_state_dict(state)
     return trainer
