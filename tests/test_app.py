@@ -209,6 +209,13 @@ def test_corrupt_and_foreign_checkpoints(tmp_path, capsys):
         (["--max-kl", "big"], "max_kl='big' is not a valid float"),
         (["--kl-reduction", "max"], "kl_reduction='max' must be 'sum' or 'mean'"),
         (["--workers", "2"], "needs collector='multisync'"),
+        # numbers are taken as written or refused: no truncation, no infinities
+        (["--total-frames", "12.5"], "total_frames='12.5' is not a valid int"),
+        (["--total-frames", "1e400"], "total_frames='1e400' is not a valid int"),
+        (["--damping", "inf"], "damping='inf' is not a valid float"),
+        (["--init-log-std", "nan"], "init_log_std='nan' is not a valid float"),
+        (["--device", "cuda:abc"], "device='cuda:abc' must be 'cpu', 'cuda' or 'cuda:N'"),
+        (["--device", "cpu:7"], "device='cpu:7' must be"),
     ],
 )
 def test_cli_errors(tmp_path, capsys, args, message):
@@ -238,6 +245,30 @@ def test_config_file_and_precedence(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         build_config({}, tmp_path / "missing.yaml")
     assert TrainConfig().frames_per_batch == 2048
+    assert build_config({"total_frames": "1e6"}).total_frames == 1_000_000  # a whole number, however written
+    assert build_config({"total_frames": "2_048"}).total_frames == 2048
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_device_without_a_gpu_is_a_config_error(tmp_path, capsys):
+    assert _train(tmp_path, "--total-frames", "128", "--device", "cuda") == 2
+    assert "torch sees 0 CUDA device(s)" in capsys.readouterr().err
+    assert not any(tmp_path.rglob("*.csv"))
+
+
+def test_resume_takes_no_config_file_and_needs_a_run_directory(tmp_path, capsys):
+    first = Trainer(_config(tmp_path, "r", 128))
+    first.train()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("max_kl: 0.02\n")
+    assert main(["train", "--resume", str(first.run_dir), "--config", str(cfg)]) == 2
+    assert "--config cannot be combined" in capsys.readouterr().err
+    stray = tmp_path / "elsewhere" / "copy.pt"
+    stray.parent.mkdir()
+    stray.write_bytes((first.run_dir / "checkpoints" / "final.pt").read_bytes())
+    with pytest.raises(ConfigError, match="is not in a checkpoints/ folder"):
+        resume_trainer(stray, {"total_frames": 256})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "elsewhere", "r"]
 
 
 def test_running_moments_match_numpy():

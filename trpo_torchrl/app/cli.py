@@ -65,6 +65,8 @@ def _train(args: argparse.Namespace) -> int:
 
     cli = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}
     if args._resume:
+        if args._config:
+            raise ConfigError("--resume keeps the run's configuration; --config cannot be combined with it")
         trainer = resume_trainer(args._resume, cli)
         if trainer.ranks.is_main:
             print(f"resuming {trainer.run_dir} at iteration {trainer.iteration} ({trainer.frames} frames)")

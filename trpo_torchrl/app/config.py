@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +178,7 @@ class TrainConfig:
             ("checkpoint_every", self.checkpoint_every >= 0, "must be >= 0"),
             ("logger", self.logger in ("csv", "tensorboard", "wandb", "none"), "must be csv, tensorboard, wandb or none"),
             ("collector", self.collector in ("direct", "sync", "multisync", "ray"), "must be 'direct', 'sync', 'multisync' or 'ray'"),
-            ("device", self.device.split(":")[0] in ("cpu", "cuda"), "must be 'cpu' or 'cuda[:N]'"),
+            ("device", re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None, "must be 'cpu', 'cuda' or 'cuda:N'"),
         ]
         for name, ok, why in checks:
             if not ok:
@@ -240,13 +241,22 @@ def coerce(name: str, value: Any) -> Any:
         if hint is int:
             if isinstance(value, bool):
                 raise ValueError
-            if isinstance(value, float) and not value.is_integer():
+            number = value
+            if isinstance(value, str):
+                try:
+                    return int(value)
+                except ValueError:  # "1e6", "2048.0": fine when the number is a whole one
+                    number = float(value)
+            if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
                 raise ValueError
-            return int(float(value)) if isinstance(value, str) else int(value)
+            return int(number)
         if hint is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
         if hint is str:
             if not isinstance(value, str):
                 raise ValueError

@@ -111,6 +111,13 @@ class Trainer:
             torch.set_num_threads(config.threads)  # process-wide, like any torch setting
         # before joining the group: a batch that does not split is an error on every rank alike
         config.check_split(int(os.environ.get("WORLD_SIZE", "1")))
+        if config.device.startswith("cuda"):
+            index = int(config.device.split(":")[1]) if ":" in config.device else 0
+            if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"config: device={config.device!r}, but torch sees {torch.cuda.device_count()} CUDA device(s) "
+                    f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device cpu"
+                )
         self.ranks, device = init_learner_ranks(config.device)
         group = self.ranks.group
         _seed_everything(config.seed)  # the same on every rank: the models start identical
@@ -480,7 +487,13 @@ def resume_trainer(checkpoint_path: str | Path, overrides: dict[str, Any] | None
     ``checkpoint_every``, ``progress``, ``eval_episodes``)."""
     from .config import apply_overrides
 
-    checkpoint_path = resolve_checkpoint(checkpoint_path)  # a run directory names its checkpoint
+    checkpoint_path = resolve_checkpoint(checkpoint_path).resolve()  # a run directory names its checkpoint
+    if checkpoint_path.parent.name != CHECKPOINT_DIR:
+        # the run goes on in the checkpoint's run directory, which a stray file does not have
+        raise ConfigError(
+            f"--resume needs a run directory or a checkpoint inside one (RUN_DIR/{CHECKPOINT_DIR}/last.pt); "
+            f"{str(checkpoint_path)!r} is not in a {CHECKPOINT_DIR}/ folder"
+        )
     state = load_checkpoint(checkpoint_path)
     config = config_from_dict(state["config"])
     allowed = {"total_frames", "checkpoint_every", "progress", "eval_episodes", "eval_every", "logger", "threads"}
@@ -492,7 +505,7 @@ def resume_trainer(checkpoint_path: str | Path, overrides: dict[str, Any] | None
                 f"(allowed: {', '.join(sorted(allowed))})"
             )
         config = apply_overrides(config, overrides, "the command line").validate()
-    run_dir = Path(checkpoint_path).resolve().parent.parent
+    run_dir = checkpoint_path.parent.parent
     trainer = Trainer(config, run_dir=run_dir, resume=True)
     trainer.load_state_dict(state)
     return trainer
