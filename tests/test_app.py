@@ -51,6 +51,31 @@ def test_cli_train_eval_plot_end_to_end(tmp_path, capsys):
     out_png = tmp_path / "plots" / "curves.png"
     assert main(["plot", str(run), "--out", str(out_png)]) == 0
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a folder gets curves.png inside it, a name without a suffix gets .png, and it says which
+    capsys.readouterr()
+    assert main(["plot", str(run), "--out", str(tmp_path / "plots")]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'plots' / 'curves.png'}"
+    assert main(["plot", str(run), "--out", str(tmp_path / "bare")]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'bare.png'}"
+    # a column that is not there, or has no value, is an error, not an empty picture
+    assert main(["plot", str(run), "--column", "bogus"]) == 2
+    assert "has no column 'bogus'" in capsys.readouterr().err
+    hand = tmp_path / "hand"
+    hand.mkdir()
+    (hand / "progress.csv").write_text("iteration,frames,train_return\n1,128,\n")  # no episode ended yet
+    assert main(["plot", str(hand)]) == 2
+    assert "no run has a finite value of 'train_return'" in capsys.readouterr().err
+    (hand / "progress.csv").write_text("iteration,frames,train_return\n1,128,abc\n")
+    assert main(["plot", str(hand)]) == 2
+    assert "line 2: train_return='abc'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="needs mujoco")
+def test_a_run_too_short_for_an_episode_still_succeeds_and_says_why_there_is_no_curve(tmp_path, capsys):
+    assert _train(tmp_path, "--env", "HalfCheetah-v5", "--total-frames", "128", "--eval-episodes", "0") == 0
+    out = capsys.readouterr().out
+    assert "curve:      not drawn (plot: no run has a finite value of 'train_return' yet" in out
+    assert not (tmp_path / "run" / "curve.png").exists()
 
 
 def test_eval_is_deterministic(tmp_path, capsys):

@@ -88,9 +88,9 @@ def _train(args: argparse.Namespace) -> int:
         return 130 if result.interrupted else 0
     if result.interrupted:
         return 130
-    from .plot import plot_runs
+    from .plot import curve_after_training
 
-    curve = plot_runs([result.run_dir], result.run_dir / "curve.png")
+    curve = curve_after_training([result.run_dir], result.run_dir / "curve.png")
     print(f"done: {result.frames} frames in {result.iterations} iterations")
     if result.eval_mean is not None:
         print(f"evaluation: mean_return={result.eval_mean:.2f} std_return={result.eval_std:.2f} episodes={trainer.config.eval_episodes}")

@@ -26,13 +26,26 @@ def find_runs(paths) -> list[Path]:
 
 
 def read_curve(run: Path, column: str = "train_return") -> tuple[np.ndarray, np.ndarray]:
+    """``column`` against frames from a run's progress.csv (rows where it is empty are skipped)."""
+    path = run / "progress.csv"
     frames, values = [], []
-    with (run / "progress.csv").open() as f:
-        for row in csv.DictReader(f):
+    with path.open() as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        for needed in ("frames", column):
+            if needed not in header:
+                raise ValueError(f"plot: {str(path)!r} has no column {needed!r} (it has: {', '.join(header)})")
+        for line, row in enumerate(reader, start=2):
             value = row.get(column, "")
-            if value not in ("", None) and math.isfinite(float(value)):
-                frames.append(float(row["frames"]))
-                values.append(float(value))
+            if value in ("", None):
+                continue
+            try:
+                number, frame = float(value), float(row["frames"])
+            except (TypeError, ValueError):
+                raise ValueError(f"plot: {str(path)!r} line {line}: {column}={value!r}, frames={row['frames']!r} are not numbers") from None
+            if math.isfinite(number):
+                frames.append(frame)
+                values.append(number)
     return np.asarray(frames), np.asarray(values)
 
 
@@ -40,6 +53,14 @@ def _group_name(run: Path) -> str:
     """Runs that differ only by seed share a group: ``<env>__seed<k>__<time>`` -> ``<env>``."""
     name = run.name
     return name.split("__seed")[0] if "__seed" in name else name
+
+
+def curve_after_training(paths, out: Path) -> str:
+    """The end-of-training plot: its path, or why there is none (e.g. no episode ended yet)."""
+    try:
+        return str(plot_runs(paths, out))
+    except ValueError as err:
+        return f"not drawn ({err})"
 
 
 def plot_runs(paths, out: str | Path, column: str = "train_return", points: int = 200) -> Path:
@@ -53,11 +74,13 @@ def plot_runs(paths, out: str | Path, column: str = "train_return", points: int 
     for run in find_runs(paths):
         groups[_group_name(run)].append(run)
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = 0
     for name, runs in sorted(groups.items()):
         curves = [read_curve(r, column) for r in runs]
         curves = [(x, y) for x, y in curves if len(x)]
         if not curves:
             continue
+        drawn += 1
         end = min(x[-1] for x, _ in curves)
         start = max(x[0] for x, _ in curves)
         grid = np.linspace(start, end, points) if end > start else np.array([end])
@@ -66,12 +89,19 @@ def plot_runs(paths, out: str | Path, column: str = "train_return", points: int 
         ax.plot(grid, mean, label=f"{name} ({len(curves)} run{'s' if len(curves) > 1 else ''})")
         if len(curves) > 1:
             ax.fill_between(grid, mean - std, mean + std, alpha=0.25)
+    if not drawn:
+        plt.close(fig)
+        raise ValueError(f"plot: no run has a finite value of {column!r} yet; nothing to draw")
     ax.set_xlabel("environment frames")
     ax.set_ylabel(column.replace("_", " "))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     out = Path(out)
+    if out.is_dir():
+        out = out / "curves.png"
+    elif not out.suffix:
+        out = out.with_suffix(".png")  # what matplotlib would write; say so
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -163,9 +163,9 @@ def train_population(config: TrainConfig) -> int:
     if any(r.interrupted for r in results):
         print(f"\ninterrupted: checkpoints written under {trainer.group_dir}")
         return 130
-    from .plot import plot_runs
+    from .plot import curve_after_training
 
-    curve = plot_runs([trainer.group_dir], trainer.group_dir / "curves.png")
+    curve = curve_after_training([trainer.group_dir], trainer.group_dir / "curves.png")
     for r in results:
         line = f"{r.run_dir.name}: {r.frames} frames, checkpoint {r.checkpoint}"
         if r.eval_mean is not None:
