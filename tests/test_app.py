@@ -241,6 +241,8 @@ def test_corrupt_and_foreign_checkpoints(tmp_path, capsys):
         (["--init-log-std", "nan"], "init_log_std='nan' is not a valid float"),
         (["--device", "cuda:abc"], "device='cuda:abc' must be 'cpu', 'cuda' or 'cuda:N'"),
         (["--device", "cpu:7"], "device='cpu:7' must be"),
+        (["--env", "FrozenLake-v1"], "'FrozenLake-v1' has observation space Discrete(16) and action space Discrete(4); "
+                                     "the training app needs a flat Box observation"),
     ],
 )
 def test_cli_errors(tmp_path, capsys, args, message):
@@ -250,6 +252,7 @@ def test_cli_errors(tmp_path, capsys, args, message):
         code = exit_.code
     assert code == 2
     assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written: no empty run directory either
 
 
 def test_config_file_and_precedence(tmp_path):

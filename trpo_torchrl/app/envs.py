@@ -100,6 +100,15 @@ def make_vector_env(env_id: str, num_envs: int, seed: int, **make_kwargs) -> gym
         )
     except gym.error.DependencyNotInstalled as err:
         raise EnvError(f"environment {env_id!r} needs an optional dependency: {err}") from None
+    obs, act = venv.single_observation_space, venv.single_action_space
+    flat_box = lambda space: isinstance(space, gym.spaces.Box) and len(space.shape) == 1  # noqa: E731
+    if not flat_box(obs) or not (flat_box(act) or isinstance(act, gym.spaces.Discrete)):
+        venv.close()
+        raise EnvError(
+            f"environment {env_id!r} has observation space {obs} and action space {act}; the training app "
+            "needs a flat Box observation and a Discrete or flat Box action (e.g. flatten the observation "
+            "with a Gymnasium wrapper and register the wrapped task)"
+        )
     venv.reset(seed=seed)
     venv.action_space.seed(seed)
     return venv

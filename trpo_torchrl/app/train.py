@@ -131,8 +131,6 @@ class Trainer:
         if clash:  # on every rank alike: a new run never writes into another run's files
             raise ConfigError(clash)
         self.run_dir = run_dir
-        if self.ranks.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
 
         # each rank's share of the batch: steps_per_env / (world size × workers) steps per environment
         self.steps_per_shard = config.steps_per_env // (self.ranks.world_size * config.workers)
@@ -186,6 +184,8 @@ class Trainer:
         self.iteration = 0
         self.frames = 0
         self.elapsed = 0.0
+        if self.ranks.is_main:  # only once everything above was built: a bad task leaves no empty run
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logger = self._make_logger() if self.ranks.is_main else None
 
     # -- construction ---------------------------------------------------------------------------
