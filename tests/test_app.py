@@ -195,7 +195,7 @@ def test_env_snapshot_restores_the_simulators():
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "c.pt"
-    ckpt.save_checkpoint(path, {"x": 1})
+    ckpt.save_checkpoint(path, {"config": {}, "actor": {}, "x": 1})
 
     def broken_save(obj, f, *a, **k):
         f.write(b"partial")
@@ -203,7 +203,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        ckpt.save_checkpoint(path, {"x": 2})
+        ckpt.save_checkpoint(path, {"config": {}, "actor": {}, "x": 2})
     monkeypatch.undo()
     assert ckpt.load_checkpoint(path)["x"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
@@ -222,6 +222,23 @@ def test_corrupt_and_foreign_checkpoints(tmp_path, capsys):
     assert "corrupt" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    ckpt.save_checkpoint(tmp_path / "bare.pt", {"actor": {}})
+    assert main(["eval", "--checkpoint", str(tmp_path / "bare.pt")]) == 2
+    assert "lacks config: it is incomplete or was edited" in capsys.readouterr().err
+
+
+def test_eval_names_what_does_not_fit(tmp_path, capsys):
+    assert _train(tmp_path, "--total-frames", "128", "--eval-episodes", "0") == 0
+    final = tmp_path / "run" / "checkpoints" / "final.pt"
+    state = ckpt.load_checkpoint(final)
+    state["config"]["hidden_sizes"] = [8]  # the actor saved no longer fits the model the config builds
+    ckpt.save_checkpoint(tmp_path / "edited.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "edited.pt")]) == 2
+    assert "its actor does not fit the model its config builds for CartPole-v1" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    assert main(["eval", "--checkpoint", str(final), "--video", str(tmp_path / "a_file")]) == 2
+    assert "--video takes a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

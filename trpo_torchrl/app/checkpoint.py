@@ -62,4 +62,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{str(path)!r} is not a trpo_torchrl checkpoint")
     if state.get("version") != VERSION:
         raise CheckpointError(f"checkpoint {str(path)!r} has version {state.get('version')}, this trpo_torchrl reads {VERSION}")
+    missing = [key for key in ("config", "actor") if not isinstance(state.get(key), dict)]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks {', '.join(missing)}: it is incomplete or was edited")
     return state

@@ -104,7 +104,7 @@ def _eval(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from .checkpoint import load_checkpoint
+    from .checkpoint import CheckpointError, load_checkpoint
     from .config import config_from_dict
     from .envs import make_vector_env
     from .evaluate import evaluate_actor, record_video
@@ -112,12 +112,20 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.video and Path(args.video).exists() and not Path(args.video).is_dir():
+        raise ConfigError(f"--video takes a folder (episode.gif is written into it); {args.video!r} is a file")
     state = load_checkpoint(args.checkpoint)
     config = config_from_dict(state["config"])
     venv = make_vector_env(config.env, 1, seed=args.seed)
     actor, critic, _ = build_models(config, venv.single_observation_space, venv.single_action_space)
     venv.close()
-    actor.load_state_dict(state["actor"])
+    try:
+        actor.load_state_dict(state["actor"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"checkpoint {str(args.checkpoint)!r}: its actor does not fit the model its config builds "
+            f"for {config.env} ({str(err).splitlines()[0]})"
+        ) from None
     actor.eval()
     returns = evaluate_actor(actor, config.env, args.episodes, seed=args.seed, device=torch.device(config.device))
     mean, std = float(np.mean(returns)), float(np.std(returns))
