@@ -203,6 +203,11 @@ def test_networks_without_parameters_are_rejected():
         TRPOLoss(actor, make_critic(), loss_critic_type="huber?")
     with pytest.raises(ValueError, match="kl_reduction"):
         TRPOLoss(actor, make_critic(), kl_reduction="max")
+    with pytest.raises(TypeError, match="critic_network must be a TensorDictModule"):
+        TRPOLoss(actor, nn.Linear(3, 1))
+    td = collect(actor)
+    with pytest.raises(TypeError, match="the advantage 'advantage' must be floating-point"):
+        TRPOLoss(actor, make_critic())(td.set("advantage", td["advantage"].long()))
     for bad in (-1.0, float("nan"), float("inf"), "1"):
         with pytest.raises(ValueError, match="critic_coeff"):
             TRPOLoss(actor, make_critic(), critic_coeff=bad)

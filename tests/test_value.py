@@ -83,6 +83,10 @@ def test_fused_gae_without_value_network(rollout, value_net):
     td_missing = rollout.clone()
     with pytest.raises(ValueError, match="state_value"):
         FusedGAE(gamma=0.99, lmbda=0.95, value_network=None)(td_missing)
+    no_done = td.clone()
+    del no_done["next", "done"]
+    with pytest.raises(KeyError, match="no \\('next', 'done'\\) entry"):
+        FusedGAE(gamma=0.99, lmbda=0.95, value_network=None)(no_done)
 
 
 @pytest.mark.parametrize("kwargs", [{"gamma": 1.5}, {"gamma": -0.1}, {"lmbda": float("nan")}, {"lmbda": True}])

@@ -245,6 +245,11 @@ class TRPOLoss(LossModule):
             raise ValueError("TRPOLoss: actor_network has no trainable parameters")
         if critic_network is None:
             raise TypeError("TRPOLoss: critic_network is required (it feeds the value estimator)")
+        if not (hasattr(critic_network, "in_keys") and hasattr(critic_network, "out_keys")):
+            raise TypeError(
+                "TRPOLoss: critic_network must be a TensorDictModule (e.g. TensorDictModule(net, "
+                f"in_keys=['observation'], out_keys=['state_value'])), got {type(critic_network).__name__}"
+            )
         if not _trainable_parameters(critic_network):
             raise ValueError("TRPOLoss: critic_network has no trainable parameters")
         if loss_critic_type not in ("l1", "l2", "smooth_l1"):
@@ -391,6 +396,8 @@ class TRPOLoss(LossModule):
         action = data.get(self.tensor_keys.action, None)
         if action is None:
             raise KeyError(f"TRPOLoss: the batch has no action {self.tensor_keys.action!r}")
+        if not advantage.is_floating_point():
+            raise TypeError(f"TRPOLoss: the advantage {self.tensor_keys.advantage!r} must be floating-point, got {advantage.dtype}")
         if advantage.numel() != num_states:
             raise ValueError(
                 f"TRPOLoss: the advantage {self.tensor_keys.advantage!r} has shape {tuple(advantage.shape)}, "

@@ -99,6 +99,8 @@ class FusedGAE(GAE):
         data = self._prepare_shifted_tensordict(tensordict, valid, time_dim)
         reward = data.get(("next", self.tensor_keys.reward))
         done = data.get(("next", self.tensor_keys.done))
+        if done is None:
+            raise KeyError(f"FusedGAE: the tensordict has no {('next', self.tensor_keys.done)} entry (episode ends)")
         terminated = data.get(("next", self.tensor_keys.terminated), default=done)
         reward, done, terminated = self._prepare_signals(reward, done, terminated, value)
         if self.auto_reset_env:
