@@ -49,6 +49,7 @@ def test_cli_train_eval_plot_end_to_end(tmp_path, capsys):
     assert result["mean_return"] == pytest.approx(float(np.mean(result["returns"])))
 
     out_png = tmp_path / "plots" / "curves.png"
+    assert "for 512 frames (4 iterations of 128)," in out
     assert main(["plot", str(run), "--out", str(out_png)]) == 0
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a folder gets curves.png inside it, a name without a suffix gets .png, and it says which
@@ -72,8 +73,9 @@ def test_cli_train_eval_plot_end_to_end(tmp_path, capsys):
 
 @pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="needs mujoco")
 def test_a_run_too_short_for_an_episode_still_succeeds_and_says_why_there_is_no_curve(tmp_path, capsys):
-    assert _train(tmp_path, "--env", "HalfCheetah-v5", "--total-frames", "128", "--eval-episodes", "0") == 0
+    assert _train(tmp_path, "--env", "HalfCheetah-v5", "--total-frames", "100", "--eval-episodes", "0") == 0
     out = capsys.readouterr().out
+    assert "for 128 frames (1 iteration of 128); --total-frames 100 rounded up to whole batches," in out
     assert "curve:      not drawn (plot: no run has a finite value of 'train_return' yet" in out
     assert not (tmp_path / "run" / "curve.png").exists()
 
