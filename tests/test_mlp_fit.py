@@ -136,6 +136,15 @@ def test_op_refuses_bad_arguments_with_a_message():
         call(activation="gelu")
     with pytest.raises(ValueError, match="minibatch_size"):
         call(minibatch_size=0)
+    for index in (32, -1):  # a gather past the states: an error, never a read out of bounds
+        bad = order.clone()
+        bad[0, 5] = index
+        with pytest.raises(RuntimeError, match="order holds indices outside \\[0, 32\\)"):
+            call(order_=bad)
+    for kw, name in (({"lr": -1.0}, "lr"), ({"eps": float("nan")}, "eps"), ({"betas": (2.0, 0.999)}, "betas\\[0\\]"),
+                     ({"betas": (0.9, -1.0)}, "betas\\[1\\]")):
+        with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+            call(**kw)
 
 
 def _critic(dtype=torch.float64, activation=nn.Tanh, prefix=()):

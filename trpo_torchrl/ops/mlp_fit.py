@@ -3,6 +3,9 @@ epochs × minibatches Adam fit of an MLP to ``trpo_torchrl::mlp_fit_adam`` (or t
 
 from __future__ import annotations
 
+import math
+from numbers import Real
+
 import torch
 
 from . import reference
@@ -57,6 +60,18 @@ def mlp_fit_adam(
         raise ValueError(f"mlp_fit_adam: activation must be 'tanh' or 'relu', got {activation!r}")
     if not (isinstance(step, int) and step >= 0):
         raise ValueError(f"mlp_fit_adam: step must be an int >= 0, got {step!r}")
+    # torch.optim.Adam's own ranges, finite besides
+    for name, value, low, high in (("lr", lr, 0.0, math.inf), ("eps", eps, 0.0, math.inf),
+                                   ("betas[0]", betas[0], 0.0, 1.0), ("betas[1]", betas[1], 0.0, 1.0)):
+        if not (isinstance(value, Real) and math.isfinite(value) and low <= value < high):
+            raise ValueError(f"mlp_fit_adam: {name} must be a finite number in [{low}, {high}), got {value!r}")
+    if isinstance(order, torch.Tensor) and order.dtype == torch.int64 and order.numel() and isinstance(inputs, torch.Tensor) and inputs.dim() >= 1:
+        # the kernels gather states by these indices; checked on the device, without a host sync
+        # (on CUDA an out-of-range index fails as a device-side assert instead of reading past the states)
+        torch._assert_async(
+            ((order >= 0) & (order < inputs.shape[0])).all(),
+            f"mlp_fit_adam: order holds indices outside [0, {inputs.shape[0]}) (it must permute the states)",
+        )
     args = (
         list(params), list(exp_avgs), list(exp_avg_sqs), inputs, targets, order, minibatch_size, activation,
         float(coeff), float(lr), float(betas[0]), float(betas[1]), float(eps), step,
