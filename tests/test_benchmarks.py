@@ -127,6 +127,13 @@ def test_learning_statistics():
     lo, hi = learning.bootstrap_ci([1.0, 2.0, 3.0, 4.0])
     assert 1.0 <= lo < 2.5 < hi <= 4.0
     assert learning.eval_iterations(15, 3) == {5, 10, 15}
+    same = learning.compare([1.0, 2.0, 3.0], [3.0, 2.0, 1.0])
+    assert same["difference"] == 0.0 and same["permutation_p"] == 1.0  # every relabelling is as extreme
+    apart = learning.compare([10.0, 11.0, 12.0, 13.0, 14.0], [0.0, 1.0, 2.0, 3.0, 4.0], reps=20_000)
+    assert apart["difference"] == 10.0 and apart["percent_of_peer"] == 500.0
+    assert apart["permutation_p"] == pytest.approx(2 / 252, abs=0.004)  # 2 of the C(10, 5) splits are as far apart
+    assert apart["standard_error"] == pytest.approx(1.0)  # sqrt(2.5 / 5 + 2.5 / 5)
+    assert 8.0 <= apart["ci95_difference"][0] < 10.0 < apart["ci95_difference"][1] <= 12.0
 
 
 def test_trpo_vs_ppo_benchmark_tiny(tmp_path):
