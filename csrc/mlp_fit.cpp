@@ -76,6 +76,13 @@ void check_inputs(const std::vector<at::Tensor>& params, const std::vector<at::T
   TORCH_CHECK(targets.scalar_type() == dtype && targets.device() == inputs.device() &&
                   order.device() == inputs.device(),
               op, ": targets and order must be on the inputs' device, targets of their dtype");
+  if (order.numel() > 0) {
+    // every kernel gathers states by these indices, the CUDA one without a bounds check: an assert
+    // on the device, no host sync (on the CPU it raises here, on CUDA as a device-side assert)
+    const std::string why = std::string(op) + ": order holds indices outside [0, " +
+                            std::to_string(inputs.size(0)) + ") (each row must permute the states)";
+    at::_assert_async(at::logical_and(order.ge(0), order.lt(inputs.size(0))).all(), why);
+  }
 }
 
 }  // namespace

@@ -12,6 +12,7 @@ from torch import nn
 from tests._trpo_batches import OBS_DIM, collect, make_actor
 from tests.conftest import cpu_and_cuda
 from trpo_torchrl import CriticFit, TRPOLoss
+import trpo_torchrl.ops.mlp_fit as mlp_fit_module
 from trpo_torchrl.ops import extension_loaded, mlp_fit_adam, reference
 
 needs_op = pytest.mark.skipif(not extension_loaded(), reason="compiled ops not built")
@@ -141,6 +142,11 @@ def test_op_refuses_bad_arguments_with_a_message():
         bad[0, 5] = index
         with pytest.raises(RuntimeError, match="order holds indices outside \\[0, 32\\)"):
             call(order_=bad)
+    bad = order.clone()
+    bad[0, 0] = 40  # the pure-PyTorch reference (the fallback) refuses it alike
+    with pytest.raises(RuntimeError, match="order holds indices outside \\[0, 32\\)"):
+        p, m, v = _state(net)
+        mlp_fit_module._check_reference_args(p, m, v, x, y, bad)
     for kw, name in (({"lr": -1.0}, "lr"), ({"eps": float("nan")}, "eps"), ({"betas": (2.0, 0.999)}, "betas\\[0\\]"),
                      ({"betas": (0.9, -1.0)}, "betas\\[1\\]")):
         with pytest.raises(ValueError, match=f"{name} must be a finite number"):

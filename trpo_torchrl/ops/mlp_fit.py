@@ -65,13 +65,6 @@ def mlp_fit_adam(
                                    ("betas[0]", betas[0], 0.0, 1.0), ("betas[1]", betas[1], 0.0, 1.0)):
         if not (isinstance(value, Real) and math.isfinite(value) and low <= value < high):
             raise ValueError(f"mlp_fit_adam: {name} must be a finite number in [{low}, {high}), got {value!r}")
-    if isinstance(order, torch.Tensor) and order.dtype == torch.int64 and order.numel() and isinstance(inputs, torch.Tensor) and inputs.dim() >= 1:
-        # the kernels gather states by these indices; checked on the device, without a host sync
-        # (on CUDA an out-of-range index fails as a device-side assert instead of reading past the states)
-        torch._assert_async(
-            ((order >= 0) & (order < inputs.shape[0])).all(),
-            f"mlp_fit_adam: order holds indices outside [0, {inputs.shape[0]}) (it must permute the states)",
-        )
     args = (
         list(params), list(exp_avgs), list(exp_avg_sqs), inputs, targets, order, minibatch_size, activation,
         float(coeff), float(lr), float(betas[0]), float(betas[1]), float(eps), step,
@@ -100,6 +93,11 @@ def _check_reference_args(params, exp_avgs, exp_avg_sqs, inputs, targets, order)
         raise ValueError(f"mlp_fit_adam: order must be int64 [epochs, N], got {order.dtype} {tuple(order.shape)}")
     if params[-2].shape[0] != 1:
         raise ValueError(f"mlp_fit_adam: the last layer must have one output, got {params[-2].shape[0]}")
+    if order.numel():  # as the kernels' check: on the device, no host sync
+        torch._assert_async(
+            ((order >= 0) & (order < inputs.shape[0])).all(),
+            f"mlp_fit_adam: order holds indices outside [0, {inputs.shape[0]}) (each row must permute the states)",
+        )
 
 
 if library_loaded() and hasattr(torch.ops.trpo_torchrl, "mlp_fit_adam"):
@@ -107,5 +105,7 @@ if library_loaded() and hasattr(torch.ops.trpo_torchrl, "mlp_fit_adam"):
     @torch.library.register_fake("trpo_torchrl::mlp_fit_adam")
     def _mlp_fit_adam_fake(params, exp_avgs, exp_avg_sqs, inputs, targets, order, minibatch_size, activation,
                            coeff, lr, beta1, beta2, eps, step):
+        if minibatch_size < 1:
+            raise ValueError(f"mlp_fit_adam: minibatch_size must be >= 1, got {minibatch_size}")
         per_epoch = -(-inputs.shape[0] // minibatch_size)
         return inputs.new_empty(order.shape[0] * per_epoch)
