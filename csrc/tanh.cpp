@@ -64,7 +64,8 @@ Span pick_span() {
 const Span span = pick_span();
 
 at::Tensor tanh_cpu(const at::Tensor& x) {
-  if (x.scalar_type() != at::kFloat) return at::tanh(x);
+  // every path returns a contiguous tensor, as the op's fake kernel says (at::tanh would keep x's strides)
+  if (x.scalar_type() != at::kFloat) return at::tanh(x.contiguous());
   const at::Tensor in = x.contiguous();
   at::Tensor out = at::empty_like(in, at::MemoryFormat::Contiguous);
   const float* src = in.const_data_ptr<float>();
@@ -84,7 +85,7 @@ at::Tensor& tanh_inplace_cpu(at::Tensor& x) {
   return x;
 }
 
-at::Tensor tanh_any(const at::Tensor& x) { return at::tanh(x); }
+at::Tensor tanh_any(const at::Tensor& x) { return at::tanh(x.contiguous()); }
 
 at::Tensor& tanh_inplace_any(at::Tensor& x) { return x.tanh_(); }
 

@@ -78,6 +78,11 @@ def test_other_dtypes_and_the_fallback_are_torch_tanh():
     x = torch.randn(257, dtype=torch.float64)
     assert torch.equal(tanh(x), torch.tanh(x))
     assert tanh(torch.empty(0)).shape == (0,)
+    if extension_loaded():  # every path of the op returns a contiguous tensor, as its fake kernel says
+        for t in (torch.randn(64, 32, dtype=torch.float64).t(), torch.randn(64, 32).t()):
+            out = torch.ops.trpo_torchrl.tanh(t)
+            assert out.is_contiguous()
+            torch.testing.assert_close(out, torch.tanh(t))
 
 
 def test_refuses_what_it_cannot_do():
