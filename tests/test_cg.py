@@ -68,6 +68,32 @@ def test_matches_solve_and_stops_per_system(path, device):
     assert (true_res < 1e-8).all()
 
 
+@needs_op
+@pytest.mark.parametrize("device", _devices())
+def test_batches_over_a_calls_limit_go_in_slices(monkeypatch, device):
+    # CUDA takes at most 65 535 systems per call; a larger batch is stepped in row slices, which must
+    # give the one-call result bit for bit (checked here with a limit of 3 on each device)
+    n = 16
+    A = _low_rank_spd(n, [1, 3, 5, 16, 2, 8, 16], [1.0, 0.5, 2.0, 0.3, 1.5, 0.7, 1.1], torch.float64, device)
+    b = torch.randn(7, n, dtype=torch.float64, device=device)
+    whole = conjugate_gradient(_bmv(A), b, max_iter=30, residual_tol=1e-20)
+    calls = []
+
+    def counted(step):
+        def call(*args):
+            calls.append(args[0].shape[0])
+            step(*args)
+        return call
+
+    real_slices = cg_module._in_slices
+    monkeypatch.setattr(cg_module, "MAX_SYSTEMS_PER_CALL", {device: 3})
+    monkeypatch.setattr(cg_module, "_in_slices", lambda step, limit: real_slices(counted(step), limit))
+    sliced = conjugate_gradient(_bmv(A), b, max_iter=30, residual_tol=1e-20)
+    assert calls[:3] == [3, 3, 1]
+    for u, v in zip((whole[0], *whole[1]), (sliced[0], *sliced[1])):
+        assert torch.equal(u, v)
+
+
 @pytest.mark.parametrize("cond_shift", [1e-2, 1.0, 100.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_varied_conditioning(path, cond_shift, dtype):

@@ -32,6 +32,23 @@ class CGInfo(NamedTuple):
     """bool: ||r||^2 <= residual_tol was reached."""
 
 
+# systems one call of the compiled step takes on a device (CUDA: the batch is the grid's y dimension)
+MAX_SYSTEMS_PER_CALL = {"cuda": 65_535}
+
+
+def _in_slices(step, limit: int):
+    """``step`` over row slices of at most ``limit`` systems: views of the contiguous per-system
+    tensors, so the op's in-place writes land in the whole batch."""
+
+    def sliced(x, r, p, Ap, rdotr, iterations, converged, breakdown, tol):
+        for start in range(0, x.shape[0], limit):
+            rows = slice(start, start + limit)
+            step(x[rows], r[rows], p[rows], Ap[rows].contiguous(), rdotr[rows], iterations[rows],
+                 converged[rows], breakdown[rows], tol)
+
+    return sliced
+
+
 def _matvec(matvec: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, squeeze: bool) -> torch.Tensor:
     """Calls the user's operator and checks what it returns (shape/dtype/device are metadata: no sync)."""
     out = matvec(v[0] if squeeze else v)
@@ -136,6 +153,9 @@ def conjugate_gradient(
         use_op = has_kernel("cg_step", b.device)
         if use_op:
             step = torch.ops.trpo_torchrl.cg_step
+            limit = MAX_SYSTEMS_PER_CALL.get(b.device.type)
+            if limit is not None and b2.shape[0] > limit:
+                step = _in_slices(step, limit)
         else:
             if not library_loaded():
                 warn_reference_once("conjugate_gradient")
