@@ -60,15 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _frames_note(config, iterations: int) -> str:
-    """The frames a run will train, which is whole batches: more than asked when they do not divide it."""
-    frames = iterations * config.frames_per_batch
-    note = f"{frames} frames ({iterations} iteration{'s' if iterations != 1 else ''} of {config.frames_per_batch})"
-    if frames != config.total_frames:
-        note += f"; --total-frames {config.total_frames} rounded up to whole batches"
-    return note
-
-
 def _train(args: argparse.Namespace) -> int:
     from .train import Trainer, resume_trainer
 
@@ -90,7 +81,7 @@ def _train(args: argparse.Namespace) -> int:
         if trainer.ranks.is_main:
             print(
                 f"training {config.env} (preset {config.preset or (config.env + ' if defined, else sb3-default')}) "
-                f"for {_frames_note(config, trainer.total_iterations)}, seed {config.seed}{ranks} -> {trainer.run_dir}"
+                f"for {config.frames_note()}, seed {config.seed}{ranks} -> {trainer.run_dir}"
             )
     result = trainer.train()
     if not trainer.ranks.is_main:  # under torchrun rank 0 reports for all

@@ -130,6 +130,14 @@ class TrainConfig:
     def frames_per_batch(self) -> int:
         return self.num_envs * self.steps_per_env
 
+    def frames_note(self) -> str:
+        """The frames a run trains, which is whole batches: more than ``total_frames`` when they do not divide it."""
+        iterations = math.ceil(self.total_frames / self.frames_per_batch)
+        note = f"{iterations * self.frames_per_batch} frames ({iterations} iteration{'s' if iterations != 1 else ''} of {self.frames_per_batch})"
+        if iterations * self.frames_per_batch != self.total_frames:
+            note += f"; --total-frames {self.total_frames} rounded up to whole batches"
+        return note
+
     def trust_region_kwargs(self) -> dict[str, Any]:
         """The options of :class:`~trpo_torchrl.TrustRegionUpdate` (and its population form)."""
         return {

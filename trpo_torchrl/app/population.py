@@ -158,7 +158,7 @@ def train_population(config: TrainConfig) -> int:
     """The ``train --seeds M`` command: trains, plots the group, prints where everything is."""
     trainer = PopulationTrainer(config)
     print(f"training {config.env} with {config.seeds} seeds ({config.seed}..{config.seed + config.seeds - 1}) "
-          f"for {config.total_frames} frames each -> {trainer.group_dir}")
+          f"for {config.frames_note()} each -> {trainer.group_dir}")
     results = trainer.train()
     if any(r.interrupted for r in results):
         print(f"\ninterrupted: checkpoints written under {trainer.group_dir}")
