@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import math
-from numbers import Real
-
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule
 from torchrl.objectives.utils import distance_loss
 
 from .distributed import all_reduce_mean, resolve_process_group
-from .loss import TRPOLoss
+from .loss import TRPOLoss, _finite_number
 from .ops import mlp_fit_adam
 
 __all__ = ["CriticFit"]
@@ -186,10 +183,6 @@ class CriticFit:
             {"loss_critic": last_epoch.mean(), "explained_variance": explained},
             batch_size=[],
         )
-
-
-def _finite_number(value) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class _TensorMinibatchLoss:

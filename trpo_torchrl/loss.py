@@ -88,6 +88,11 @@ def distribution_parameters(dist: D.Distribution, num_states: int):
     )
 
 
+def _finite_number(value) -> bool:
+    """A real, finite number (bools excluded): what every hyperparameter check starts from."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _categorical_kl(old: D.Distribution, new: D.Distribution) -> torch.Tensor:
     """KL between two categoricals from their normalised logits, written without the boolean-mask
     indexing torch's own version uses (which vmap cannot batch and which syncs on CUDA)."""
@@ -259,7 +264,7 @@ class TRPOLoss(LossModule):
         if kl_reduction not in ("sum", "mean"):
             raise ValueError(f"TRPOLoss: kl_reduction must be 'sum' or 'mean', got {kl_reduction!r}")
         for name, value in (("critic_coeff", critic_coeff), ("entropy_coeff", entropy_coeff)):
-            if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < math.inf:
+            if not (_finite_number(value) and value >= 0):
                 raise ValueError(f"TRPOLoss: {name} must be a finite number >= 0, got {value!r}")
         self._in_keys = None
         super().__init__()

@@ -3,15 +3,12 @@ products, scaled to the KL radius, then a batched backtracking line search, all 
 
 from __future__ import annotations
 
-import math
-from numbers import Real
-
 import torch
 from tensordict import TensorDict, TensorDictBase
 
 from .distributed import all_reduce_mean, resolve_process_group
 from .fisher import gauss_newton_fisher_vector_product, kl_fisher_vector_product, subsample_indices
-from .loss import PolicyBatch, TRPOLoss, _trainable_parameters, distribution_family, distribution_parameters
+from .loss import PolicyBatch, TRPOLoss, _finite_number, _trainable_parameters, distribution_family, distribution_parameters
 from .mlp_policy import MLPPolicyPlan
 from .ops import conjugate_gradient
 
@@ -128,26 +125,23 @@ class TrustRegionUpdate:
     ):
         if not isinstance(loss_module, TRPOLoss):
             raise TypeError(f"TrustRegionUpdate: loss_module must be a TRPOLoss, got {type(loss_module).__name__}")
-        def number(value) -> bool:
-            return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-
-        if not (number(max_kl) and max_kl > 0):
+        if not (_finite_number(max_kl) and max_kl > 0):
             raise ValueError(f"TrustRegionUpdate: max_kl must be a finite number > 0, got {max_kl!r}")
-        if not (number(damping) and damping >= 0):
+        if not (_finite_number(damping) and damping >= 0):
             raise ValueError(f"TrustRegionUpdate: damping must be a finite number >= 0, got {damping!r}")
         if not (isinstance(cg_iters, int) and not isinstance(cg_iters, bool) and cg_iters >= 1):
             raise ValueError(f"TrustRegionUpdate: cg_iters must be an int >= 1, got {cg_iters!r}")
         if not (isinstance(backtrack_iters, int) and not isinstance(backtrack_iters, bool) and backtrack_iters >= 1):
             raise ValueError(f"TrustRegionUpdate: backtrack_iters must be an int >= 1, got {backtrack_iters!r}")
-        if not (number(backtrack_coeff) and 0 < backtrack_coeff < 1):
+        if not (_finite_number(backtrack_coeff) and 0 < backtrack_coeff < 1):
             raise ValueError(f"TrustRegionUpdate: backtrack_coeff must be in (0, 1), got {backtrack_coeff!r}")
-        if not (number(accept_ratio) and accept_ratio >= 0):
+        if not (_finite_number(accept_ratio) and accept_ratio >= 0):
             raise ValueError(f"TrustRegionUpdate: accept_ratio must be a finite number >= 0, got {accept_ratio!r}")
         if fvp not in ("gauss_newton", "kl_hessian"):
             raise ValueError(f"TrustRegionUpdate: fvp must be 'gauss_newton' or 'kl_hessian', got {fvp!r}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"TrustRegionUpdate: generator must be a torch.Generator or None, got {type(generator).__name__}")
-        if not (number(fvp_subsample) and 0 < fvp_subsample <= 1):
+        if not (_finite_number(fvp_subsample) and 0 < fvp_subsample <= 1):
             raise ValueError(f"TrustRegionUpdate: fvp_subsample must be in (0, 1], got {fvp_subsample!r}")
         self.loss_module = loss_module
         self.max_kl = float(max_kl)
