@@ -15,7 +15,7 @@ Part 2 (FVP): one product (F + 0.1 I) v for tanh MLP diagonal-Gaussian policies 
 (17 observations, 6 actions, HalfCheetah's sizes), (a) KL double backward vs (b) J^T M J
 (default: J v through the transpose of the recorded pullback), with (b)'s one-off setup per theta,
 and (b) with use_linearize=True (J v from a traced jvp: products about as cheap, costly setup); (c) the same J^T M J product by the plain-MLP
-plan TrustRegionUpdate uses for such policies (trpo_torchrl.mlp_policy: explicit matrix products
+plan TrustRegionUpdate uses for such policies (trpo_torchrl.backends.mlp: explicit matrix products
 over the activations of one forward pass), with its setup (that forward pass).
 
 Warm-up calls are excluded; CUDA timings synchronise before reading the clock.
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, median_ms, pick_devices, write_json  # noqa: E402
 from trpo_torchrl import gaussian_actor
 from trpo_torchrl.fisher import gauss_newton_fisher_vector_product, kl_fisher_vector_product
-from trpo_torchrl.mlp_policy import MLPPolicyPlan
+from trpo_torchrl.backends.mlp import MLPPolicyPlan
 from trpo_torchrl.ops import conjugate_gradient
 
 

@@ -13,8 +13,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests._trpo_batches import make_actor, make_critic, trajectory_batch
-from trpo_torchrl import CriticFit, TRPOLoss, TrustRegionUpdate
+from tensordict import TensorDict
+
+from tests._trpo_batches import collect, make_actor, make_critic, trajectory_batch
+from trpo_torchrl import CriticFit, PopulationTrustRegionUpdate, TRPOLoss, TrustRegionUpdate
 from trpo_torchrl.distributed import all_gather_cat, all_reduce_mean, global_mean_std
 
 WORLD = 2
@@ -62,6 +64,21 @@ def _step(loss, batch, process_group):
     return metrics
 
 
+# the population scenarios: the plain-MLP backend with Gauss-Newton products, and torch.func with the
+# KL Hessian
+POPULATION_OPTIONS = {"mlp": {}, "functional_kl_hessian": {"fast_mlp": False, "fvp": "kl_hessian"}}
+
+
+def _population(process_group, **options):
+    """Three members (own weights, own batches [3, 64], float64) and their population update."""
+    actors = [make_actor("gaussian", seed=10 + m, dtype=torch.float64) for m in range(3)]
+    batch = torch.stack([collect(a, 64, seed=20 + m, dtype=torch.float64) for m, a in enumerate(actors)])
+    params = TensorDict.from_modules(*actors, as_module=True)
+    loss = TRPOLoss(make_actor("gaussian", seed=99, dtype=torch.float64), make_critic(dtype=torch.float64))
+    update = PopulationTrustRegionUpdate(loss, params, max_kl=[0.01, 0.02, 0.03], process_group=process_group, **options)
+    return update, batch
+
+
 def _params(actor, critic) -> dict[str, torch.Tensor]:
     return {
         **{f"actor.{k}": v.detach().clone() for k, v in actor.named_parameters()},
@@ -103,7 +120,14 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
         except RuntimeError as err:
             results["nan_advantage"] = str(err)
 
-        # 4. the helpers themselves
+        # 4. a population: each rank holds half of every member's states
+        for name, options in POPULATION_OPTIONS.items():
+            update, batch = _population("world", **options)
+            half = batch.shape[1] // WORLD
+            metrics = update(batch[:, rank * half : (rank + 1) * half])
+            results[f"population_{name}"] = {"params": update.flat_parameters(), "metrics": metrics.to_dict()}
+
+        # 5. the helpers themselves
         x = torch.arange(6, dtype=torch.float64) + 10 * rank
         mean, std = global_mean_std(x, dist.group.WORLD)
         results["helpers"] = {
@@ -163,6 +187,22 @@ def test_two_ranks_take_the_single_process_step(ranks):
         assert not torch.equal(want, initial[name]), f"{name} did not move"
     for key in ("kl", "surrogate_after", "expected_improvement", "grad_norm", "fisher_curvature"):
         assert r0["metrics"][key] == r1["metrics"][key], key
+        torch.testing.assert_close(r0["metrics"][key], metrics[key], rtol=0, atol=1e-10, msg=key)
+
+
+@pytest.mark.parametrize("name", list(POPULATION_OPTIONS))
+def test_two_ranks_take_the_single_process_population_step(ranks, name):
+    update, batch = _population(None, **POPULATION_OPTIONS[name])
+    before = update.flat_parameters()
+    metrics = update(batch)
+    expected = update.flat_parameters()
+    assert metrics["step_accepted"].all()  # every member really steps: the comparison means something
+    r0, r1 = ranks[0][f"population_{name}"], ranks[1][f"population_{name}"]
+    assert torch.equal(r0["params"], r1["params"])
+    torch.testing.assert_close(r0["params"], expected, rtol=0, atol=1e-10)
+    assert not torch.equal(expected, before)
+    for key in ("kl", "surrogate_after", "expected_improvement", "grad_norm", "fisher_curvature"):
+        assert torch.equal(r0["metrics"][key], r1["metrics"][key]), key
         torch.testing.assert_close(r0["metrics"][key], metrics[key], rtol=0, atol=1e-10, msg=key)
 
 

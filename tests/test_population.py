@@ -7,6 +7,7 @@ from tensordict import TensorDict
 
 from tests._trpo_batches import actor_state, assert_same_step, collect, make_actor, make_critic
 from trpo_torchrl import TRPOLoss, TrustRegionUpdate
+from trpo_torchrl.backends import MLPBackend
 from trpo_torchrl.population import PopulationTrustRegionUpdate, population_policy
 
 NUM_STATES = 64
@@ -42,7 +43,7 @@ def test_population_equals_separate_single_member_updates(kind, fvp, kl_reductio
     for m, (actor, batch) in enumerate(zip(actors, batches)):
         single_loss = TRPOLoss(actor, make_critic(dtype=torch.float64), kl_reduction=kl_reduction)
         # the same products as the population's (torch.func); the plain-MLP path agrees with it to
-        # rounding, tested in test_mlp_policy.py
+        # rounding, tested in test_backend_mlp.py
         single = TrustRegionUpdate(single_loss, fvp=fvp, max_kl=0.02, fast_mlp=False)
         before = single.flat_parameters()
         expected = single(batch)
@@ -61,7 +62,7 @@ def test_each_member_accepts_or_rejects_on_its_own():
     leaves_before = params.clone()
     metrics = update(torch.stack(batches))
     assert metrics["step_accepted"].tolist() == [True, False, True]
-    assert metrics["backtrack_steps"][1] == update.single.backtrack_iters
+    assert metrics["backtrack_steps"][1] == update.settings.backtrack_iters
     after = update.flat_parameters()
     assert torch.equal(after[1], state[1])
     for key, value in params.items(include_nested=True, leaves_only=True):
@@ -183,7 +184,8 @@ def test_the_plain_mlp_population_path_equals_the_torch_func_one(kind, options):
     results = []
     for fast in (True, False):
         _, batches, _, update = population(kind, 3, fast_mlp=fast, generator=torch.Generator().manual_seed(3), **options)
-        assert (update._plan_for(update.population_batch(torch.stack(batches))) is not None) == fast
+        backend = update.backends.for_batch(update.population_batch(torch.stack(batches)), members=True)
+        assert (backend is update.backends.mlp) == fast
         metrics = update(torch.stack(batches))
         results.append((update.flat_parameters(), metrics))
     assert_same_step(*results)
@@ -192,9 +194,9 @@ def test_the_plain_mlp_population_path_equals_the_torch_func_one(kind, options):
 def test_candidates_in_member_chunks_equal_one_piece():
     # 3 members x 64 states x 10 candidates: 640 rows per member, so 700 rows means one member per chunk
     results = []
-    for rows in (PopulationTrustRegionUpdate.CANDIDATE_ROWS, 700):
+    for rows in (MLPBackend.CANDIDATE_ROWS, 700):
         _, batches, _, update = population("gaussian", 3, max_kl=0.05)
-        update.CANDIDATE_ROWS = rows
+        update.backends.mlp.CANDIDATE_ROWS = rows
         metrics = update(torch.stack(batches))
         results.append((update.flat_parameters(), metrics))
     assert_same_step(*results)

@@ -215,7 +215,7 @@ def test_batched_candidates_match_one_at_a_time_evaluation():
     # unflatten keeps leading dimensions: the layout a population of actors would use
     assert all(v.shape[0] == 4 for v in update.unflatten(candidates).values())
     with torch.no_grad():
-        objective, surrogate, kl = torch.vmap(lambda th: update._evaluate(batch, th))(candidates)
+        objective, surrogate, kl = update.backends.functional.candidate_terms(batch, candidates)
     for i, theta in enumerate(candidates):
         update.write_parameters(theta)
         out = loss(td)

@@ -64,16 +64,20 @@ def all_gather_cat(tensor: torch.Tensor, process_group) -> torch.Tensor:
     return torch.cat(parts).to(tensor.device)
 
 
-def global_mean_std(x: torch.Tensor, process_group) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and unbiased standard deviation of ``x`` ``[N]`` over the union of the ranks' shards.
+def global_mean_std(x: torch.Tensor, process_group, dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased standard deviation of ``x`` over the union of the ranks' shards: of all of
+    ``x`` (``dim=None``), or along ``dim`` (kept, so the statistics broadcast against ``x``; e.g. per
+    member of a population's ``[M, N]`` advantages).
 
     Two passes (mean first, then the squared deviations from it) rather than sum and sum of
     squares: the one-pass formula loses precision in float32 when the mean is large next to the std.
-    Shards must all have ``N`` elements.
+    Shards must all have the same shape.
     """
+    keep = {} if dim is None else {"dim": dim, "keepdim": True}
     if process_group is None:
-        return x.mean(), x.std()
+        return x.mean(**keep), x.std(**keep)
     world = dist.get_world_size(process_group)
-    mean = all_reduce_mean(x.mean(), process_group)
-    squares = all_reduce_mean((x - mean).square().sum(), process_group) * world
-    return mean, (squares / (x.numel() * world - 1)).sqrt()
+    count = x.numel() if dim is None else x.shape[dim]
+    mean = all_reduce_mean(x.mean(**keep), process_group)
+    squares = all_reduce_mean((x - mean).square().sum(**keep), process_group) * world
+    return mean, (squares / (count * world - 1)).sqrt()

@@ -1,50 +1,18 @@
-"""TrustRegionUpdate: TRPO's actor step — natural-gradient direction by CG on Fisher-vector
-products, scaled to the KL radius, then a batched backtracking line search, all without a host sync."""
+"""TrustRegionUpdate: TRPO's actor step on one policy — the front end of the trust-region engine
+(:mod:`trpo_torchrl.engine`) over the actor's own parameters, evaluated by a policy backend
+(:mod:`trpo_torchrl.backends`)."""
 
 from __future__ import annotations
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 
-from .distributed import all_reduce_mean, resolve_process_group
-from .fisher import gauss_newton_fisher_vector_product, kl_fisher_vector_product, subsample_indices
-from .loss import PolicyBatch, TRPOLoss, _finite_number, _trainable_parameters, distribution_family, distribution_parameters
-from .mlp_policy import MLPPolicyPlan
-from .ops import conjugate_gradient
+from .backends import MLPPolicyPlan, ParameterLayout, PolicyBackends
+from .distributed import resolve_process_group
+from .engine import TrustRegionSettings, step_metrics, trust_region_step
+from .loss import PolicyBatch, TRPOLoss, _trainable_parameters
 
 __all__ = ["TrustRegionUpdate", "step_metrics"]
-
-
-def step_metrics(
-    chosen, accepted, *, fraction, backtracks, kl_old, surrogate_old, objective_old, cand_kl, cand_surrogate,
-    cand_objective, improvement, expected_improvement, step_norm, grad_norm, curvature, cg_info, batch_size,
-) -> TensorDict:
-    """The metrics of one trust-region step, from the line search's candidate values (leading dim K)
-    and ``chosen`` (picks each system's accepted candidate along K). Shared by the single update and
-    the population one, whose entries are then per member."""
-    zero = torch.zeros_like(objective_old)
-    return TensorDict(
-        {
-            "kl": torch.where(accepted, chosen(cand_kl), kl_old),
-            "kl_full_step": cand_kl[0],
-            "surrogate_before": surrogate_old,
-            "surrogate_after": torch.where(accepted, chosen(cand_surrogate), surrogate_old),
-            "objective_before": objective_old,
-            "objective_after": torch.where(accepted, chosen(cand_objective), objective_old),
-            "expected_improvement": expected_improvement.detach(),
-            "actual_improvement": torch.where(accepted, chosen(improvement), zero),
-            "step_accepted": accepted,
-            "backtrack_steps": backtracks,
-            "step_fraction": fraction,
-            "step_norm": step_norm,
-            "grad_norm": grad_norm,
-            "fisher_curvature": curvature,
-            "cg_residual": cg_info.residual_norm,
-            "cg_iterations": cg_info.iterations,
-            "cg_breakdown": cg_info.breakdown,
-        },
-        batch_size=batch_size,
-    )
 
 
 class TrustRegionUpdate:
@@ -89,7 +57,7 @@ class TrustRegionUpdate:
         generator (torch.Generator, optional): drives the Fisher subsample.
         fast_mlp (bool): when the actor is a plain MLP policy (Linear and Tanh/ReLU layers after
             parameter-free preprocessing; a Gaussian with :class:`~trpo_torchrl.policies.StateIndependentScale`
-            or a categorical; see :mod:`trpo_torchrl.mlp_policy`), compute the Gauss-Newton products
+            or a categorical; see :mod:`trpo_torchrl.backends.mlp`), compute the Gauss-Newton products
             and the line-search candidates with explicit matrix products instead of ``torch.func``
             (the same values up to rounding; the HalfCheetah preset's actor step ~1.5× faster on
             CPU). Any other actor, or one with forward hooks, takes the ``torch.func`` path either
@@ -125,58 +93,38 @@ class TrustRegionUpdate:
     ):
         if not isinstance(loss_module, TRPOLoss):
             raise TypeError(f"TrustRegionUpdate: loss_module must be a TRPOLoss, got {type(loss_module).__name__}")
-        if not (_finite_number(max_kl) and max_kl > 0):
-            raise ValueError(f"TrustRegionUpdate: max_kl must be a finite number > 0, got {max_kl!r}")
-        if not (_finite_number(damping) and damping >= 0):
-            raise ValueError(f"TrustRegionUpdate: damping must be a finite number >= 0, got {damping!r}")
-        if not (isinstance(cg_iters, int) and not isinstance(cg_iters, bool) and cg_iters >= 1):
-            raise ValueError(f"TrustRegionUpdate: cg_iters must be an int >= 1, got {cg_iters!r}")
-        if not (isinstance(backtrack_iters, int) and not isinstance(backtrack_iters, bool) and backtrack_iters >= 1):
-            raise ValueError(f"TrustRegionUpdate: backtrack_iters must be an int >= 1, got {backtrack_iters!r}")
-        if not (_finite_number(backtrack_coeff) and 0 < backtrack_coeff < 1):
-            raise ValueError(f"TrustRegionUpdate: backtrack_coeff must be in (0, 1), got {backtrack_coeff!r}")
-        if not (_finite_number(accept_ratio) and accept_ratio >= 0):
-            raise ValueError(f"TrustRegionUpdate: accept_ratio must be a finite number >= 0, got {accept_ratio!r}")
-        if fvp not in ("gauss_newton", "kl_hessian"):
-            raise ValueError(f"TrustRegionUpdate: fvp must be 'gauss_newton' or 'kl_hessian', got {fvp!r}")
+        self.loss_module = loss_module
+        self.settings = TrustRegionSettings.validated(
+            "TrustRegionUpdate", max_kl=max_kl, damping=damping, cg_iters=cg_iters, backtrack_iters=backtrack_iters,
+            backtrack_coeff=backtrack_coeff, accept_ratio=accept_ratio, fvp=fvp, fvp_subsample=fvp_subsample,
+        )
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"TrustRegionUpdate: generator must be a torch.Generator or None, got {type(generator).__name__}")
-        if not (_finite_number(fvp_subsample) and 0 < fvp_subsample <= 1):
-            raise ValueError(f"TrustRegionUpdate: fvp_subsample must be in (0, 1], got {fvp_subsample!r}")
-        self.loss_module = loss_module
-        self.max_kl = float(max_kl)
-        self.damping = float(damping)
-        self.cg_iters = cg_iters
-        self.backtrack_iters = backtrack_iters
-        self.backtrack_coeff = float(backtrack_coeff)
-        self.accept_ratio = float(accept_ratio)
-        self.fvp = fvp
-        self.fvp_subsample = float(fvp_subsample)
         self.generator = generator
         self.process_group = resolve_process_group(process_group)
         # the layout of θ is fixed here; the Parameter objects themselves are looked up at each call
         # (they are the actor's own, shared with the collector's policy, wherever they have moved)
-        named = _trainable_parameters(loss_module.actor_network)
-        self._names = [name for name, _ in named]
-        self._shapes = [p.shape for _, p in named]
-        self._numels = [p.numel() for _, p in named]
-        self._plan = MLPPolicyPlan.build(loss_module.actor_network, self._names, self._numels) if fast_mlp else None
+        self.layout = ParameterLayout(loss_module.actor_network)
+        self.backends = PolicyBackends(
+            loss_module, self.layout, fvp=fvp, damping=self.settings.damping, fvp_subsample=self.settings.fvp_subsample,
+            generator=generator, fast_mlp=fast_mlp,
+        )
 
     @property
     def _params(self) -> list[torch.nn.Parameter]:
         named = dict(_trainable_parameters(self.loss_module.actor_network))
-        if list(named) != self._names:
+        if list(named) != self.layout.names:
             raise RuntimeError(
                 "TrustRegionUpdate: the actor's trainable parameters changed since the update was built "
-                f"(had {self._names}, now {list(named)}); build a new TrustRegionUpdate"
+                f"(had {self.layout.names}, now {list(named)}); build a new TrustRegionUpdate"
             )
-        return [named[name] for name in self._names]
+        return [named[name] for name in self.layout.names]
 
     # ---------------------------------------------------------------- flat parameter views
     @property
     def num_parameters(self) -> int:
         """n, the length of the flat parameter vector θ."""
-        return sum(self._numels)
+        return self.layout.num_parameters
 
     def flat_parameters(self) -> torch.Tensor:
         """θ as one detached vector ``[n]`` (a copy)."""
@@ -184,15 +132,18 @@ class TrustRegionUpdate:
 
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """``[..., n]`` → name → ``[..., *shape]`` views; leading dimensions are kept for batched θ."""
-        lead = theta.shape[:-1]
-        chunks = theta.split(self._numels, dim=-1)
-        return {name: c.reshape(*lead, *shape) for name, c, shape in zip(self._names, chunks, self._shapes)}
+        return self.layout.unflatten(theta)
 
     @torch.no_grad()
     def write_parameters(self, theta: torch.Tensor) -> None:
         """Copies ``theta`` into the actor's parameters (in place, so every holder sees it)."""
-        for p, chunk in zip(self._params, theta.split(self._numels)):
+        for p, chunk in zip(self._params, theta.split(self.layout.numels)):
             p.copy_(chunk.view_as(p))
+
+    @property
+    def plan(self) -> MLPPolicyPlan | None:
+        """The plain-MLP plan for the actor as it is now (``None``: the ``torch.func`` path)."""
+        return self.backends.plan
 
     # ---------------------------------------------------------------- the step
     def __call__(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -202,148 +153,17 @@ class TrustRegionUpdate:
         self.write_parameters(theta_new)
         return metrics
 
-    def _all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The mean over the data-parallel ranks (identity for one process)."""
-        return all_reduce_mean(tensor, self.process_group)
+    def evaluate(self, batch: PolicyBatch, theta_old: torch.Tensor):
+        """The backend's evaluation of ``batch`` around ``theta_old`` (:class:`~trpo_torchrl.engine.Evaluation`)."""
+        return self.backends.evaluate(batch, theta_old)
 
-    def _evaluate(self, batch: PolicyBatch, theta: torch.Tensor):
-        terms = self.loss_module.policy_terms(batch, self.unflatten(theta))
-        return terms.objective, terms.surrogate, terms.kl
-
-    @property
-    def plan(self) -> MLPPolicyPlan | None:
-        """The plain-MLP plan for the actor as it is now (``None``: the ``torch.func`` path)."""
-        plan = self._plan
-        return plan if plan is not None and plan.applies() else None
-
-    def _plan_for(self, batch: PolicyBatch) -> MLPPolicyPlan | None:
-        """The plan, when it also takes this batch's inputs."""
-        plan = self.plan
-        return plan if plan is not None and plan.accepts(batch.inputs) else None
-
-    def _evaluate_candidates(self, batch: PolicyBatch, candidates: torch.Tensor, features=None) -> torch.Tensor:
-        """``[3, K]``: objective, surrogate and KL of each candidate ``θ`` in ``candidates [K, n]``
-        (``features``: the plan's input for the batch, when the caller has it)."""
-        plan = self._plan_for(batch)
-        if plan is None:
-            return torch.stack(torch.vmap(lambda th: self._evaluate(batch, th))(candidates))
-        if features is None:
-            features = plan.features(batch.inputs)
-        return plan.candidate_terms(self.loss_module, batch, features, candidates, batch_dims=1)
-
-    def fisher_vector_product(self, batch: PolicyBatch, theta_old: torch.Tensor, dist, linearization=None):
-        """``v ↦ (F + damping·I) v`` at θ_old over the batch states (or a subsample of them).
-        ``linearization``: the plain-MLP plan's forward pass at θ_old over the whole batch, when
-        the caller has it (see :mod:`trpo_torchrl.mlp_policy`)."""
-        loss = self.loss_module
-        if self.fvp_subsample < 1.0:
-            idx = subsample_indices(batch.advantage.shape[0], self.fvp_subsample, generator=self.generator)
-            batch = batch.index(idx.to(batch.advantage.device))
-            linearization = None
-        num_states = batch.advantage.shape[0]
-        if self.fvp == "gauss_newton":
-            family = distribution_family(dist)
-            if family is None:
-                raise TypeError(
-                    f"TrustRegionUpdate: fvp='gauss_newton' knows the Fisher of Gaussian and categorical "
-                    f"policies, not of {type(dist).__name__}; use fvp='kl_hessian'"
-                )
-
-            # the KL averaged over d action dimensions (kl_reduction="mean") has Fisher F / d
-            kl_scale = 1.0 / loss.kl_divisor(dist)
-            plan = self._plan_for(batch)
-            if plan is not None:
-                if linearization is None:
-                    linearization = plan.linearize(plan.features(batch.inputs), theta_old)
-                return linearization.fisher_vector_product(kl_scale=kl_scale, damping=self.damping)
-
-            def dist_fn(theta):
-                return distribution_parameters(loss.policy_dist(batch, self.unflatten(theta)), num_states)
-
-            return gauss_newton_fisher_vector_product(dist_fn, theta_old, family, damping=self.damping, kl_scale=kl_scale)
-
-        def kl_fn(theta):
-            d = loss.policy_dist(batch, self.unflatten(theta))
-            log_ratio = d.log_prob(batch.action).reshape(-1) - batch.old_log_prob
-            return loss.mean_kl(batch, d, log_ratio)
-
-        return kl_fisher_vector_product(kl_fn, theta_old, damping=self.damping)
+    def fisher_vector_product(self, batch: PolicyBatch, theta_old: torch.Tensor):
+        """``v ↦ (F + damping·I) v`` at θ_old over this process's batch states (or a subsample of them)."""
+        return self.evaluate(batch, theta_old).fisher_vector_product()
 
     def propose(self, batch: PolicyBatch, theta_old: torch.Tensor) -> tuple[torch.Tensor, TensorDictBase]:
         """The new flat parameters (θ_old itself when no candidate is accepted) and the metrics.
 
         A pure function of ``theta_old``: it reads the actor's structure, never its current values.
         """
-        theta_old = theta_old.detach()
-
-        # 1. surrogate and KL at θ_old, and the gradient of the objective there
-        plan, linearization = self._plan_for(batch), None
-        if plan is None:
-            theta = theta_old.clone().requires_grad_(True)
-            terms = self.loss_module.policy_terms(batch, self.unflatten(theta))
-            (g,) = torch.autograd.grad(terms.objective, theta)
-        else:
-            linearization = plan.linearize(plan.features(batch.inputs), theta_old)
-            terms, g = linearization.objective_gradient(self.loss_module, batch)
-        g = self._all_reduce_mean(g)
-        objective_old, surrogate_old, kl_old = self._all_reduce_mean(
-            torch.stack([terms.objective, terms.surrogate, terms.kl]).detach()
-        ).unbind()
-
-        # 2. the Fisher-vector product (damped), built once and reused by CG and the step size
-        local_fvp = self.fisher_vector_product(batch, theta_old, terms.dist, linearization)
-        if self.process_group is None:
-            fvp = local_fvp
-        else:
-            # F is a mean over states, so the global F·v is the mean of the ranks' products
-            # (the damping term is the same on every rank and passes through the mean unchanged)
-            def fvp(v):
-                return self._all_reduce_mean(local_fvp(v))
-
-        # 3. natural-gradient direction x ≈ (F + damping·I)⁻¹ g
-        x, cg_info = conjugate_gradient(fvp, g, max_iter=self.cg_iters)
-
-        # 4. scale x so the quadratic KL model equals max_kl: ½ sᵀFs = δ  ⇒  s = x·sqrt(2δ / xᵀFx)
-        with torch.no_grad():
-            curvature = (x * fvp(x)).sum()
-        curvature_ok = torch.isfinite(curvature) & (curvature > 0)
-        safe_curvature = torch.where(curvature_ok, curvature, torch.ones_like(curvature))
-        scale = torch.where(curvature_ok, torch.sqrt(2.0 * self.max_kl / safe_curvature), torch.zeros_like(curvature))
-        full_step = x * scale
-        expected_improvement = (g * full_step).sum()
-
-        # 5. line search: every candidate θ_old + βᵏ s evaluated in one vmap, the first acceptable kept
-        k = torch.arange(self.backtrack_iters, device=theta_old.device, dtype=theta_old.dtype)
-        fractions = self.backtrack_coeff**k
-        candidates = theta_old + fractions[:, None] * full_step
-        with torch.no_grad():
-            cand_objective, cand_surrogate, cand_kl = self._all_reduce_mean(
-                self._evaluate_candidates(batch, candidates, None if linearization is None else linearization.features)
-            ).unbind()
-        improvement = cand_objective - objective_old
-        acceptable = (
-            torch.isfinite(candidates).all(-1)
-            & torch.isfinite(cand_objective)
-            & torch.isfinite(cand_kl)
-            & (cand_kl <= self.max_kl)
-            & (improvement > 0)
-            & (improvement >= self.accept_ratio * expected_improvement * fractions)
-        )
-        accepted = acceptable.any()
-        first = acceptable.to(torch.int32).argmax(dim=0, keepdim=True)  # the first True (0 when none; masked below)
-
-        def chosen(values: torch.Tensor) -> torch.Tensor:
-            # index_select, not values[first]: indexing with a tensor scalar may read it on the host
-            return values.index_select(0, first).squeeze(0)
-
-        # where() picks θ_old's own bits when nothing is accepted: a rejected step changes nothing
-        theta_new = torch.where(accepted, chosen(candidates), theta_old)
-        backtracks = torch.where(accepted, first.squeeze(0), torch.full_like(first.squeeze(0), self.backtrack_iters))
-        fraction = torch.where(accepted, chosen(fractions), torch.zeros_like(objective_old))
-        metrics = step_metrics(
-            chosen, accepted, fraction=fraction, backtracks=backtracks, kl_old=kl_old, surrogate_old=surrogate_old,
-            objective_old=objective_old, cand_kl=cand_kl, cand_surrogate=cand_surrogate, cand_objective=cand_objective,
-            improvement=improvement, expected_improvement=expected_improvement, step_norm=fraction * full_step.norm(),
-            grad_norm=g.norm(), curvature=curvature, cg_info=cg_info, batch_size=[],
-        )
-        return theta_new, metrics
+        return trust_region_step(self.evaluate(batch, theta_old), theta_old, self.settings, process_group=self.process_group)

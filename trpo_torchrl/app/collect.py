@@ -34,7 +34,7 @@ from tensordict import TensorDict
 from torchrl.envs import TransformedEnv
 from torchrl.modules import IndependentNormal, OneHotCategorical
 
-from trpo_torchrl.mlp_policy import has_forward_hooks, sequential_leaves
+from trpo_torchrl.backends.mlp import has_forward_hooks, sequential_leaves
 from trpo_torchrl.policies import StateIndependentScale
 
 from .envs import gym_vector_env

@@ -1,4 +1,4 @@
-"""The plain-MLP plan of the actor step (trpo_torchrl.mlp_policy): which actors it takes, and that
+"""The plain-MLP plan of the actor step (trpo_torchrl.backends.mlp): which actors it takes, and that
 its forward pass, gradient, Fisher-vector products and whole update equal the torch.func path."""
 
 import copy
@@ -14,7 +14,7 @@ from tests._trpo_batches import OBS_DIM, assert_same_step, collect, make_actor, 
 from trpo_torchrl import TRPOLoss, TrustRegionUpdate, gaussian_actor
 from trpo_torchrl.fisher import gauss_newton_fisher_vector_product
 from trpo_torchrl.loss import distribution_parameters
-from trpo_torchrl.mlp_policy import MLPPolicyPlan
+from trpo_torchrl.backends.mlp import MLPPolicyPlan
 from trpo_torchrl.policies import StateIndependentScale, categorical_actor
 
 
@@ -172,9 +172,11 @@ def test_line_search_candidates_equal_torch_func(name):
     _, loss, td, update = _setup(name)
     batch = loss.policy_batch(td)
     cands = _around(update.flat_parameters(), 5, 0.05, seed=2)
+    assert update.backends.for_batch(batch) is update.backends.mlp
+    evaluation = update.evaluate(batch, update.flat_parameters())
     with torch.no_grad():
-        got = update._evaluate_candidates(batch, cands)
-        expected = torch.stack(torch.vmap(lambda th: update._evaluate(batch, th))(cands))
+        got = evaluation.candidate_terms(cands)
+        expected = update.backends.functional.candidate_terms(batch, cands)
     assert got.shape == (3, 5)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-13)
 

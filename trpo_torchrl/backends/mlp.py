@@ -1,4 +1,4 @@
-"""A plain-MLP view of a TorchRL actor, for the actor step's two hot loops.
+"""The explicit-MLP backend: a plain-MLP view of a TorchRL actor, for the actor step's two hot loops.
 
 TRPO's actor step spends its time in ~26 Fisher-vector products and one line search over K
 candidate parameter vectors. Through ``torch.func`` each product replays a recorded autograd graph
@@ -30,11 +30,13 @@ from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.modules import MLP, IndependentNormal, OneHotCategorical
 
-from .fisher import check_product_vector
-from .ops import tanh_ as fast_tanh_
-from .policies import StateIndependentScale
+from ..fisher import check_product_vector
+from ..loss import PolicyBatch
+from ..ops import tanh_ as fast_tanh_
+from ..policies import StateIndependentScale
+from .functional import subsample
 
-__all__ = ["MLPPolicyPlan", "has_forward_hooks", "sequential_leaves"]
+__all__ = ["MLPBackend", "MLPPolicyPlan", "has_forward_hooks", "sequential_leaves"]
 
 _ACTIVATIONS = (nn.Tanh, nn.ReLU)
 _CATEGORICALS = (OneHotCategorical, torch.distributions.Categorical)
@@ -446,3 +448,71 @@ class Linearization:
             return out
 
         return fvp
+
+
+class MLPBackend:
+    """Evaluates a plain MLP policy through its :class:`MLPPolicyPlan`: the gradient's pullback, the
+    Gauss-Newton products and the candidates as explicit (member-batched) matrix products. The KL
+    Hessian product (``fvp="kl_hessian"``) is the functional backend's."""
+
+    # members per line-search chunk: K · members · N rows of activations at most (~4 MB per 64-wide
+    # layer in float32): the whole [K, M, N, 64] stack falls out of a CPU's cache, and chunks of a few
+    # members are faster (benchmarks/population.py measures it)
+    CANDIDATE_ROWS = 16_384
+    # on a GPU the chunks only add kernel launches; 2**22 rows (1 GiB per 64-wide float32 layer)
+    CANDIDATE_ROWS_CUDA = 1 << 22
+
+    def __init__(self, plan: MLPPolicyPlan, functional):
+        self.plan = plan
+        self.functional = functional  # its settings, and the products the plan has no form for
+
+    def evaluate(self, batch: PolicyBatch, theta_old: torch.Tensor, buffers: dict[str, torch.Tensor]) -> "MLPEvaluation":
+        return MLPEvaluation(self, batch, theta_old, buffers)
+
+    def features(self, batch: PolicyBatch, buffers: dict[str, torch.Tensor], members: bool) -> torch.Tensor:
+        """The MLP's input: ``[N, in]``, or ``[M, N, in]`` with each member's own buffers."""
+        plan = self.plan
+        return plan.member_features(batch.inputs, buffers) if members else plan.features(batch.inputs)
+
+    def candidate_terms(self, batch: PolicyBatch, features: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """``[3, K, *lead]`` for the candidates ``[K, *lead, n]``; a population a chunk of members at a time."""
+        loss = self.functional.loss_module
+        if candidates.dim() == 2:
+            return self.plan.candidate_terms(loss, batch, features, candidates, batch_dims=1)
+        num_candidates, members = candidates.shape[:2]
+        rows = self.CANDIDATE_ROWS_CUDA if features.is_cuda else self.CANDIDATE_ROWS
+        chunk = max(1, rows // (num_candidates * features.shape[1]))
+        values = [
+            self.plan.candidate_terms(loss, PolicyBatch(*(field[part] for field in batch)), features[part], candidates[:, part], 2)
+            for part in (slice(start, start + chunk) for start in range(0, members, chunk))
+        ]
+        return torch.cat(values, dim=-1)
+
+
+class MLPEvaluation:
+    """:class:`~trpo_torchrl.engine.Evaluation` through an :class:`MLPPolicyPlan`."""
+
+    def __init__(self, backend: MLPBackend, batch: PolicyBatch, theta_old: torch.Tensor, buffers):
+        self.backend, self.batch, self.theta_old, self.buffers = backend, batch, theta_old, buffers
+        self.members = theta_old.dim() == 2
+        self.linearization = backend.plan.linearize(backend.features(batch, buffers, self.members), theta_old)
+        loss = backend.functional.loss_module
+        terms, self.gradient = self.linearization.objective_gradient(loss, batch, batch_dims=int(self.members))
+        self.terms = (terms.objective, terms.surrogate, terms.kl)
+
+    def fisher_vector_product(self):
+        backend, functional = self.backend, self.backend.functional
+        if functional.fvp != "gauss_newton":
+            return functional.fisher_vector_product(self.batch, self.theta_old, self.buffers)
+        linearization = self.linearization
+        if functional.fvp_subsample < 1.0:
+            members = self.theta_old.shape[0] if self.members else None
+            batch = subsample(self.batch, functional.fvp_subsample, functional.generator, members)
+            linearization = backend.plan.linearize(backend.features(batch, self.buffers, self.members), self.theta_old)
+        # the KL divisor reads the distribution's event shape: the linearization's outputs give it
+        dist = backend.plan.distribution(linearization.outputs)
+        kl_scale = 1.0 / functional.loss_module.kl_divisor(dist)
+        return linearization.fisher_vector_product(kl_scale=kl_scale, damping=functional.damping)
+
+    def candidate_terms(self, candidates: torch.Tensor) -> torch.Tensor:
+        return self.backend.candidate_terms(self.batch, self.linearization.features, candidates)

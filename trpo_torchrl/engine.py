@@ -1,0 +1,216 @@
+"""The trust-region step: TRPO's actor update on a flat parameter vector, with a member dimension.
+
+One function, :func:`trust_region_step`, does the step in the algorithm's order for θ_old of shape
+``[n]`` (one policy) or ``[M, n]`` (a population of M policies, each with its own trust region):
+
+1. the objective, surrogate and KL at θ_old and the gradient ``g`` (from the policy backend);
+2. the damped Fisher-vector product ``v ↦ (F + damping·I) v`` (block diagonal over members);
+3. ``x ≈ (F + damping·I)⁻¹ g`` by one batched :func:`~trpo_torchrl.ops.conjugate_gradient` call;
+4. the full step ``s = x · sqrt(2δ / xᵀFx)`` and its expected improvement ``gᵀs``;
+5. the candidates ``θ_old + βᵏ s`` evaluated together; each member keeps its first acceptable
+   candidate, chosen by a mask, or its θ_old bit for bit.
+
+How the policy is evaluated (``torch.func`` on any module, or explicit matrix products for a plain
+MLP) is the backend's business (:mod:`trpo_torchrl.backends`); what is averaged over data-parallel
+ranks is this module's. Nothing reads a tensor back to the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from tensordict import TensorDict
+
+from .distributed import all_reduce_mean
+from .loss import _finite_number
+from .ops import conjugate_gradient
+
+__all__ = ["Evaluation", "TrustRegionSettings", "step_metrics", "trust_region_step"]
+
+
+@dataclass(frozen=True)
+class TrustRegionSettings:
+    """The step's hyperparameters, validated by the front ends (see
+    :class:`~trpo_torchrl.TrustRegionUpdate` for their meaning)."""
+
+    max_kl: float
+    damping: float = 0.1
+    cg_iters: int = 10
+    backtrack_iters: int = 10
+    backtrack_coeff: float = 0.8
+    accept_ratio: float = 0.0
+    fvp: str = "gauss_newton"
+    fvp_subsample: float = 1.0
+
+    @classmethod
+    def validated(cls, where: str, **values) -> "TrustRegionSettings":
+        """The settings from ``values``, each checked; an error names ``where``, the argument and the value."""
+        max_kl, damping = values["max_kl"], values["damping"]
+        cg_iters, backtrack_iters = values["cg_iters"], values["backtrack_iters"]
+        backtrack_coeff, accept_ratio = values["backtrack_coeff"], values["accept_ratio"]
+        fvp, fvp_subsample = values["fvp"], values["fvp_subsample"]
+        if not (_finite_number(max_kl) and max_kl > 0):
+            raise ValueError(f"{where}: max_kl must be a finite number > 0, got {max_kl!r}")
+        if not (_finite_number(damping) and damping >= 0):
+            raise ValueError(f"{where}: damping must be a finite number >= 0, got {damping!r}")
+        if not (isinstance(cg_iters, int) and not isinstance(cg_iters, bool) and cg_iters >= 1):
+            raise ValueError(f"{where}: cg_iters must be an int >= 1, got {cg_iters!r}")
+        if not (isinstance(backtrack_iters, int) and not isinstance(backtrack_iters, bool) and backtrack_iters >= 1):
+            raise ValueError(f"{where}: backtrack_iters must be an int >= 1, got {backtrack_iters!r}")
+        if not (_finite_number(backtrack_coeff) and 0 < backtrack_coeff < 1):
+            raise ValueError(f"{where}: backtrack_coeff must be in (0, 1), got {backtrack_coeff!r}")
+        if not (_finite_number(accept_ratio) and accept_ratio >= 0):
+            raise ValueError(f"{where}: accept_ratio must be a finite number >= 0, got {accept_ratio!r}")
+        if fvp not in ("gauss_newton", "kl_hessian"):
+            raise ValueError(f"{where}: fvp must be 'gauss_newton' or 'kl_hessian', got {fvp!r}")
+        if not (_finite_number(fvp_subsample) and 0 < fvp_subsample <= 1):
+            raise ValueError(f"{where}: fvp_subsample must be in (0, 1], got {fvp_subsample!r}")
+        return cls(
+            float(max_kl), float(damping), cg_iters, backtrack_iters, float(backtrack_coeff), float(accept_ratio), fvp,
+            float(fvp_subsample),
+        )
+
+
+class Evaluation(Protocol):
+    """A policy backend's view of one batch around θ_old ``[*lead, n]`` (``lead``: ``()`` or ``(M,)``).
+
+    ``terms``: objective, surrogate and KL at θ_old, each ``[*lead]``; ``gradient``: ∇objective,
+    ``[*lead, n]``. Both are this process's batch means (the engine averages them over ranks).
+    """
+
+    terms: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    gradient: torch.Tensor
+
+    def fisher_vector_product(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``v [*lead, n] ↦ (F + damping·I) v`` over this process's states (or a subsample)."""
+
+    def candidate_terms(self, candidates: torch.Tensor) -> torch.Tensor:
+        """``[3, K, *lead]``: objective, surrogate and KL of the candidates ``[K, *lead, n]``."""
+
+
+def _along_k(values: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
+    """``[K]`` → ``[K, 1, ...]`` broadcasting against ``[K, *lead]``."""
+    return values.view(-1, *([1] * len(lead)))
+
+
+def step_metrics(
+    chosen, accepted, *, fraction, backtracks, kl_old, surrogate_old, objective_old, cand_kl, cand_surrogate,
+    cand_objective, improvement, expected_improvement, step_norm, grad_norm, curvature, cg_info, batch_size,
+) -> TensorDict:
+    """The metrics of one trust-region step, from the line search's candidate values (leading dim K)
+    and ``chosen`` (picks each system's accepted candidate along K); entries are per member for a
+    population (``batch_size [M]``)."""
+    zero = torch.zeros_like(objective_old)
+    return TensorDict(
+        {
+            "kl": torch.where(accepted, chosen(cand_kl), kl_old),
+            "kl_full_step": cand_kl[0],
+            "surrogate_before": surrogate_old,
+            "surrogate_after": torch.where(accepted, chosen(cand_surrogate), surrogate_old),
+            "objective_before": objective_old,
+            "objective_after": torch.where(accepted, chosen(cand_objective), objective_old),
+            "expected_improvement": expected_improvement.detach(),
+            "actual_improvement": torch.where(accepted, chosen(improvement), zero),
+            "step_accepted": accepted,
+            "backtrack_steps": backtracks,
+            "step_fraction": fraction,
+            "step_norm": step_norm,
+            "grad_norm": grad_norm,
+            "fisher_curvature": curvature,
+            "cg_residual": cg_info.residual_norm,
+            "cg_iterations": cg_info.iterations,
+            "cg_breakdown": cg_info.breakdown,
+        },
+        batch_size=batch_size,
+    )
+
+
+def trust_region_step(
+    evaluation: Evaluation,
+    theta_old: torch.Tensor,
+    settings: TrustRegionSettings,
+    *,
+    max_kl: float | torch.Tensor | None = None,
+    process_group=None,
+) -> tuple[torch.Tensor, TensorDict]:
+    """New parameters ``[*lead, n]`` (θ_old's own bits where no candidate is accepted) and the metrics.
+
+    Args:
+        evaluation: the backend's evaluation of the batch around ``theta_old``.
+        theta_old: ``[n]`` or ``[M, n]``.
+        settings: the step's hyperparameters.
+        max_kl: overrides ``settings.max_kl``, e.g. a ``[M]`` tensor of per-member radii.
+        process_group: data-parallel ranks holding equal shards of the batch (``None``: one process).
+            The terms, the gradient, every Fisher-vector product and the candidates' terms are means
+            over the ranks, so every rank takes the step a single process would on all the shards.
+    """
+    theta_old = theta_old.detach()
+    lead = tuple(theta_old.shape[:-1])
+    max_kl = settings.max_kl if max_kl is None else max_kl
+
+    def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+        return all_reduce_mean(tensor, process_group)
+
+    # 1. the objective's gradient and the terms at θ_old
+    g = mean_over_ranks(evaluation.gradient)
+    objective_old, surrogate_old, kl_old = mean_over_ranks(torch.stack(evaluation.terms).detach()).unbind()
+
+    # 2. the Fisher-vector product (damped), built once and reused by CG and the step size
+    local_fvp = evaluation.fisher_vector_product()
+    if process_group is None:
+        fvp = local_fvp
+    else:
+        # F is a mean over states, so the global F·v is the mean of the ranks' products
+        # (the damping term is the same on every rank and passes through the mean unchanged)
+        def fvp(v):
+            return mean_over_ranks(local_fvp(v))
+
+    # 3. natural-gradient direction x ≈ (F + damping·I)⁻¹ g: one CG system per member
+    x, cg_info = conjugate_gradient(fvp, g, max_iter=settings.cg_iters)
+
+    # 4. scale x so the quadratic KL model equals max_kl: ½ sᵀFs = δ  ⇒  s = x·sqrt(2δ / xᵀFx)
+    with torch.no_grad():
+        curvature = (x * fvp(x)).sum(-1)
+    curvature_ok = torch.isfinite(curvature) & (curvature > 0)
+    safe_curvature = torch.where(curvature_ok, curvature, torch.ones_like(curvature))
+    scale = torch.where(curvature_ok, torch.sqrt(2.0 * max_kl / safe_curvature), torch.zeros_like(curvature))
+    full_step = x * scale.unsqueeze(-1)
+    expected_improvement = (g * full_step).sum(-1)
+
+    # 5. line search: every candidate θ_old + βᵏ s evaluated together, the first acceptable kept
+    k = torch.arange(settings.backtrack_iters, device=theta_old.device, dtype=theta_old.dtype)
+    fractions = settings.backtrack_coeff**k
+    candidates = theta_old + _along_k(fractions, lead).unsqueeze(-1) * full_step  # [K, *lead, n]
+    with torch.no_grad():
+        cand_objective, cand_surrogate, cand_kl = mean_over_ranks(evaluation.candidate_terms(candidates)).unbind()
+    improvement = cand_objective - objective_old
+    acceptable = (
+        torch.isfinite(candidates).all(-1)
+        & torch.isfinite(cand_objective)
+        & torch.isfinite(cand_kl)
+        & (cand_kl <= max_kl)
+        & (improvement > 0)
+        & (improvement >= settings.accept_ratio * expected_improvement * _along_k(fractions, lead))
+    )  # [K, *lead]
+    accepted = acceptable.any(0)
+    first = acceptable.to(torch.int32).argmax(dim=0)  # [*lead]; 0 where none, masked below
+
+    def chosen(values: torch.Tensor) -> torch.Tensor:
+        # gather along K with each member's own index: indexing with a tensor would read it on the host
+        index = first.reshape(1, *lead, *([1] * (values.dim() - 1 - len(lead)))).expand(1, *values.shape[1:])
+        return values.gather(0, index).squeeze(0)
+
+    # where() picks θ_old's own bits when nothing is accepted: a rejected step changes nothing
+    theta_new = torch.where(accepted.unsqueeze(-1), chosen(candidates), theta_old)
+    backtracks = torch.where(accepted, first, torch.full_like(first, settings.backtrack_iters))
+    fraction = torch.where(accepted, chosen(_along_k(fractions, lead).expand(-1, *lead)), torch.zeros_like(objective_old))
+    metrics = step_metrics(
+        chosen, accepted, fraction=fraction, backtracks=backtracks, kl_old=kl_old, surrogate_old=surrogate_old,
+        objective_old=objective_old, cand_kl=cand_kl, cand_surrogate=cand_surrogate, cand_objective=cand_objective,
+        improvement=improvement, expected_improvement=expected_improvement,
+        step_norm=fraction * full_step.norm(dim=-1), grad_norm=g.norm(dim=-1), curvature=curvature,
+        cg_info=cg_info, batch_size=list(lead),
+    )
+    return theta_new, metrics
