@@ -150,9 +150,8 @@ def _transpose_of_pullback(pullback, out):
     ``torch.func.jvp`` would run the network's forward pass again, with tangents, for every
     product. The pullback is linear in its cotangent, so its own vjp, recorded once here, is
     exactly ``J`` (the "double-vjp" / transpose trick): each product then runs one pass through
-    the saved backward graph and reuses the activations of the one forward pass. On a 64x64 policy
-    over 2048 states this is ~1.2 ms against ~3.2 ms for the jvp (2-core CPU), with a few ms of
-    set-up instead of linearize's ~100 ms of tracing. Same J v up to float rounding.
+    the saved backward graph and reuses the activations of the one forward pass, with no tracing
+    up front (``benchmarks/cg.py`` times the product forms). Same J v up to float rounding.
     """
     single_output = isinstance(out, torch.Tensor)
     zeros = (torch.zeros_like(out),) if single_output else tuple(torch.zeros_like(o) for o in out)
@@ -194,7 +193,7 @@ def gauss_newton_fisher_vector_product(
         use_linearize: record the jvp with ``torch.func.linearize`` (traced) instead of the
             transpose of the recorded pullback (the default, see ``_transpose_of_pullback``).
             Its products are about as cheap, but the tracing costs tens of products' worth of
-            time up front (80 ms for a 64x64 policy on a 2-core CPU). Default ``False``.
+            time up front (``benchmarks/cg.py``). Default ``False``.
 
     Returns:
         ``fvp(v)`` for ``v`` of shape ``[n]`` or ``[B, n]`` (vmapped), same shape out.

@@ -59,8 +59,8 @@ class TrustRegionUpdate:
             parameter-free preprocessing; a Gaussian with :class:`~trpo_torchrl.policies.StateIndependentScale`
             or a categorical; see :mod:`trpo_torchrl.backends.mlp`), compute the Gauss-Newton products
             and the line-search candidates with explicit matrix products instead of ``torch.func``
-            (the same values up to rounding; the HalfCheetah preset's actor step ~1.5× faster on
-            CPU). Any other actor, or one with forward hooks, takes the ``torch.func`` path either
+            (the same values up to rounding, and faster: ``benchmarks/update.py`` measures the actor
+            step on the HalfCheetah preset). Any other actor, or one with forward hooks, takes the ``torch.func`` path either
             way. Defaults to ``True``.
         process_group (ProcessGroup or "world", optional): data-parallel ranks, each holding an equal
             shard of the batch. The advantage statistics, the gradient, every Fisher-vector product and

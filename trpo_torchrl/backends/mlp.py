@@ -178,7 +178,7 @@ class MLPPolicyPlan:
         if self.family == "categorical":
             return {"logits": out}
         # StateIndependentScale: exp(log_std) on every state. Materialised, not an expanded view:
-        # torch's log (in the log-density, KL and entropy) is ~7x slower on a stride-0 input
+        # torch's log (in the log-density, KL and entropy) is several times slower on a stride-0 input
         scale = theta[..., self.log_std].exp()
         return {"loc": out, "scale": scale.unsqueeze(-2).expand_as(out).contiguous()}
 
