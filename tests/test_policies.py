@@ -8,7 +8,7 @@ from tensordict.nn import InteractionType, set_interaction_type
 from torch import nn
 
 from tests._trpo_batches import make_actor
-from trpo_torchrl.policies import GaussianSampler, collection_policy, gaussian_actor
+from trpo_torchrl.policies import GaussianSampler, StateIndependentScale, collection_policy, gaussian_actor
 
 
 def _actor(dtype=torch.float32):
@@ -83,3 +83,12 @@ def test_a_sequential_subclass_is_not_opened():
     actor = gaussian_actor(nn.Linear(5, 3), 3)
     actor.module[0].module = _Doubled(*actor.module[0].module)
     assert collection_policy(actor) is actor
+
+
+def test_the_scale_refuses_bad_sizes():
+    for bad in (True, 0, 2.0):
+        with pytest.raises(ValueError, match=f"StateIndependentScale: action_dim must be an int >= 1, got {bad!r}"):
+            StateIndependentScale(bad)
+    with pytest.raises(ValueError, match="StateIndependentScale: init_log_std must be a finite number, got nan"):
+        StateIndependentScale(2, float("nan"))
+    assert StateIndependentScale(2, -1).log_std.tolist() == [-1.0, -1.0]

@@ -14,6 +14,7 @@ from torchrl.modules import IndependentNormal, OneHotCategorical, ProbabilisticA
 from torch.distributions import Categorical
 
 from .modules import has_forward_hooks, sequential_leaves
+from .validation import check_count, check_number
 
 __all__ = ["StateIndependentScale", "gaussian_actor", "categorical_actor", "GaussianSampler", "collection_policy"]
 
@@ -27,7 +28,9 @@ class StateIndependentScale(nn.Module):
 
     def __init__(self, action_dim: int, init_log_std: float = 0.0):
         super().__init__()
-        self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
+        action_dim = check_count("StateIndependentScale", "action_dim", action_dim)
+        init_log_std = check_number("StateIndependentScale", "init_log_std", init_log_std)
+        self.log_std = nn.Parameter(torch.full((action_dim,), init_log_std))
 
     def forward(self, loc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return loc, self.log_std.exp().expand_as(loc)
