@@ -44,10 +44,11 @@ class CriticFit:
             C++; the same minibatches as the eager loop and the same parameters up to rounding:
             the CPU kernel fuses the work between the matrix products and uses its own float32
             tanh, within 2.25 ulp). It
-            applies to the usual TRPO critic: a ``TensorDictModule`` over an ``nn.Sequential`` of
-            parameter-free preprocessing (e.g. an observation normaliser) followed by
-            ``Linear``/``Tanh`` or ``Linear``/``ReLU`` layers ending in one output, with the l2 loss,
-            plain Adam, no gradient clipping and no process group. ``None`` (default) uses it
+            applies to the usual TRPO critic: a ``TensorDictModule`` over a plain MLP as
+            :func:`~trpo_torchrl.modules.describe_mlp` recognises one (parameter-free preprocessing,
+            e.g. an observation normaliser, then ``Linear``/``Tanh`` or ``Linear``/``ReLU`` layers
+            ending in one output, in an exact ``nn.Sequential`` or torchrl ``MLP``, no forward
+            hooks), with the l2 loss, plain Adam, no gradient clipping and no process group. ``None`` (default) uses it
             whenever it applies; ``True`` raises, saying why, when it does not; ``False`` never uses it.
 
     Examples:
