@@ -79,3 +79,62 @@ def test_tensor_fast_path_equals_the_tensordict_path():
     for a, b in zip(fast_params, slow_params):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.testing.assert_close(fast_loss, slow_loss, rtol=0, atol=0)
+
+
+class _DoubledSequential(torch.nn.Sequential):
+    """Its forward is not the plain stack of its children: the output is doubled."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+@pytest.mark.parametrize("hooked", [False, True])
+def test_a_critic_whose_forward_is_not_its_children_is_fitted_as_itself(hooked):
+    # the fused op computes Linear/Tanh/Linear itself: a critic whose forward differs from its
+    # children in order (a Sequential subclass, a forward hook) must take the eager loop, whose
+    # result is the reference
+    from tensordict.nn import TensorDictModule
+
+    actor = make_actor("gaussian", dtype=torch.float64)
+    td = collect(actor, num_states=128, dtype=torch.float64)
+    results = []
+    for fused in (None, False):
+        torch.manual_seed(0)
+        layers = [torch.nn.Linear(td["observation"].shape[-1], 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)]
+        net = torch.nn.Sequential(*layers) if hooked else _DoubledSequential(*layers)
+        if hooked:
+            net[2].register_forward_hook(lambda module, args, out: 2 * out)
+        critic = TensorDictModule(net, in_keys=["observation"], out_keys=["state_value"]).double()
+        fit = CriticFit(TRPOLoss(actor, critic), lr=1e-2, epochs=1, minibatch_size=32,
+                        generator=torch.Generator().manual_seed(1), fused=fused)
+        metrics = fit(td)
+        results.append(([p.detach().clone() for p in critic.parameters()], metrics["loss_critic"]))
+    (default_params, default_loss), (eager_params, eager_loss) = results
+    for a, b in zip(default_params, eager_params):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(default_loss, eager_loss, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="_DoubledSequential subclasses Sequential" if not hooked else "forward hooks"):
+        CriticFit(TRPOLoss(actor, critic), fused=True)(td)
+
+
+def test_a_hook_on_the_critic_module_is_not_skipped():
+    # the fused op and the eager loop's tensor path call the network directly; a hook on the
+    # TensorDictModule around it must still shape the fit, as on the TensorDict path
+    from tensordict.nn import TensorDictModule
+
+    actor = make_actor("gaussian", dtype=torch.float64)
+    td = collect(actor, num_states=128, dtype=torch.float64)
+    finals = []
+    for reference in (False, True):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(td["observation"].shape[-1], 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        critic = TensorDictModule(net, in_keys=["observation"], out_keys=["state_value"]).double()
+        critic.register_forward_hook(lambda module, args, out: out.set("state_value", 2 * out["state_value"]))
+        fit = CriticFit(TRPOLoss(actor, critic), lr=1e-2, epochs=1, minibatch_size=32,
+                        generator=torch.Generator().manual_seed(1), fused=False if reference else None)
+        if reference:
+            fit._tensor_minibatch_loss = lambda data: None
+        fit(td)
+        finals.append([p.detach().clone() for p in critic.parameters()])
+    for a, b in zip(*finals):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

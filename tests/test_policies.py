@@ -8,7 +8,7 @@ from tensordict.nn import InteractionType, set_interaction_type
 from torch import nn
 
 from tests._trpo_batches import make_actor
-from trpo_torchrl.policies import GaussianSampler, collection_policy, gaussian_actor
+from trpo_torchrl.policies import GaussianSampler, StateIndependentScale, collection_policy, gaussian_actor
 
 
 def _actor(dtype=torch.float32):
@@ -50,3 +50,45 @@ def test_sampler_follows_the_actors_parameters_and_the_interaction_type():
 def test_other_actors_collect_through_themselves(kind):
     actor = make_actor(kind)
     assert collection_policy(actor) is actor
+
+
+def test_hooks_on_the_actor_are_not_skipped():
+    # the sampler bypasses the ProbabilisticActor and its TensorDict modules; while any of them has
+    # a forward hook it must run the actor, so the hook sees (and may change) what is collected
+    actor = _actor()
+    sampler = collection_policy(actor)
+    td = TensorDict({"observation": torch.randn(4, 5)}, [4])
+    handle = actor.register_forward_hook(lambda module, args, out: out.set("hooked", torch.ones(4)))
+    torch.manual_seed(3)
+    got = sampler(td.copy())
+    assert "hooked" in got.keys()
+    handle.remove()
+    handle = actor.module[0].register_forward_hook(lambda module, args, out: out.set("loc", out["loc"] + 100))
+    torch.manual_seed(3)
+    assert (sampler(td.copy())["loc"] > 50).all()
+    handle.remove()
+    torch.manual_seed(3)
+    assert "hooked" not in sampler(td.copy()).keys()
+
+
+class _Doubled(nn.Sequential):
+    def forward(self, x):
+        loc, scale = super().forward(x)
+        return 2 * loc, scale
+
+
+def test_a_sequential_subclass_is_not_opened():
+    # collection_policy looks for the scale by what the network runs, not by indexing a Sequential
+    torch.manual_seed(0)
+    actor = gaussian_actor(nn.Linear(5, 3), 3)
+    actor.module[0].module = _Doubled(*actor.module[0].module)
+    assert collection_policy(actor) is actor
+
+
+def test_the_scale_refuses_bad_sizes():
+    for bad in (True, 0, 2.0):
+        with pytest.raises(ValueError, match=f"StateIndependentScale: action_dim must be an int >= 1, got {bad!r}"):
+            StateIndependentScale(bad)
+    with pytest.raises(ValueError, match="StateIndependentScale: init_log_std must be a finite number, got nan"):
+        StateIndependentScale(2, float("nan"))
+    assert StateIndependentScale(2, -1).log_std.tolist() == [-1.0, -1.0]

@@ -8,8 +8,10 @@ from tensordict.nn import TensorDictModule
 from torchrl.objectives.utils import distance_loss
 
 from .distributed import all_reduce_mean, resolve_process_group
-from .loss import TRPOLoss, _finite_number
+from .loss import TRPOLoss
+from .modules import describe_mlp, has_forward_hooks
 from .ops import mlp_fit_adam
+from .validation import check_choice, check_count, check_generator, check_number
 
 __all__ = ["CriticFit"]
 
@@ -42,10 +44,11 @@ class CriticFit:
             C++; the same minibatches as the eager loop and the same parameters up to rounding:
             the CPU kernel fuses the work between the matrix products and uses its own float32
             tanh, within 2.25 ulp). It
-            applies to the usual TRPO critic: a ``TensorDictModule`` over an ``nn.Sequential`` of
-            parameter-free preprocessing (e.g. an observation normaliser) followed by
-            ``Linear``/``Tanh`` or ``Linear``/``ReLU`` layers ending in one output, with the l2 loss,
-            plain Adam, no gradient clipping and no process group. ``None`` (default) uses it
+            applies to the usual TRPO critic: a ``TensorDictModule`` over a plain MLP as
+            :func:`~trpo_torchrl.modules.describe_mlp` recognises one (parameter-free preprocessing,
+            e.g. an observation normaliser, then ``Linear``/``Tanh`` or ``Linear``/``ReLU`` layers
+            ending in one output, in an exact ``nn.Sequential`` or torchrl ``MLP``, no forward
+            hooks), with the l2 loss, plain Adam, no gradient clipping and no process group. ``None`` (default) uses it
             whenever it applies; ``True`` raises, saying why, when it does not; ``False`` never uses it.
 
     Examples:
@@ -68,28 +71,17 @@ class CriticFit:
     ):
         if not isinstance(loss_module, TRPOLoss):
             raise TypeError(f"CriticFit: loss_module must be a TRPOLoss, got {type(loss_module).__name__}")
-        if not (isinstance(epochs, int) and epochs >= 1):
-            raise ValueError(f"CriticFit: epochs must be an int >= 1, got {epochs!r}")
-        if not (isinstance(minibatch_size, int) and minibatch_size >= 1):
-            raise ValueError(f"CriticFit: minibatch_size must be an int >= 1, got {minibatch_size!r}")
-        if not (_finite_number(lr) and lr > 0):
-            raise ValueError(f"CriticFit: lr must be a finite number > 0, got {lr!r}")
-        if max_grad_norm is not None and not (_finite_number(max_grad_norm) and max_grad_norm > 0):
-            raise ValueError(f"CriticFit: max_grad_norm must be None or a finite number > 0, got {max_grad_norm!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"CriticFit: generator must be a torch.Generator or None, got {type(generator).__name__}")
+        where = "CriticFit"
         self.loss_module = loss_module
-        self.epochs = epochs
-        self.minibatch_size = minibatch_size
-        self.max_grad_norm = max_grad_norm
-        self.generator = generator
+        self.epochs = check_count(where, "epochs", epochs)
+        self.minibatch_size = check_count(where, "minibatch_size", minibatch_size)
+        lr = check_number(where, "lr", lr, low=0, low_open=True)
+        eps = check_number(where, "eps", eps, low=0, low_open=True)
+        self.max_grad_norm = check_number(where, "max_grad_norm", max_grad_norm, low=0, low_open=True, optional=True)
+        self.generator = check_generator(where, "generator", generator)
+        self.fused = check_choice(where, "fused", fused, (None, True, False))
         self.process_group = resolve_process_group(process_group)
-        if fused not in (None, True, False):
-            raise ValueError(f"CriticFit: fused must be None, True or False, got {fused!r}")
-        self.fused = fused
         self.parameters = [p for p in loss_module.critic_network.parameters() if p.requires_grad]
-        if not (_finite_number(eps) and eps > 0):
-            raise ValueError(f"CriticFit: eps must be > 0, got {eps!r}")
         self.optimizer = torch.optim.Adam(self.parameters, lr=lr, eps=eps)
 
     def _average_gradients(self) -> None:
@@ -113,6 +105,8 @@ class CriticFit:
         loss = self.loss_module
         net = loss.critic_network
         if type(net) is not TensorDictModule or list(net.out_keys) != [loss.tensor_keys.value]:
+            return None
+        if has_forward_hooks(net):  # hooks on the TensorDictModule would be skipped
             return None
         inputs = [data.get(key) for key in net.in_keys]
         target = data.get(loss.tensor_keys.value_target)
@@ -204,15 +198,6 @@ class _TensorMinibatchLoss:
         return self.coeff * distance_loss(self.target[start:stop], value, loss_function=self.loss_type).mean()
 
 
-_STOCHASTIC_OR_STATEFUL = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._NormBase)
-
-
-def _flat_modules(module: torch.nn.Module) -> list[torch.nn.Module]:
-    if isinstance(module, torch.nn.Sequential):
-        return [leaf for child in module for leaf in _flat_modules(child)]
-    return [module]
-
-
 class _FusedPlan:
     """What one call of :func:`~trpo_torchrl.ops.mlp_fit_adam` needs, checked against the critic,
     the loss and the optimiser; :meth:`build` returns the reason as a string when it does not apply."""
@@ -231,21 +216,19 @@ class _FusedPlan:
             return f"it fits the l2 loss, not {loss.loss_critic_type!r}"
         if type(net) is not TensorDictModule or list(net.out_keys) != [loss.tensor_keys.value] or len(net.in_keys) != 1:
             return "the critic must be a TensorDictModule with one input and the value as its output"
-        modules = _flat_modules(net.module)
-        first = next((i for i, m in enumerate(modules) if isinstance(m, torch.nn.Linear)), None)
-        if first is None:
-            return "the critic has no Linear layer"
-        prefix, body = modules[:first], modules[first:]
-        for m in prefix:
-            if any(p.requires_grad for p in m.parameters()) or isinstance(m, _STOCHASTIC_OR_STATEFUL):
-                return f"{type(m).__name__} before the first Linear is trained or random"
-        linears, acts = body[0::2], body[1::2]
-        if len(body) % 2 == 0 or not all(isinstance(m, torch.nn.Linear) and m.bias is not None for m in linears):
-            return "the network must be Linear, activation, Linear, ..., Linear (with biases)"
-        kinds = {type(m) for m in acts}
-        if kinds - {torch.nn.Tanh, torch.nn.ReLU} or len(kinds) > 1:
-            return f"the hidden activations must all be Tanh or all ReLU, got {sorted(k.__name__ for k in kinds)}"
-        params = [t for m in linears for t in (m.weight, m.bias)]
+        if has_forward_hooks(net):
+            return "the critic has forward hooks, which the fused op would skip"
+        mlp = describe_mlp(net.module)
+        if not mlp:
+            return (
+                "it fits parameter-free preprocessing, then Linear layers with biases and hidden "
+                f"activations all Tanh or all ReLU; this critic's network is not of that form: {mlp.reason}"
+            )
+        kinds = set(mlp.activations)
+        if len(kinds) > 1:
+            return f"the hidden activations must all be Tanh or all ReLU, got {sorted(kinds)}"
+        prefix = mlp.prefix
+        params = list(mlp.parameters)
         if [id(p) for p in params] != [id(p) for p in fit.parameters]:
             return "the critic's trainable parameters must be exactly its Linear layers'"
         opt = fit.optimizer
@@ -279,7 +262,7 @@ class _FusedPlan:
             return f"it fits float32 or float64 networks, not {inputs.dtype}"
         if any(p.dtype != inputs.dtype or p.device != inputs.device or not p.is_contiguous() for p in params):
             return "parameters and inputs must share dtype and device, and be contiguous"
-        activation = "relu" if torch.nn.ReLU in kinds else "tanh"
+        activation = mlp.activations[0] if mlp.activations else "tanh"  # one layer: no activation to run
         per_epoch = -(-inputs.shape[0] // fit.minibatch_size)
         return cls(inputs, target.detach().reshape(-1).to(inputs.dtype), params, activation, per_epoch)
 

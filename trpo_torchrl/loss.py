@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from numbers import Real
 from typing import NamedTuple
 
 import torch
@@ -24,6 +22,7 @@ from torchrl.objectives.utils import (
 from torchrl.objectives.value import ValueEstimatorBase
 
 from .distributed import global_mean_std
+from .validation import check_choice, check_number, is_finite_number
 from .value import FusedGAE
 
 __all__ = ["TRPOLoss", "PolicyBatch", "distribution_family"]
@@ -88,9 +87,8 @@ def distribution_parameters(dist: D.Distribution, num_states: int):
     )
 
 
-def _finite_number(value) -> bool:
-    """A real, finite number (bools excluded): what every hyperparameter check starts from."""
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+# the update classes still import it under this name
+_finite_number = is_finite_number
 
 
 def _categorical_kl(old: D.Distribution, new: D.Distribution) -> torch.Tensor:
@@ -257,15 +255,11 @@ class TRPOLoss(LossModule):
             )
         if not _trainable_parameters(critic_network):
             raise ValueError("TRPOLoss: critic_network has no trainable parameters")
-        if loss_critic_type not in ("l1", "l2", "smooth_l1"):
-            raise ValueError(f"TRPOLoss: loss_critic_type must be 'l1', 'l2' or 'smooth_l1', got {loss_critic_type!r}")
-        if kl_estimate not in ("analytic", "sampled"):
-            raise ValueError(f"TRPOLoss: kl_estimate must be 'analytic' or 'sampled', got {kl_estimate!r}")
-        if kl_reduction not in ("sum", "mean"):
-            raise ValueError(f"TRPOLoss: kl_reduction must be 'sum' or 'mean', got {kl_reduction!r}")
+        check_choice("TRPOLoss", "loss_critic_type", loss_critic_type, ("l1", "l2", "smooth_l1"))
+        check_choice("TRPOLoss", "kl_estimate", kl_estimate, ("analytic", "sampled"))
+        check_choice("TRPOLoss", "kl_reduction", kl_reduction, ("sum", "mean"))
         for name, value in (("critic_coeff", critic_coeff), ("entropy_coeff", entropy_coeff)):
-            if not (_finite_number(value) and value >= 0):
-                raise ValueError(f"TRPOLoss: {name} must be a finite number >= 0, got {value!r}")
+            check_number("TRPOLoss", name, value, low=0)
         self._in_keys = None
         super().__init__()
         # the loss keeps the user's modules and their Parameter objects (no copies): an actor step

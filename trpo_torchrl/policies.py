@@ -13,6 +13,9 @@ from torch import nn
 from torchrl.modules import IndependentNormal, OneHotCategorical, ProbabilisticActor
 from torch.distributions import Categorical
 
+from .modules import has_forward_hooks, sequential_leaves
+from .validation import check_count, check_number
+
 __all__ = ["StateIndependentScale", "gaussian_actor", "categorical_actor", "GaussianSampler", "collection_policy"]
 
 
@@ -25,7 +28,9 @@ class StateIndependentScale(nn.Module):
 
     def __init__(self, action_dim: int, init_log_std: float = 0.0):
         super().__init__()
-        self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
+        action_dim = check_count("StateIndependentScale", "action_dim", action_dim)
+        init_log_std = check_number("StateIndependentScale", "init_log_std", init_log_std)
+        self.log_std = nn.Parameter(torch.full((action_dim,), init_log_std))
 
     def forward(self, loc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return loc, self.log_std.exp().expand_as(loc)
@@ -88,11 +93,16 @@ class GaussianSampler(TensorDictModuleBase):
     On a small CPU that machinery costs several times the network itself at each environment step
     (HalfCheetah's 64×64 policy on 2 environments: ~380 µs per call against ~60 µs for the network).
     It samples under the RANDOM interaction type (what collectors use) and returns the mean otherwise.
+    While the actor or its TensorDict modules have forward hooks (which this shortcut would skip),
+    it calls the actor itself.
     """
 
     def __init__(self, actor):
         super().__init__()
         module = actor.module[0]
+        # kept unregistered: its parameters are the network's, already registered as ``net``
+        self.__dict__["_actor"] = actor
+        self.__dict__["_wrappers"] = (actor, *actor.module)
         self.net = module.module
         self.in_keys = list(module.in_keys)
         self._params_keys = list(module.out_keys)  # loc, scale
@@ -103,6 +113,9 @@ class GaussianSampler(TensorDictModuleBase):
         self._distribution_kwargs = dict(actor.module[-1].distribution_kwargs)
 
     def forward(self, tensordict):
+        # hooks on the modules this shortcut does not call (the network's own hooks still run)
+        if any(has_forward_hooks(m, recurse=False) for m in self._wrappers):
+            return self._actor(tensordict)
         loc, scale = self.net(*(tensordict.get(key) for key in self.in_keys))
         dist = self._distribution_class(loc, scale, **self._distribution_kwargs)
         mode = interaction_type()
@@ -119,15 +132,20 @@ class GaussianSampler(TensorDictModuleBase):
 
 def collection_policy(actor):
     """A :class:`GaussianSampler` for an actor made by :func:`gaussian_actor` with a state-independent
-    scale, the actor itself for anything else."""
+    scale, the actor itself for anything else.
+
+    The network must end in the :class:`StateIndependentScale` by its own forward pass (its last
+    leaf in :func:`~trpo_torchrl.modules.sequential_leaves`): an ``nn.Sequential`` subclass whose
+    ``forward`` differs is not taken for the stack of its children."""
     try:
         module, prob = actor.module[0], actor.module[-1]
+        leaves = list(sequential_leaves(module.module)) if type(module) is TensorDictModule else []
         plain = (
             type(actor) is ProbabilisticActor
             and len(actor.module) == 2
             and type(module) is TensorDictModule
-            and isinstance(module.module, nn.Sequential)
-            and isinstance(module.module[-1], StateIndependentScale)
+            and bool(leaves)
+            and type(leaves[-1]) is StateIndependentScale
             and prob.distribution_class is IndependentNormal
             and prob.return_log_prob
             and not getattr(actor, "safe", False)  # a safe actor projects its samples into the spec

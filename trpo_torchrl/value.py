@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from numbers import Real
 
 import torch
 from tensordict import TensorDictBase
@@ -13,6 +12,7 @@ from torchrl.objectives.value import GAE
 from torchrl.objectives.value.advantages import _self_set_grad_enabled, _self_set_skip_existing
 
 from .ops import generalized_advantage_estimate
+from .validation import check_number
 
 __all__ = ["FusedGAE"]
 
@@ -45,8 +45,8 @@ class FusedGAE(GAE):
 
     def __init__(self, *, gamma, lmbda, **kwargs):
         for name, value in (("gamma", gamma), ("lmbda", lmbda)):
-            if isinstance(value, Real) and (isinstance(value, bool) or not 0 <= value <= 1):
-                raise ValueError(f"FusedGAE: {name} must be in [0, 1], got {value!r}")
+            if not isinstance(value, torch.Tensor):  # a tensor (TorchRL keeps it as a buffer) passes as is
+                check_number("FusedGAE", name, value, low=0, high=1)
         super().__init__(gamma=gamma, lmbda=lmbda, **kwargs)
 
     def _gae_inputs(self, tensordict, params, target_params, time_dim):

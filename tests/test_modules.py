@@ -1,0 +1,152 @@
+"""describe_mlp: which networks are plain MLPs (every fast path relies on it), and the reason given
+for those that are not."""
+
+import pytest
+import torch
+from torch import nn
+from torchrl.modules import MLP
+
+from trpo_torchrl.modules import MLPDescription, NotPlain, describe_mlp, has_forward_hooks, sequential_leaves
+from trpo_torchrl.policies import StateIndependentScale
+
+
+class _Shift(nn.Module):
+    """Parameter-free preprocessing with a buffer, like an observation normaliser."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.full((5,), 0.5))
+
+    def forward(self, x):
+        return x - self.mean
+
+
+class _Doubled(nn.Sequential):
+    """A Sequential whose forward is not the plain composition of its children."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+class _Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(5))
+
+    def forward(self, x):
+        return self.gain * x
+
+
+def _body():
+    return [nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)]
+
+
+def test_a_plain_mlp_is_described_layer_by_layer():
+    shift, body, head = _Shift(), _body(), StateIndependentScale(3)
+    net = nn.Sequential(shift, nn.Sequential(*body[:2]), *body[2:], head)
+    description = describe_mlp(net, head_types=(StateIndependentScale,))
+    assert isinstance(description, MLPDescription) and description
+    assert description.prefix == (shift,)
+    assert description.linears == (body[0], body[2], body[4])
+    assert description.activations == ("tanh", "relu")
+    assert description.head is head
+    assert description.shapes == ((8, 5), (8, 8), (3, 8))
+    assert description.parameters == tuple(p for m in description.linears for p in (m.weight, m.bias))
+    assert description.leaves == (shift, *body, head)
+    assert str(description) == "_Shift -> Linear(5, 8) -> tanh -> Linear(8, 8) -> relu -> Linear(8, 3) -> StateIndependentScale"
+    # a head is only taken when the caller names its type
+    assert not describe_mlp(net)
+
+
+def test_torchrl_mlp_and_a_lone_linear_are_plain():
+    net = MLP(in_features=5, out_features=2, num_cells=[16, 16], activation_class=nn.ReLU)
+    description = describe_mlp(net)
+    assert description.shapes == ((16, 5), (16, 16), (2, 16))
+    assert description.activations == ("relu", "relu")
+    linear = nn.Linear(5, 1)
+    assert describe_mlp(linear).linears == (linear,)
+    assert describe_mlp(linear).activations == ()
+
+
+def _with_instance_forward():
+    net = nn.Sequential(*_body())
+    net.forward = lambda x: x  # replaced on this one instance
+    return net
+
+
+def _with_hook():
+    net = nn.Sequential(*_body())
+    net[2].register_forward_hook(lambda module, args, out: 2 * out)
+    return net
+
+
+class _TanhSubclass(nn.Tanh):
+    pass
+
+
+@pytest.mark.parametrize(
+    "make,reason",
+    [
+        (lambda: _Doubled(*_body()), "_Doubled subclasses Sequential with its own forward"),
+        (lambda: nn.Sequential(_Shift(), _Doubled(*_body())), "_Doubled subclasses Sequential with its own forward"),
+        (lambda: MLP(in_features=5, out_features=(2, 3), num_cells=[8]), "MLP subclasses Sequential"),
+        (_with_instance_forward, "forward set on the instance"),
+        (_with_hook, "forward hooks"),
+        (lambda: nn.Sequential(nn.Dropout(0.1), *_body()), "Dropout before the first Linear is random"),
+        (lambda: nn.Sequential(nn.BatchNorm1d(5, affine=False), *_body()), "BatchNorm1d before the first Linear"),
+        (lambda: nn.Sequential(_Scaled(), *_body()), "_Scaled before the first Linear has parameters"),
+        (lambda: nn.Sequential(*_body()[:3], nn.GELU(), nn.Linear(8, 3)), "GELU after Linear 1"),
+        (lambda: nn.Sequential(*_body()[:3], _TanhSubclass(), nn.Linear(8, 3)), "_TanhSubclass after Linear 1"),
+        (lambda: nn.Sequential(*_body(), nn.Tanh()), "ends in Tanh"),
+        (lambda: nn.Sequential(nn.Linear(5, 8), nn.Linear(8, 3)), "Linear after Linear 0"),
+        (lambda: nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Tanh(), nn.Linear(8, 3)), "Tanh where a Linear belongs"),
+        (lambda: nn.Sequential(nn.Linear(5, 8, bias=False), nn.Tanh(), nn.Linear(8, 3)), "Linear 0 has no bias"),
+        (lambda: nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(7, 3)), "Linear 1 takes 7 features"),
+        (lambda: nn.Sequential(_Shift(), nn.Tanh()), "no Linear layer"),
+        (lambda: nn.Sequential(nn.Bilinear(5, 5, 3)), "no Linear layer"),
+    ],
+)
+def test_what_is_not_a_plain_mlp_and_why(make, reason):
+    description = describe_mlp(make())
+    assert isinstance(description, NotPlain) and not description
+    assert reason in description.reason, description.reason
+    assert str(description) == description.reason
+
+
+def test_global_hooks_make_every_module_opaque():
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda module, args, out: out)
+    try:
+        assert "forward hooks" in describe_mlp(nn.Sequential(*_body())).reason
+        assert has_forward_hooks(nn.Tanh(), recurse=False)
+    finally:
+        handle.remove()
+    assert describe_mlp(nn.Sequential(*_body()))
+
+
+def test_hooks_and_leaves():
+    inner = nn.Sequential(*_body())
+    outer = nn.Sequential(_Shift(), inner)
+    assert not has_forward_hooks(outer)
+    handle = inner[0].register_forward_pre_hook(lambda module, args: None)
+    assert has_forward_hooks(outer) and not has_forward_hooks(outer, recurse=False)
+    handle.remove()
+    assert not has_forward_hooks(outer)
+    doubled = _Doubled(*_body())
+    assert list(sequential_leaves(nn.Sequential(doubled, nn.Tanh())))[0] is doubled
+    assert list(sequential_leaves(outer))[1:] == list(inner)
+
+
+def test_the_opened_modules_compute_the_described_function():
+    # the description's promise, checked on the numbers: prefix, then Linear/activation in turn
+    torch.manual_seed(0)
+    net = nn.Sequential(_Shift(), MLP(in_features=5, out_features=3, num_cells=[8, 8], activation_class=nn.Tanh))
+    description = describe_mlp(net)
+    x = torch.randn(4, 5)
+    h = x
+    for m in description.prefix:
+        h = m(h)
+    for i, linear in enumerate(description.linears):
+        h = linear(h)
+        if i < len(description.activations):
+            h = {"tanh": torch.tanh, "relu": torch.relu}[description.activations[i]](h)
+    torch.testing.assert_close(h, net(x), rtol=0, atol=0)
