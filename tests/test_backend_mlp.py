@@ -2,6 +2,7 @@
 its forward pass, gradient, Fisher-vector products and whole update equal the torch.func path."""
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -94,10 +95,14 @@ def _gaussian_with(net, **kwargs):
         ("a forward replaced on one instance", lambda: _with_instance_forward()),
     ],
 )
-def test_other_actors_keep_the_torch_func_path(why, actor):
+def test_other_actors_keep_the_torch_func_path(why, actor, caplog):
     actor = actor()
-    update = TrustRegionUpdate(TRPOLoss(actor, make_critic()))
+    with caplog.at_level(logging.INFO, logger="trpo_torchrl"):
+        update = TrustRegionUpdate(TRPOLoss(actor, make_critic()))
     assert update.plan is None, why
+    # the path taken, and why, is said once
+    lines = [r.getMessage() for r in caplog.records if "torch.func" in r.getMessage()]
+    assert len(lines) == 1 and len(lines[0]) > len("the actor step evaluates the policy through torch.func: "), lines
 
 
 def _with_instance_forward():

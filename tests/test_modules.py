@@ -80,6 +80,13 @@ def _with_hook():
     return net
 
 
+def _with_instance_forward_on_a_layer():
+    net = nn.Sequential(*_body())
+    layer = net[0]
+    layer.forward = lambda x: 2 * nn.functional.linear(x, layer.weight, layer.bias)
+    return net
+
+
 class _TanhSubclass(nn.Tanh):
     pass
 
@@ -91,6 +98,7 @@ class _TanhSubclass(nn.Tanh):
         (lambda: nn.Sequential(_Shift(), _Doubled(*_body())), "_Doubled subclasses Sequential with its own forward"),
         (lambda: MLP(in_features=5, out_features=(2, 3), num_cells=[8]), "MLP subclasses Sequential"),
         (_with_instance_forward, "forward set on the instance"),
+        (_with_instance_forward_on_a_layer, "Linear has a forward set on the instance"),
         (_with_hook, "forward hooks"),
         (lambda: nn.Sequential(nn.Dropout(0.1), *_body()), "Dropout before the first Linear is random"),
         (lambda: nn.Sequential(nn.BatchNorm1d(5, affine=False), *_body()), "BatchNorm1d before the first Linear"),

@@ -92,12 +92,6 @@ _ARGUMENTS = {
 }
 _ARGUMENTS["PopulationTrustRegionUpdate"] = dict(_ARGUMENTS["TrustRegionUpdate"])
 
-# PopulationTrustRegionUpdate hands its options to a TrustRegionUpdate (whose name its messages
-# carry) and converts max_kl itself (True becomes 1.0; a refusal shows the per-member list): the
-# front ends over the one engine check every option in their own name
-_WIRED_IN_BY_THE_LEAD = {"PopulationTrustRegionUpdate"}
-
-
 def _make(cls: str, **kwargs):
     actor = make_actor("gaussian", dtype=torch.float64)
     loss = TRPOLoss(actor, make_critic(dtype=torch.float64))
@@ -117,10 +111,7 @@ def _cases():
     for cls, arguments in _ARGUMENTS.items():
         for name, values in arguments.items():
             for value in values:
-                marks = []
-                if cls in _WIRED_IN_BY_THE_LEAD:
-                    marks = [pytest.mark.xfail(strict=True, reason="wired in by the lead")]
-                yield pytest.param(cls, name, value, marks=marks, id=f"{cls}-{name}={value!r}")
+                yield pytest.param(cls, name, value, id=f"{cls}-{name}={value!r}")
 
 
 @pytest.mark.parametrize("cls,name,value", list(_cases()))

@@ -24,7 +24,7 @@ import torch
 from tensordict import TensorDict
 
 from .distributed import all_reduce_mean
-from .loss import _finite_number
+from .validation import check_choice, check_count, check_number
 from .ops import conjugate_gradient
 
 __all__ = ["Evaluation", "TrustRegionSettings", "step_metrics", "trust_region_step"]
@@ -45,31 +45,20 @@ class TrustRegionSettings:
     fvp_subsample: float = 1.0
 
     @classmethod
-    def validated(cls, where: str, **values) -> "TrustRegionSettings":
-        """The settings from ``values``, each checked; an error names ``where``, the argument and the value."""
-        max_kl, damping = values["max_kl"], values["damping"]
-        cg_iters, backtrack_iters = values["cg_iters"], values["backtrack_iters"]
-        backtrack_coeff, accept_ratio = values["backtrack_coeff"], values["accept_ratio"]
-        fvp, fvp_subsample = values["fvp"], values["fvp_subsample"]
-        if not (_finite_number(max_kl) and max_kl > 0):
-            raise ValueError(f"{where}: max_kl must be a finite number > 0, got {max_kl!r}")
-        if not (_finite_number(damping) and damping >= 0):
-            raise ValueError(f"{where}: damping must be a finite number >= 0, got {damping!r}")
-        if not (isinstance(cg_iters, int) and not isinstance(cg_iters, bool) and cg_iters >= 1):
-            raise ValueError(f"{where}: cg_iters must be an int >= 1, got {cg_iters!r}")
-        if not (isinstance(backtrack_iters, int) and not isinstance(backtrack_iters, bool) and backtrack_iters >= 1):
-            raise ValueError(f"{where}: backtrack_iters must be an int >= 1, got {backtrack_iters!r}")
-        if not (_finite_number(backtrack_coeff) and 0 < backtrack_coeff < 1):
-            raise ValueError(f"{where}: backtrack_coeff must be in (0, 1), got {backtrack_coeff!r}")
-        if not (_finite_number(accept_ratio) and accept_ratio >= 0):
-            raise ValueError(f"{where}: accept_ratio must be a finite number >= 0, got {accept_ratio!r}")
-        if fvp not in ("gauss_newton", "kl_hessian"):
-            raise ValueError(f"{where}: fvp must be 'gauss_newton' or 'kl_hessian', got {fvp!r}")
-        if not (_finite_number(fvp_subsample) and 0 < fvp_subsample <= 1):
-            raise ValueError(f"{where}: fvp_subsample must be in (0, 1], got {fvp_subsample!r}")
+    def validated(
+        cls, where: str, *, max_kl, damping, cg_iters, backtrack_iters, backtrack_coeff, accept_ratio, fvp, fvp_subsample
+    ) -> "TrustRegionSettings":
+        """The settings, each checked by the one rule (:mod:`trpo_torchrl.validation`); an error names
+        ``where``, the argument and the value."""
         return cls(
-            float(max_kl), float(damping), cg_iters, backtrack_iters, float(backtrack_coeff), float(accept_ratio), fvp,
-            float(fvp_subsample),
+            max_kl=check_number(where, "max_kl", max_kl, low=0, low_open=True),
+            damping=check_number(where, "damping", damping, low=0),
+            cg_iters=check_count(where, "cg_iters", cg_iters),
+            backtrack_iters=check_count(where, "backtrack_iters", backtrack_iters),
+            backtrack_coeff=check_number(where, "backtrack_coeff", backtrack_coeff, low=0, high=1, low_open=True, high_open=True),
+            accept_ratio=check_number(where, "accept_ratio", accept_ratio, low=0),
+            fvp=check_choice(where, "fvp", fvp, ("gauss_newton", "kl_hessian")),
+            fvp_subsample=check_number(where, "fvp_subsample", fvp_subsample, low=0, high=1, low_open=True),
         )
 
 

@@ -22,7 +22,7 @@ from torchrl.objectives.utils import (
 from torchrl.objectives.value import ValueEstimatorBase
 
 from .distributed import global_mean_std
-from .validation import check_choice, check_number, is_finite_number
+from .validation import check_choice, check_number
 from .value import FusedGAE
 
 __all__ = ["TRPOLoss", "PolicyBatch", "distribution_family"]
@@ -86,9 +86,6 @@ def distribution_parameters(dist: D.Distribution, num_states: int):
         f"TRPOLoss: no closed-form Fisher for {type(dist).__name__}; use TrustRegionUpdate(..., fvp='kl_hessian')"
     )
 
-
-# the update classes still import it under this name
-_finite_number = is_finite_number
 
 
 def _categorical_kl(old: D.Distribution, new: D.Distribution) -> torch.Tensor:

@@ -131,6 +131,9 @@ def describe_mlp(module: nn.Module, *, head_types: tuple[type, ...] = ()) -> MLP
     if has_forward_hooks(module):
         return NotPlain("it has forward hooks, which a fast path would skip")
     leaves = list(sequential_leaves(module))
+    replaced = next((m for m in leaves if "forward" in vars(m)), None)
+    if replaced is not None:
+        return NotPlain(f"{type(replaced).__name__} has a forward set on the instance")
     head = leaves[-1] if leaves and type(leaves[-1]) in head_types else None
     body = leaves[:-1] if head is not None else leaves
     first = next((i for i, m in enumerate(body) if type(m) is nn.Linear), None)

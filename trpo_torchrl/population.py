@@ -20,7 +20,8 @@ from tensordict import TensorDict, TensorDictBase
 from .backends import ParameterLayout, PolicyBackends
 from .distributed import global_mean_std, resolve_process_group
 from .engine import TrustRegionSettings, trust_region_step
-from .loss import PolicyBatch, TRPOLoss, _finite_number
+from .loss import PolicyBatch, TRPOLoss
+from .validation import check_generator, check_number
 
 __all__ = ["PopulationTrustRegionUpdate", "population_policy"]
 
@@ -128,23 +129,21 @@ class PopulationTrustRegionUpdate:
         num_members = params.batch_size[0]
         if isinstance(max_kl, torch.Tensor):
             max_kl = max_kl.tolist()
-        radii = list(max_kl) if isinstance(max_kl, Sequence) and not isinstance(max_kl, str) else [max_kl] * num_members
+        per_member = isinstance(max_kl, Sequence) and not isinstance(max_kl, str)
+        radii = list(max_kl) if per_member else [max_kl] * num_members
         if len(radii) != num_members:
             raise ValueError(f"{where}: max_kl has {len(radii)} values for {num_members} members")
-        for radius in radii:
-            if not (_finite_number(radius) and radius > 0):
-                raise ValueError(f"{where}: max_kl must be a finite number > 0 for every member, got {max_kl!r}")
-        # the shared options are checked as the single step's are; the radii are per member
+        radii = [check_number(where, "max_kl", radius, low=0, low_open=True) for radius in radii]
+        # the shared options, by the single step's rule; the radii are per member
         self.settings = TrustRegionSettings.validated(
             where, max_kl=min(radii), damping=damping, cg_iters=cg_iters, backtrack_iters=backtrack_iters,
             backtrack_coeff=backtrack_coeff, accept_ratio=accept_ratio, fvp=fvp, fvp_subsample=fvp_subsample,
         )
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"{where}: generator must be a torch.Generator or None, got {type(generator).__name__}")
+        self.generator = check_generator(where, "generator", generator)
         self.loss_module = loss_module
         self.params = params
         self.num_members = num_members
-        self.max_kl = [float(radius) for radius in radii]
+        self.max_kl = radii
         self.process_group = resolve_process_group(process_group)
         self.layout = ParameterLayout(loss_module.actor_network)
         self.backends = PolicyBackends(

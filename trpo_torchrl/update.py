@@ -11,6 +11,7 @@ from .backends import MLPPolicyPlan, ParameterLayout, PolicyBackends
 from .distributed import resolve_process_group
 from .engine import TrustRegionSettings, step_metrics, trust_region_step
 from .loss import PolicyBatch, TRPOLoss, _trainable_parameters
+from .validation import check_generator
 
 __all__ = ["TrustRegionUpdate", "step_metrics"]
 
@@ -98,9 +99,7 @@ class TrustRegionUpdate:
             "TrustRegionUpdate", max_kl=max_kl, damping=damping, cg_iters=cg_iters, backtrack_iters=backtrack_iters,
             backtrack_coeff=backtrack_coeff, accept_ratio=accept_ratio, fvp=fvp, fvp_subsample=fvp_subsample,
         )
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"TrustRegionUpdate: generator must be a torch.Generator or None, got {type(generator).__name__}")
-        self.generator = generator
+        self.generator = check_generator("TrustRegionUpdate", "generator", generator)
         self.process_group = resolve_process_group(process_group)
         # the layout of θ is fixed here; the Parameter objects themselves are looked up at each call
         # (they are the actor's own, shared with the collector's policy, wherever they have moved)

@@ -15,6 +15,8 @@ behind one interface (:class:`~trpo_torchrl.engine.Evaluation`):
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..loss import PolicyBatch, TRPOLoss, _trainable_parameters
@@ -22,6 +24,8 @@ from .functional import FunctionalBackend
 from .mlp import MLPBackend, MLPPolicyPlan
 
 __all__ = ["FunctionalBackend", "MLPBackend", "MLPPolicyPlan", "ParameterLayout", "PolicyBackends"]
+
+_log = logging.getLogger("trpo_torchrl")
 
 
 class ParameterLayout:
@@ -61,8 +65,13 @@ class PolicyBackends:
         self.functional = FunctionalBackend(
             loss_module, layout, fvp=fvp, damping=damping, fvp_subsample=fvp_subsample, generator=generator
         )
-        plan = MLPPolicyPlan.build(loss_module.actor_network, layout.names, layout.numels) if fast_mlp else None
-        self.mlp = None if plan is None else MLPBackend(plan, self.functional)
+        self.mlp = None
+        if fast_mlp:
+            plan = MLPPolicyPlan.describe(loss_module.actor_network, layout.names, layout.numels)
+            if plan:
+                self.mlp = MLPBackend(plan, self.functional)
+            else:
+                _log.info("the actor step evaluates the policy through torch.func: %s", plan)
 
     @property
     def plan(self) -> MLPPolicyPlan | None:

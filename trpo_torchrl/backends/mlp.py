@@ -15,9 +15,10 @@ activations of one forward pass. :class:`MLPPolicyPlan` recognises such an actor
   ``K`` parameter vectors at once, as batched matrix products, with the hidden tanh through
   :func:`trpo_torchrl.ops.tanh_`.
 
-What is not recognised (another layer type, a state-dependent scale, distribution keyword
-arguments, trainable parameters outside the MLP, forward hooks) keeps the ``torch.func`` path:
-:meth:`MLPPolicyPlan.build` returns ``None``.
+Whether the network is a plain MLP is :func:`trpo_torchrl.modules.describe_mlp`'s answer, the one
+every fast path asks. What is not recognised (another layer type, a state-dependent scale,
+distribution keyword arguments, trainable parameters outside the MLP, forward hooks) keeps the
+``torch.func`` path: :meth:`MLPPolicyPlan.describe` says why.
 """
 
 from __future__ import annotations
@@ -28,41 +29,18 @@ import torch
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torch import nn
-from torchrl.modules import MLP, IndependentNormal, OneHotCategorical
+from torchrl.modules import IndependentNormal, OneHotCategorical
 
 from ..fisher import check_product_vector
+from ..modules import NotPlain, describe_mlp, has_forward_hooks, sequential_leaves
 from ..loss import PolicyBatch
 from ..ops import tanh_ as fast_tanh_
 from ..policies import StateIndependentScale
 from .functional import subsample
 
-__all__ = ["MLPBackend", "MLPPolicyPlan", "has_forward_hooks", "sequential_leaves"]
+__all__ = ["MLPBackend", "MLPPolicyPlan"]
 
-_ACTIVATIONS = (nn.Tanh, nn.ReLU)
 _CATEGORICALS = (OneHotCategorical, torch.distributions.Categorical)
-_STOCHASTIC_OR_STATEFUL = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)
-
-
-def sequential_leaves(module: nn.Module):
-    """The modules a Sequential runs, nested Sequentials flattened. Exact ``nn.Sequential`` (and
-    torchrl's ``MLP`` with one integer output size, whose forward is then the same) are opened;
-    any other module, whose forward may differ, is a leaf."""
-    opened = type(module) is nn.Sequential or (type(module) is MLP and isinstance(module.out_features, int))
-    if opened:
-        for child in module:
-            yield from sequential_leaves(child)
-    else:
-        yield module
-
-
-def has_forward_hooks(module: nn.Module) -> bool:
-    """Forward (pre-)hooks on ``module``, any module under it, or all modules: calls a plan that
-    bypasses the modules' ``__call__`` would skip."""
-    from torch.nn.modules import module as nn_module
-
-    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 class _Layer:
@@ -93,46 +71,46 @@ class MLPPolicyPlan:
     @classmethod
     def build(cls, actor, names: list[str], numels: list[int]) -> "MLPPolicyPlan | None":
         """The plan for ``actor``, or ``None`` when it is not a plain MLP policy (see the module doc)."""
+        plan = cls.describe(actor, names, numels)
+        return plan if isinstance(plan, MLPPolicyPlan) else None
+
+    @classmethod
+    def describe(cls, actor, names: list[str], numels: list[int]) -> "MLPPolicyPlan | NotPlain":
+        """The plan for ``actor``, or :class:`~trpo_torchrl.modules.NotPlain` saying why there is none."""
         try:
             td_module, prob = actor.module[0], actor.module[-1]
-            if len(actor.module) != 2 or type(td_module) is not TensorDictModule or len(td_module.in_keys) != 1:
-                return None
             dist_class, dist_kwargs = prob.distribution_class, dict(prob.distribution_kwargs)
             # distribution argument name -> the TensorDict entry it is read from
             feeds = {(d[-1] if isinstance(d, tuple) else d): k for d, k in zip(prob.dist_keys, prob.in_keys)}
         except (AttributeError, IndexError, TypeError):
-            return None
+            return NotPlain(f"{type(actor).__name__} is not a ProbabilisticActor of a module and a distribution")
+        if len(actor.module) != 2 or type(td_module) is not TensorDictModule or len(td_module.in_keys) != 1:
+            return NotPlain("the actor is not one TensorDictModule with one input followed by its distribution")
         if dist_kwargs:
-            return None
+            return NotPlain(f"the distribution takes keyword arguments {sorted(dist_kwargs)}")
         if dist_class is IndependentNormal and set(feeds) == {"loc", "scale"}:
             family, order = "normal", ["loc", "scale"]
         elif dist_class in _CATEGORICALS and set(feeds) == {"logits"}:
             family, order = "categorical", ["logits"]
         else:
-            return None
+            return NotPlain(f"{dist_class.__name__} is not an IndependentNormal or a categorical")
         # the module writes exactly those entries, in the order its network returns them
         if list(td_module.out_keys) != [feeds[name] for name in order]:
-            return None
-        leaves = list(sequential_leaves(td_module.module))
-        if any("forward" in vars(m) for m in leaves):  # a forward replaced on one instance
-            return None
-        head = leaves[-1] if leaves and type(leaves[-1]) is StateIndependentScale else None
+            return NotPlain(f"the module writes {list(td_module.out_keys)}, not the distribution's {order}")
+        if has_forward_hooks(td_module, recurse=False):
+            return NotPlain("the TensorDictModule has forward hooks, which the explicit products would skip")
+        description = describe_mlp(td_module.module, head_types=(StateIndependentScale,))
+        if not description:
+            return description
+        head = description.head
         if (family == "normal") != (head is not None):
-            return None
-        body = leaves[:-1] if head is not None else leaves
-        first = next((i for i, m in enumerate(body) if type(m) is nn.Linear), None)
-        if first is None:
-            return None
-        prefix, body = body[:first], body[first:]
-        for m in prefix:
-            if any(True for _ in m.parameters()) or isinstance(m, _STOCHASTIC_OR_STATEFUL):
-                return None
-        # the MLP: Linear (activation Linear)*, every Linear with a bias
-        linears, acts = body[0::2], body[1::2]
-        if len(body) % 2 == 0 or not all(type(m) is nn.Linear and m.bias is not None for m in linears):
-            return None
-        if not all(type(m) in _ACTIVATIONS for m in acts):
-            return None
+            return NotPlain(
+                "a Gaussian needs a StateIndependentScale head (a state-dependent scale is not an explicit product here)"
+                if family == "normal" else "a categorical's network ends in a scale head"
+            )
+        linears = description.linears
+        if head is not None and tuple(head.log_std.shape) != (linears[-1].out_features,):
+            return NotPlain("the log-std is broadcast over the action dimensions")
         # θ's layout: exactly the Linears' weights and biases and the log-std, each once
         offsets, start = {}, 0
         for name, numel in zip(names, numels):
@@ -140,18 +118,16 @@ class MLPPolicyPlan:
             start += numel
         named = dict(actor.named_parameters())
         by_id = {id(named[name]): offsets[name] for name in names}
-        wanted = [p for m in linears for p in (m.weight, m.bias)] + ([head.log_std] if head is not None else [])
+        wanted = [*description.parameters] + ([head.log_std] if head is not None else [])
         if len(wanted) != len(names) or any(id(p) not in by_id for p in wanted):
-            return None
+            return NotPlain("the actor has trainable parameters outside its MLP and scale")
         layers = []
         for i, m in enumerate(linears):
-            activation = None if i == len(linears) - 1 else type(acts[i]).__name__.lower()
+            activation = description.activations[i] if i < len(description.activations) else None
             layers.append(_Layer(by_id[id(m.weight)], by_id[id(m.bias)], tuple(m.weight.shape), activation))
-        if head is not None and tuple(head.log_std.shape) != (linears[-1].out_features,):
-            return None  # a log-std broadcast over the action dimensions: not what the products assume
         log_std = by_id[id(head.log_std)] if head is not None else None
         out_keys = {name: feeds[name] for name in order}
-        return cls(actor, td_module.in_keys[0], prefix, layers, log_std, family, out_keys)
+        return cls(actor, td_module.in_keys[0], list(description.prefix), layers, log_std, family, out_keys)
 
     # ------------------------------------------------------------------------------------------
     def applies(self) -> bool:
