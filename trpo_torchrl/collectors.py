@@ -35,7 +35,7 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import ProbabilisticTensorDictSequential
 from torchrl._utils import seed_generator
 from torchrl.collectors import BaseCollector
-from torchrl.envs import DoubleToFloat, EnvBase, GymWrapper, RewardSum, TransformedEnv, VecGymEnvTransform
+from torchrl.envs import Compose, DoubleToFloat, EnvBase, GymWrapper, RewardSum, TransformedEnv, VecGymEnvTransform
 from torchrl.modules import IndependentNormal, OneHotCategorical
 
 from trpo_torchrl.mlp_policy import has_forward_hooks, sequential_leaves
@@ -242,7 +242,9 @@ class DirectCollector(BaseCollector):
 
     @staticmethod
     def _transforms(env: EnvBase) -> list:
-        return list(env.transform) if isinstance(env, TransformedEnv) else []
+        if not isinstance(env, TransformedEnv):
+            return []
+        return list(env.transform) if isinstance(env.transform, Compose) else [env.transform]
 
     def _check_transforms(self, env: EnvBase) -> None:
         for t in self._transforms(env):
