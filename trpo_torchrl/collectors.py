@@ -26,7 +26,7 @@ entries are not collected.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import gymnasium as gym
 import numpy as np

@@ -1,10 +1,11 @@
 """The training loop of ``trpo-torchrl train``: the library used exactly as a user would.
 
-Per iteration: collect one on-policy batch (TorchRL collector), scale rewards (optional),
-advantages and λ-returns (FusedGAE), the trust-region actor step, the critic fit, then the
-observation statistics; log; checkpoint. Everything a resumed run needs to continue bit for bit —
-parameters, optimiser, normaliser statistics, RNG states, the simulators' state and the collector's
-carried-over step — is in :meth:`Trainer.state_dict`.
+Per iteration (:meth:`Trainer.step`): collect one on-policy batch (a TorchRL collector behind the
+adapter of :mod:`.collectors`), scale rewards (optional), advantages and λ-returns (FusedGAE), the
+trust-region actor step, the critic fit, then the observation statistics; log (:mod:`.rundir`);
+checkpoint. Everything a resumed run needs to continue bit for bit — parameters, optimiser,
+normaliser statistics, RNG states (:mod:`.checkpoint`), the simulators' state and the collector's
+carried-over step (the adapter's) — is in :meth:`Trainer.state_dict`.
 
 Under ``torchrun`` each process is one learner rank: it collects ``frames_per_batch / world_size``
 frames with its own environment seeds, and the update averages over the ranks (the library's
