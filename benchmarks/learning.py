@@ -133,17 +133,16 @@ def train_ours(config, eval_at: set[int], run_dir: Path, task: str) -> list[dict
     discrete = config.env == "CartPole-v1"
     act = ours_policy(trainer.actor, discrete)
     curve, train_s = [], 0.0
-    batches = iter(trainer.collector)
     for it in range(1, trainer.total_iterations + 1):
         start = time.perf_counter()
-        batch = next(batches)
-        trainer._iteration(batch)  # the app's own iteration: what `trpo-torchrl train` runs
+        batch = trainer.next_batch()
+        trainer.step(batch)  # the app's own iteration: what `trpo-torchrl train` runs
         trainer.frames += batch.numel()
         train_s += time.perf_counter() - start
         if it in eval_at:
             curve.append({"iteration": it, "frames": trainer.frames, "train_s": train_s,
                           "return": evaluate(act, task, seed=10_000 + config.seed)})
-    trainer.collector.shutdown()
+    trainer.shutdown()
     return curve
 
 

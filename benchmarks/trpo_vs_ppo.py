@@ -73,20 +73,19 @@ class PPOUpdate:
                 torch.nn.utils.clip_grad_norm_(self.params, PPO["max_grad_norm"])
                 self.optimizer.step()
         t.normalizer.update(batch["observation"])
-        t.collector.update_policy_weights_()
+        t.collection.sync_policy()
 
 
 def run(algo: str, config, eval_at: set[int], run_dir: Path) -> dict:
     from trpo_torchrl.app.train import Trainer
 
     trainer = Trainer(config, run_dir=run_dir)
-    update = PPOUpdate(trainer, torch.Generator().manual_seed(config.seed + 2)) if algo == "ppo" else trainer._iteration
+    update = PPOUpdate(trainer, torch.Generator().manual_seed(config.seed + 2)) if algo == "ppo" else trainer.step
     act = ours_policy(trainer.actor, discrete=config.env == "CartPole-v1")
-    batches = iter(trainer.collector)
     curve, iteration_s, train_s, frames = [], [], 0.0, 0
     for it in range(1, trainer.total_iterations + 1):
         start = time.perf_counter()
-        batch = next(batches)
+        batch = trainer.next_batch()
         update(batch)
         dt = time.perf_counter() - start
         iteration_s.append(dt)
@@ -95,7 +94,7 @@ def run(algo: str, config, eval_at: set[int], run_dir: Path) -> dict:
         if it in eval_at:
             curve.append({"iteration": it, "frames": frames, "train_s": train_s,
                           "return": evaluate(act, config.env, seed=10_000 + config.seed)})
-    trainer.collector.shutdown()
+    trainer.shutdown()
     return {"curve": curve, "iteration_s": iteration_s, "frames": frames, "train_s": train_s}
 
 

@@ -46,8 +46,8 @@ class Ours:
 
         self.trainer = Trainer(config, run_dir=run_dir)
         self.cuda = self.trainer.device.type == "cuda"
-        self.batch = next(iter(self.trainer.collector))
-        self.trainer.collector.shutdown()
+        self.batch = self.trainer.next_batch()
+        self.trainer.shutdown()
         self.state = copy.deepcopy(
             {
                 "actor": self.trainer.actor.state_dict(),

@@ -17,7 +17,8 @@ import torch
 from trpo_torchrl.app import checkpoint as ckpt
 from trpo_torchrl.app.cli import main
 from trpo_torchrl.app.config import ConfigError, TrainConfig, build_config
-from trpo_torchrl.app.envs import env_state, gym_vector_env, load_env_state, make_env
+from trpo_torchrl.app.envs import env_state, load_env_state, make_env
+from trpo_torchrl.collectors import gym_vector_env
 from trpo_torchrl.app.normalize import RewardScaler, RunningMoments
 from trpo_torchrl.app.train import Trainer, resume_trainer
 
@@ -455,9 +456,8 @@ def test_advantages_equal_stable_baselines3s_on_the_same_batch(tmp_path, env_id)
     config = _config(tmp_path, "sb3", 3 * 256, env=env_id, steps_per_env=256,
                      normalize_observations=True, normalize_rewards=True)
     trainer = Trainer(config)
-    batches = iter(trainer.collector)
-    trainer._iteration(next(batches))  # a critic that has been fitted once, statistics that have moved
-    batch = next(batches)
+    trainer.step(trainer.next_batch())  # a critic that has been fitted once, statistics that have moved
+    batch = trainer.next_batch()
     trainer.collector.shutdown()
     done = batch["next", "done"]
     batch["next", "reward"] = trainer.reward_scaler(batch["next", "reward"], done)

@@ -1,6 +1,6 @@
-"""collector='direct': the app's own loop over the vector env gives the batch TorchRL's Collector
-over the same env would give for the same actions, entry for entry; its actions are drawn from
-the policy; its log-probabilities are the update's own; its per-step forward pass is the network's."""
+"""DirectCollector: its loop over the vector env gives the batch TorchRL's Collector over the same env
+would give for the same actions, entry for entry; its actions are drawn from the policy; its
+log-probabilities are the update's own; its per-step forward pass is the network's."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from trpo_torchrl.app.config import build_config
-from trpo_torchrl.app.collect import DirectCollector, _FrozenForward
-from trpo_torchrl.app.envs import gym_vector_env, make_env
+from trpo_torchrl.app.envs import make_env
 from trpo_torchrl.app.models import build_models
+from trpo_torchrl.collectors import DirectCollector, _FrozenForward, gym_vector_env
 from trpo_torchrl.policies import gaussian_actor
 
 needs_mujoco = pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="needs mujoco")
@@ -62,8 +62,8 @@ def _replay_through_torchrl(env_id, num_envs, seed, actions):
 def test_batch_equals_torchrls_for_the_same_actions(env_id, num_envs, steps):
     env, actor, normalizer = _setup(env_id, num_envs, seed=4)
     normalizer.update(torch.randn(64, normalizer.moments.mean.shape[0]) * 3 + 1)  # non-trivial statistics
-    collector = DirectCollector(env, actor, steps)
-    batch = collector.collect()
+    collector = DirectCollector(env, actor, frames_per_batch=env.batch_size[0] * steps)
+    batch = collector.rollout()
     assert batch.batch_size == torch.Size([num_envs, steps])
     ref, all_done_at = _replay_through_torchrl(env_id, num_envs, 4, batch["action"])
     assert set(batch.keys(True, True)) >= set(ref.exclude("loc", "scale", "logits", "action_log_prob").keys(True, True))
@@ -103,7 +103,7 @@ def test_batches_are_torchrls_collectors_bit_for_bit(env_id):
         env, actor, normalizer = _setup(env_id, n, seed=1)
         normalizer.update(torch.randn(64, normalizer.moments.mean.shape[0]) * 2)
         if which == "direct":
-            collector = DirectCollector(env, actor, steps)
+            collector = DirectCollector(env, actor, frames_per_batch=n * steps)
         else:
             collector = Collector(env, collection_policy(actor), frames_per_batch=n * steps, total_frames=-1,
                                   auto_register_policy_transforms=False)
@@ -125,17 +125,17 @@ def test_batches_are_torchrls_collectors_bit_for_bit(env_id):
 
 def test_state_dict_resumes_the_carried_step():
     env, actor, _ = _setup("CartPole-v1", 2, seed=2)
-    collector = DirectCollector(env, actor, 40)
-    collector.collect()
+    collector = DirectCollector(env, actor, frames_per_batch=env.batch_size[0] * 40)
+    collector.rollout()
     from trpo_torchrl.app.envs import env_state, load_env_state
 
     saved, sims = collector.state_dict(), env_state(env)
     rng = torch.get_rng_state()
-    a = collector.collect()
+    a = collector.rollout()
     collector.load_state_dict(saved)
     load_env_state(env, sims)
     torch.set_rng_state(rng)
-    b = collector.collect()
+    b = collector.rollout()
     assert (a == b).all()
     with pytest.raises(ValueError, match="observations"):
         collector.load_state_dict({**saved, "observation": np.zeros((3, 4), np.float32)})
@@ -143,7 +143,7 @@ def test_state_dict_resumes_the_carried_step():
 
 def test_log_probabilities_are_those_of_the_stored_distribution():
     env, actor, _ = _setup("Pendulum-v1", 2, seed=0)
-    batch = DirectCollector(env, actor, 64).collect()
+    batch = DirectCollector(env, actor, frames_per_batch=env.batch_size[0] * 64).rollout()
     dist = actor.module[-1].get_dist(batch.select("loc", "scale").clone())
     assert torch.equal(dist.log_prob(batch["action"]), batch["action_log_prob"])
     with torch.no_grad():  # and the stored parameters are the actor's on those observations
@@ -156,7 +156,7 @@ def test_gaussian_actions_are_drawn_from_the_policy():
     env, actor, _ = _setup("HalfCheetah-v5" if importlib.util.find_spec("mujoco") else "Pendulum-v1", 2, seed=3)
     with torch.no_grad():
         actor.module[0].module[-1].log_std.copy_(torch.linspace(-1.5, 0.5, actor.module[0].module[-1].log_std.numel()))
-    batch = DirectCollector(env, actor, 2000).collect()
+    batch = DirectCollector(env, actor, frames_per_batch=env.batch_size[0] * 2000).rollout()
     z = ((batch["action"] - batch["loc"]) / batch["scale"]).reshape(-1, batch["action"].shape[-1])
     n = z.shape[0]
     # standard normal per dimension: mean within 5 standard errors, variance within 5 of its own
@@ -167,7 +167,7 @@ def test_gaussian_actions_are_drawn_from_the_policy():
 
 def test_categorical_actions_are_drawn_from_the_policy():
     env, actor, _ = _setup("CartPole-v1", 2, seed=0)
-    collector = DirectCollector(env, actor, 1)
+    collector = DirectCollector(env, actor, frames_per_batch=env.batch_size[0])
     logits = torch.tensor([[2.0, -1.0], [0.3, 0.1]])
     draws = 20_000
     index = torch.stack([collector._sample(logits)[0] for _ in range(draws)])
@@ -194,9 +194,9 @@ def test_unknown_networks_are_called_as_they_are():
     env = make_env("Pendulum-v1", 2, seed=0)
     net = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 1))
     actor = gaussian_actor(net, 1)
-    collector = DirectCollector(env, actor, 16)
+    collector = DirectCollector(env, actor, frames_per_batch=env.batch_size[0] * 16)
     assert collector._frozen is None
-    batch = collector.collect()
+    batch = collector.rollout()
     with torch.no_grad():
         again = actor.module[0](batch.select("observation").clone())
     torch.testing.assert_close(again["loc"], batch["loc"], rtol=1e-6, atol=1e-7)
@@ -208,8 +208,8 @@ def test_an_interrupt_mid_batch_leaves_the_carried_step_on_the_simulators():
     # Ctrl-C lands while a batch is collected; the checkpoint then written must describe where the
     # simulators are, not where the batch started
     env, actor, _ = _setup("CartPole-v1", 2, seed=0)
-    collector = DirectCollector(env, actor, 50)
-    collector.collect()
+    collector = DirectCollector(env, actor, frames_per_batch=env.batch_size[0] * 50)
+    collector.rollout()
     first = gym_vector_env(env).envs[0]
     calls, step = [0], first.step
 
@@ -221,7 +221,7 @@ def test_an_interrupt_mid_batch_leaves_the_carried_step_on_the_simulators():
 
     first.step = interrupting
     with pytest.raises(KeyboardInterrupt):
-        collector.collect()
+        collector.rollout()
     state = collector.state_dict()
     for i, sub in enumerate(gym_vector_env(env).envs):
         np.testing.assert_array_equal(state["observation"][i], np.asarray(sub.unwrapped.state, dtype=np.float32))
@@ -239,12 +239,12 @@ def _chain(env):
 
 def test_hooks_and_subclasses_are_run_as_they_are():
     env, actor, _ = _setup("Pendulum-v1", 2, seed=0)
-    collector = DirectCollector(env, actor, 8)
+    collector = DirectCollector(env, actor, frames_per_batch=env.batch_size[0] * 8)
     first_linear = next(m for m in actor.modules() if type(m) is nn.Linear)
     handle = first_linear.register_forward_hook(lambda module, args, out: out + 1.0)
     try:
         assert collector._frozen.freeze(torch.float32) is None  # the hook is seen at each batch
-        batch = collector.collect()
+        batch = collector.rollout()
         with torch.no_grad():
             again = actor.module[0](batch.select("observation").clone())
         torch.testing.assert_close(batch["loc"], again["loc"], rtol=1e-6, atol=1e-6)
@@ -262,15 +262,17 @@ def test_hooks_and_subclasses_are_run_as_they_are():
 def test_actors_it_cannot_run_are_a_clear_error():
     env = make_env("CartPole-v1", 2, seed=0)
     actor = gaussian_actor(nn.Linear(4, 2), 2)
-    with pytest.raises(ValueError, match="collector='direct' runs the app's actors"):
-        DirectCollector(env, actor, 8)
+    with pytest.raises(ValueError, match="DirectCollector runs a one-hot categorical over a Discrete space"):
+        DirectCollector(env, actor, frames_per_batch=env.batch_size[0] * 8)
     pendulum = make_env("Pendulum-v1", 2, seed=0)
     squashed = gaussian_actor(nn.Linear(3, 1), 1)
     squashed.module[-1].distribution_kwargs["tanh_loc"] = True
     with pytest.raises(ValueError, match="no distribution_kwargs"):
-        DirectCollector(pendulum, squashed, 8)
-    with pytest.raises(ValueError, match="steps_per_env must be >= 1"):
-        DirectCollector(env, actor, 0)
+        DirectCollector(pendulum, squashed, frames_per_batch=pendulum.batch_size[0] * 8)
+    with pytest.raises(ValueError, match="frames_per_batch must be an int >= 1, got 0"):
+        DirectCollector(env, actor, frames_per_batch=0)
+    with pytest.raises(ValueError, match="frames_per_batch=3 is not a multiple of the env's num_envs=2"):
+        DirectCollector(env, actor, frames_per_batch=3)
 
 
 def test_training_runs_on_it_by_default(tmp_path):

@@ -31,11 +31,11 @@ def _free_port() -> int:
 
 
 def _check_batches(monkeypatch):
-    """Wraps Trainer._iteration: records each batch's size and checks that it was collected by the
+    """Wraps Trainer.step: records each batch's size and checks that it was collected by the
     learner's current policy (the stored log-probabilities are the actor's own), which holds only if
     the workers received the weights of every update."""
     seen = []
-    original = Trainer._iteration
+    original = Trainer.step
 
     def checked(self, batch):
         with torch.no_grad():
@@ -45,7 +45,7 @@ def _check_batches(monkeypatch):
         seen.append(batch.numel())
         return original(self, batch)
 
-    monkeypatch.setattr(Trainer, "_iteration", checked)
+    monkeypatch.setattr(Trainer, "step", checked)
     return seen
 
 
@@ -69,9 +69,9 @@ def test_collectors_deliver_the_batch_on_policy(tmp_path, monkeypatch, capsys, c
     seen = _check_batches(monkeypatch)
     threads, next_batch = [], Trainer.next_batch
 
-    def counted(self, batches):
+    def counted(self):
         threads.append(torch.get_num_threads())  # while the learner runs
-        return next_batch(self, batches)
+        return next_batch(self)
 
     monkeypatch.setattr(Trainer, "next_batch", counted)
     before = torch.get_num_threads()

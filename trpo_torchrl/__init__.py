@@ -6,9 +6,11 @@
 * :class:`CriticFit` – the critic's regression on the λ-returns.
 * :func:`gaussian_actor`, :func:`categorical_actor` – policies whose batches hold what TRPOLoss reads.
 * :class:`FusedGAE` – TorchRL's GAE value estimator on a fused C++/CUDA scan.
+* :class:`DirectCollector` – a TorchRL collector over a Gymnasium vector env at a fraction of ``Collector``'s per-step cost.
 * :mod:`trpo_torchrl.ops` – the compiled ops and their pure-PyTorch references.
 """
 
+from .collectors import DirectCollector
 from .critic import CriticFit
 from .loss import TRPOLoss
 from .ops import extension_loaded
@@ -21,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CriticFit",
+    "DirectCollector",
     "FusedGAE",
     "PopulationTrustRegionUpdate",
     "StateIndependentScale",

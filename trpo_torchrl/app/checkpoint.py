@@ -1,21 +1,27 @@
 """Checkpoints: ``torch.save`` files written atomically (temporary file, fsync, rename), so a crash
-or Ctrl-C mid-write leaves the previous checkpoint intact, and read back with clear errors."""
+or Ctrl-C mid-write leaves the previous checkpoint intact, and read back with clear errors; and the
+run state beside the models that a resumed run needs to continue bit for bit (the random number
+generators')."""
 
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from .errors import AppError
 
 CHECKPOINT_DIR = "checkpoints"
 FORMAT = "trpo_torchrl.checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(AppError):
     """A checkpoint that cannot be read."""
 
 
@@ -66,3 +72,35 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} lacks {', '.join(missing)}: it is incomplete or was edited")
     return state
+
+
+# -- random number generators ---------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python's, numpy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+    """The global generators' states and those of ``generators`` (by name)."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "generators": {k: g.get_state() for k, g in generators.items()},
+    }
+
+
+def load_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+    """Restores what :func:`rng_state` saved."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for k, g in generators.items():
+        g.set_state(state["generators"][k])

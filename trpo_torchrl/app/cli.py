@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .config import FIELDS, ConfigError, build_config, field_docs
+from .errors import AppError
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
@@ -151,12 +152,9 @@ def _plot(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .envs import EnvError
-
     try:
         return {"train": _train, "eval": _eval, "plot": _plot}[args.command](args)
-    except (ConfigError, CheckpointError, EnvError, FileNotFoundError, ValueError) as err:
+    except AppError as err:  # what the user asked for cannot be done; anything else is a bug: its traceback shows
         print(f"trpo-torchrl {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -19,8 +19,10 @@ from typing import Any
 
 import yaml
 
+from .errors import AppError
 
-class ConfigError(ValueError):
+
+class ConfigError(AppError):
     """A configuration key or value that cannot be used."""
 
 

@@ -14,8 +14,10 @@ what lets a run resumed from a checkpoint continue exactly where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
+import logging
 import warnings
 from typing import Any
 
@@ -26,8 +28,12 @@ from gymnasium.vector import AutoresetMode
 from torchrl.envs import DoubleToFloat, GymWrapper, RewardSum, TransformedEnv
 from torchrl.envs.libs.gym import terminal_obs_reader
 
+from trpo_torchrl.collectors import gym_vector_env
 
-class EnvError(ValueError):
+from .errors import AppError
+
+
+class EnvError(AppError):
     """An environment that cannot be made."""
 
 
@@ -130,6 +136,21 @@ def _clip_box_actions(env: gym.Env) -> gym.Env:
     return env
 
 
+@contextlib.contextmanager
+def _torchrl_info_silenced():
+    """TorchRL's INFO lines off while a vector env is wrapped: ``GymWrapper`` registers a provisional
+    info reader with a dummy rollout and ``check_env_specs`` and says so ("The info_dict_reader does
+    not have specs...", "check_env_specs succeeded!"); :func:`make_env` then swaps that reader for
+    its own, so the lines describe nothing the run uses. Warnings and errors still show."""
+    logger = logging.getLogger("torchrl")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def make_env(env_id: str, num_envs: int, seed: int, *, clip_actions: bool = True, device: str = "cpu") -> TransformedEnv:
     """A TorchRL env of batch size ``[num_envs]`` over a synchronous Gymnasium vector env.
 
@@ -140,7 +161,7 @@ def make_env(env_id: str, num_envs: int, seed: int, *, clip_actions: bool = True
     """
     wrappers = [_float32_observations] + ([_clip_box_actions] if clip_actions else [])
     venv = make_vector_env(env_id, num_envs, seed, wrappers=wrappers)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _torchrl_info_silenced():
         warnings.simplefilter("ignore")
         env = GymWrapper(venv, device=device)
     env.set_seed(seed)
@@ -151,11 +172,6 @@ def make_env(env_id: str, num_envs: int, seed: int, *, clip_actions: bool = True
         env.append_transform(DoubleToFloat(in_keys=["observation"], in_keys_inv=[]))
     env.append_transform(RewardSum(in_keys=["reward"], out_keys=["episode_reward"]))
     return env
-
-
-def gym_vector_env(env: TransformedEnv) -> gym.vector.SyncVectorEnv:
-    """The Gymnasium vector env inside a TorchRL env made by :func:`make_env`."""
-    return env.base_env._env
 
 
 # -- simulator state ------------------------------------------------------------------------------

@@ -59,6 +59,16 @@ class ObservationNormalizer(nn.Module):
         std = (self.moments.var + self.eps).sqrt().to(x.dtype)
         return ((x - mean) / std).clamp(-self.clip, self.clip)
 
+    def frozen_forward(self, dtype: torch.dtype):
+        """:meth:`forward` for the current statistics, computed once (``None`` when disabled: the
+        identity); :class:`~trpo_torchrl.collectors.DirectCollector` runs it at every step of a batch."""
+        if not self.enabled:
+            return None
+        mean = self.moments.mean.to(dtype)
+        std = (self.moments.var + self.eps).sqrt().to(dtype)
+        clip = self.clip
+        return lambda x: ((x - mean) / std).clamp(-clip, clip)
+
     def update(self, x: torch.Tensor) -> None:
         if self.enabled:
             self.moments.update(x)

@@ -9,6 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import AppError
+
+
+class PlotError(AppError):
+    """Run directories or a progress.csv that cannot be plotted."""
+
 
 def find_runs(paths) -> list[Path]:
     """Run directories (holding progress.csv) among ``paths`` and their subfolders."""
@@ -19,9 +25,9 @@ def find_runs(paths) -> list[Path]:
         elif p.is_dir():
             runs += sorted(q.parent for q in p.rglob("progress.csv"))
         else:
-            raise FileNotFoundError(f"plot: {str(p)!r} is not a run directory")
+            raise PlotError(f"plot: {str(p)!r} is not a run directory")
     if not runs:
-        raise FileNotFoundError(f"plot: no progress.csv under {', '.join(map(str, paths))}")
+        raise PlotError(f"plot: no progress.csv under {', '.join(map(str, paths))}")
     return runs
 
 
@@ -34,7 +40,7 @@ def read_curve(run: Path, column: str = "train_return") -> tuple[np.ndarray, np.
         header = reader.fieldnames or []
         for needed in ("frames", column):
             if needed not in header:
-                raise ValueError(f"plot: {str(path)!r} has no column {needed!r} (it has: {', '.join(header)})")
+                raise PlotError(f"plot: {str(path)!r} has no column {needed!r} (it has: {', '.join(header)})")
         for line, row in enumerate(reader, start=2):
             value = row.get(column, "")
             if value in ("", None):
@@ -42,7 +48,7 @@ def read_curve(run: Path, column: str = "train_return") -> tuple[np.ndarray, np.
             try:
                 number, frame = float(value), float(row["frames"])
             except (TypeError, ValueError):
-                raise ValueError(f"plot: {str(path)!r} line {line}: {column}={value!r}, frames={row['frames']!r} are not numbers") from None
+                raise PlotError(f"plot: {str(path)!r} line {line}: {column}={value!r}, frames={row['frames']!r} are not numbers") from None
             if math.isfinite(number):
                 frames.append(frame)
                 values.append(number)
@@ -91,7 +97,7 @@ def plot_runs(paths, out: str | Path, column: str = "train_return", points: int 
             ax.fill_between(grid, mean - std, mean + std, alpha=0.25)
     if not drawn:
         plt.close(fig)
-        raise ValueError(f"plot: no run has a finite value of {column!r} yet; nothing to draw")
+        raise PlotError(f"plot: no run has a finite value of {column!r} yet; nothing to draw")
     ax.set_xlabel("environment frames")
     ax.set_ylabel(column.replace("_", " "))
     ax.grid(alpha=0.3)

@@ -17,12 +17,12 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from tensordict import TensorDict
+from tensordict import TensorDict, TensorDictBase
 
 from trpo_torchrl import PopulationTrustRegionUpdate
 
 from .config import TrainConfig, save_yaml
-from .train import RunResult, Trainer
+from .train import ACTOR_METRICS, RunResult, Trainer
 
 __all__ = ["PopulationTrainer", "train_population"]
 
@@ -71,37 +71,17 @@ class PopulationTrainer:
         for m, trainer in enumerate(self.members):
             TensorDict.from_module(trainer.actor).update_(self.params[m])
 
-    def _iteration(self, batches) -> list[dict]:
-        rows = []
-        for trainer, batch in zip(self.members, batches):
-            done = batch["next", "done"]
-            returns = batch["next", "episode_reward"][done]
-            if trainer.reward_scaler is not None:
-                batch["next", "reward"] = trainer.reward_scaler(batch["next", "reward"], done)
-            with torch.no_grad():
-                trainer.loss.value_estimator(batch)  # 1. each member's advantages, from its own critic
-            rows.append({
-                "train_return": returns.mean().item() if returns.numel() else float("nan"),
-                "train_episodes": int(returns.numel()),
-            })
+    def step(self, batches: list[TensorDictBase]) -> list[dict]:
+        """One iteration of every member on its own batch, their actor steps batched; returns each
+        member's metrics."""
+        returns = [trainer.before_actor_step(batch) for trainer, batch in zip(self.members, batches)]
         self._gather()
         actor = self.update(torch.stack(list(batches)))  # 2. every member's trust-region step at once
         self._scatter()
-        for m, (trainer, batch, row) in enumerate(zip(self.members, batches, rows)):
-            critic = trainer.critic_fit(batch) if trainer.critic_fit else None  # 3. each critic
-            trainer.normalizer.update(batch["observation"])
-            trainer.collector.update_policy_weights_()
-            row.update(
-                kl=actor["kl"][m].item(),
-                surrogate_improvement=(actor["surrogate_after"][m] - actor["surrogate_before"][m]).item(),
-                step_accepted=float(actor["step_accepted"][m]),
-                backtrack_steps=float(actor["backtrack_steps"][m]),
-                cg_residual=float(actor["cg_residual"][m]),
-            )
-            if critic is not None:
-                row["critic_loss"] = critic["loss_critic"].item()
-                row["explained_variance"] = critic["explained_variance"].item()
-        return rows
+        return [
+            trainer.after_actor_step(batch, episode_returns, {k: actor[k][m] for k in ACTOR_METRICS})
+            for m, (trainer, batch, episode_returns) in enumerate(zip(self.members, batches, returns))
+        ]
 
     def train(self) -> list[RunResult]:
         """Trains every member to ``total_frames``; checkpoints and logs as single runs do."""
@@ -110,48 +90,24 @@ class PopulationTrainer:
         save_yaml(config, self.group_dir / "config.yaml")
         for trainer in self.members:
             save_yaml(trainer.config, trainer.run_dir / "config.yaml")
-        iterators = [iter(t.collector) for t in self.members]
         total = self.members[0].total_iterations
         try:
             while self.members[0].iteration < total:
                 start = time.perf_counter()
-                batches = [next(it) for it in iterators]
-                rows = self._iteration(batches)
+                batches = [trainer.next_batch() for trainer in self.members]
+                rows = self.step(batches)
                 dt = time.perf_counter() - start
+                frames = sum(batch.numel() for batch in batches)
                 for trainer, batch, row in zip(self.members, batches, rows):
-                    trainer.iteration += 1
-                    trainer.frames += batch.numel()
                     # the members share the wall clock: each is charged its share of the iteration
-                    trainer.elapsed += dt / len(self.members)
-                    row.update(iteration=trainer.iteration, frames=trainer.frames, time_s=trainer.elapsed,
-                               fps=batch.numel() * len(self.members) / dt)
-                    if config.eval_every and trainer.iteration % config.eval_every == 0 and config.eval_episodes:
-                        row["eval_return"], row["eval_return_std"] = trainer.evaluate()
-                    trainer._log(row)
-                    if config.checkpoint_every and trainer.iteration % config.checkpoint_every == 0:
-                        trainer.save("last.pt")
+                    trainer.record(row, batch.numel(), dt / len(self.members), frames / dt)
                 if config.progress:
                     mean = sum(r["train_return"] for r in rows) / len(rows)
                     print(f"iteration {self.members[0].iteration}/{total}: mean train return {mean:.1f}, "
                           f"accepted {sum(r['step_accepted'] for r in rows):.0f}/{len(rows)}", flush=True)
         except KeyboardInterrupt:
-            for trainer in self.members:
-                trainer.save("last.pt")
-                trainer.collector.shutdown()
-            return [RunResult(t.run_dir, t.run_dir / "checkpoints" / "last.pt", t.frames, t.iteration, None, None, True)
-                    for t in self.members]
-        results = []
-        for trainer in self.members:
-            checkpoint = trainer.save("final.pt")
-            trainer.save("last.pt")
-            trainer.collector.shutdown()
-            eval_mean = eval_std = None
-            if config.eval_episodes:
-                eval_mean, eval_std = trainer.evaluate()
-                trainer._log({"iteration": trainer.iteration, "frames": trainer.frames, "time_s": trainer.elapsed,
-                              "eval_return": eval_mean, "eval_return_std": eval_std})
-            results.append(RunResult(trainer.run_dir, checkpoint, trainer.frames, trainer.iteration, eval_mean, eval_std))
-        return results
+            return [trainer.stop_interrupted() for trainer in self.members]
+        return [trainer.finish() for trainer in self.members]
 
 
 def train_population(config: TrainConfig) -> int:
