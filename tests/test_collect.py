@@ -181,11 +181,11 @@ def test_frozen_forward_is_the_networks_own(env_id):
     env, actor, normalizer = _setup(env_id, 2, seed=0, normalize_observations=True)
     normalizer.update(torch.randn(100, normalizer.moments.mean.shape[0]) * 2 - 1)
     net = actor.module[0].module
-    plan = _FrozenForward.plan(net)
-    assert plan is not None
+    frozen = _FrozenForward.freeze(net, torch.float32)
+    assert frozen is not None
     x = torch.randn(5, normalizer.moments.mean.shape[0]) * 4
     with torch.no_grad():
-        want, got = net(x), plan.freeze(torch.float32)(x)
+        want, got = net(x), frozen(x)
     for w, g in zip(want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,)):
         assert torch.equal(w, g)
 
@@ -195,7 +195,7 @@ def test_unknown_networks_are_called_as_they_are():
     net = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 1))
     actor = gaussian_actor(net, 1)
     collector = DirectCollector(env, actor, frames_per_batch=env.batch_size[0] * 16)
-    assert collector._frozen is None
+    assert _FrozenForward.freeze(net, torch.float32) is None
     batch = collector.rollout()
     with torch.no_grad():
         again = actor.module[0](batch.select("observation").clone())
@@ -243,7 +243,7 @@ def test_hooks_and_subclasses_are_run_as_they_are():
     first_linear = next(m for m in actor.modules() if type(m) is nn.Linear)
     handle = first_linear.register_forward_hook(lambda module, args, out: out + 1.0)
     try:
-        assert collector._frozen.freeze(torch.float32) is None  # the hook is seen at each batch
+        assert _FrozenForward.freeze(actor.module[0].module, torch.float32) is None  # the hook is seen at each batch
         batch = collector.rollout()
         with torch.no_grad():
             again = actor.module[0](batch.select("observation").clone())
@@ -256,7 +256,7 @@ def test_hooks_and_subclasses_are_run_as_they_are():
             return super().forward(x) + 1.0
 
     net = nn.Sequential(Shifted(3, 8), nn.Tanh(), nn.Linear(8, 1))
-    assert _FrozenForward.plan(nn.Sequential(net)) is None
+    assert _FrozenForward.freeze(nn.Sequential(net), torch.float32) is None
 
 
 def test_actors_it_cannot_run_are_a_clear_error():
