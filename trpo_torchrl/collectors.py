@@ -1,8 +1,7 @@
 """A TorchRL collector for on-policy batches from a Gymnasium vector env, without per-step TensorDicts.
 
-TorchRL's ``Collector`` over ``GymWrapper`` spends about 1 ms of TensorDict machinery on each step of
-a 2-environment HalfCheetah vector env on a small CPU, several times the simulators' own ~130 µs
-(``benchmarks/throughput.py`` measures it). :class:`DirectCollector` steps the vector env's
+TorchRL's ``Collector`` over ``GymWrapper`` spends more time in TensorDict machinery at each step of a
+small vector env than the simulators themselves (``benchmarks/throughput.py`` measures it). :class:`DirectCollector` steps the vector env's
 sub-environments with numpy arrays (the same-step autoreset of gymnasium's ``SyncVectorEnv``, without
 its per-step merging of info dicts), runs only the actor's network at each step (its fixed parts
 computed once per batch) and writes into preallocated arrays; the log-probabilities are computed
