@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 from torch.func import functional_call
 
-import trpo_torchrl.ops.cg as cg_module
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, median_ms, pick_devices, write_json  # noqa: E402
 from trpo_torchrl import gaussian_actor
@@ -87,12 +87,15 @@ def bench_cg(device, sizes, batches, max_iter, reps):
                 conjugate_gradient(matvec, b, max_iter=max_iter, residual_tol=1e-30)
 
             def run_ref():
-                saved = cg_module.has_kernel
-                cg_module.has_kernel = lambda op, dev: False
+                saved = os.environ.get("TRPO_TORCHRL_FORCE_REFERENCE")
+                os.environ["TRPO_TORCHRL_FORCE_REFERENCE"] = "1"
                 try:
                     conjugate_gradient(matvec, b, max_iter=max_iter, residual_tol=1e-30)
                 finally:
-                    cg_module.has_kernel = saved
+                    if saved is None:
+                        del os.environ["TRPO_TORCHRL_FORCE_REFERENCE"]
+                    else:
+                        os.environ["TRPO_TORCHRL_FORCE_REFERENCE"] = saved
 
             r = max(2, reps if n * B <= 1_000_000 else reps // 3)
             t_sync = median_ms(run_sync, device, r)

@@ -1,10 +1,10 @@
 // trpo_torchrl::tanh — tanh with this project's fast float32 CPU kernel: schema, kernels, dispatch.
 //
-// ATen's float tanh on these CPUs costs ~2.5 ns per element (a high-accuracy vector routine), more
-// than the 64-wide matrix products around it in a small MLP. The kernel here (tanh_vec.inc) is
-// compiled three times with GCC on x86, for AVX-512, AVX2 and plain SSE2, and the widest one the CPU
-// supports is picked once at load time (other compilers and CPUs: the 16-byte version alone).
-// float64 and other devices use ATen's tanh.
+// ATen's float tanh is a high-accuracy vector routine that costs more than the 64-wide matrix
+// products around it in a small MLP (benchmarks/tanh.py times it against this kernel). The kernel
+// here (tanh_vec.inc) is compiled three times with GCC on x86, for AVX-512, AVX2 and plain SSE2,
+// and the widest one the CPU supports is picked once at load time (other compilers and CPUs: the
+// 16-byte version alone). float64 and other devices use ATen's tanh.
 #include "tanh.h"
 
 #include <ATen/ATen.h>

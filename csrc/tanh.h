@@ -1,6 +1,6 @@
-// trpo_torchrl's own tanh for float32 on the CPU (see tanh_vec.inc): ~4x faster than ATen's on
-// this project's machines (0.64 against 2.55 ns per element, AVX-512), max error 2.25 ulp.
-// The critic fit and the policy's line search spend much of their time in tanh.
+// trpo_torchrl's own tanh for float32 on the CPU (see tanh_vec.inc): faster than ATen's, at most
+// 2.25 ulp from the exact value (benchmarks/tanh.py times the two; tests/test_tanh.py checks the
+// error). The critic fit and the policy's line search spend much of their time in tanh.
 #pragma once
 
 #include <cstdint>

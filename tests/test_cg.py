@@ -6,21 +6,14 @@ import pytest
 import torch
 
 import trpo_torchrl.ops.cg as cg_module
-from trpo_torchrl.ops import CGInfo, conjugate_gradient, library_loaded, reference
+from trpo_torchrl.ops import CGInfo, _extension, conjugate_gradient, library_loaded, reference
 from trpo_torchrl.ops._extension import has_kernel
+
+from .conftest import cpu_and_cuda
 
 HAS_OP = library_loaded() and hasattr(torch.ops.trpo_torchrl, "cg_step")
 needs_op = pytest.mark.skipif(not HAS_OP, reason="trpo_torchrl._C (cg_step) is not built")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-def _devices():
-    return ("cpu", pytest.param("cuda", marks=[pytest.mark.cuda, needs_cuda]))
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
 
 
 @pytest.fixture(params=["op", "reference"])
@@ -29,8 +22,9 @@ def path(request, monkeypatch):
     if request.param == "op":
         if not HAS_OP:
             pytest.skip("trpo_torchrl._C (cg_step) is not built")
+        monkeypatch.delenv("TRPO_TORCHRL_FORCE_REFERENCE", raising=False)
     else:
-        monkeypatch.setattr(cg_module, "has_kernel", lambda op, device: False)
+        monkeypatch.setenv("TRPO_TORCHRL_FORCE_REFERENCE", "1")
     return request.param
 
 
@@ -47,7 +41,7 @@ def _low_rank_spd(n, ranks, lam, dtype, device):
     return torch.stack(mats)
 
 
-@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_matches_solve_and_stops_per_system(path, device):
     n = 24
     ranks = [1, 3, 7, n]
@@ -69,7 +63,7 @@ def test_matches_solve_and_stops_per_system(path, device):
 
 
 @needs_op
-@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_batches_over_a_calls_limit_go_in_slices(monkeypatch, device):
     # CUDA takes at most 65 535 systems per call; a larger batch is stepped in row slices, which must
     # give the one-call result bit for bit (checked here with a limit of 3 on each device)
@@ -199,8 +193,7 @@ def test_sync_free(monkeypatch, use_op):
     """Solver and both Fisher-vector products run with every host read-back disabled."""
     if use_op and not HAS_OP:
         pytest.skip("trpo_torchrl._C (cg_step) is not built")
-    if not use_op:
-        monkeypatch.setattr(cg_module, "has_kernel", lambda op, device: False)
+    monkeypatch.setenv("TRPO_TORCHRL_FORCE_REFERENCE", "0" if use_op else "1")
     from trpo_torchrl.fisher import gauss_newton_fisher_vector_product, kl_fisher_vector_product
 
     n = 12
@@ -360,11 +353,10 @@ def test_cuda_solver_in_a_cuda_graph():
 
 
 def test_reference_path_warns_when_the_library_is_missing(monkeypatch):
-    calls = []
-    monkeypatch.setattr(cg_module, "has_kernel", lambda op, device: False)
-    monkeypatch.setattr(cg_module, "library_loaded", lambda: False)
-    monkeypatch.setattr(cg_module, "warn_reference_once", calls.append)
+    monkeypatch.setattr(_extension, "_LOAD_ERROR", ImportError("no _C"))
+    monkeypatch.setattr(_extension, "_warned", False)
+    monkeypatch.delenv("TRPO_TORCHRL_FORCE_REFERENCE", raising=False)
     b = torch.ones(2, 3, dtype=torch.float64)
-    x, info = conjugate_gradient(lambda v: 2 * v, b, max_iter=2)
-    assert calls == ["conjugate_gradient"]
+    with pytest.warns(RuntimeWarning, match="conjugate_gradient and the other ops run on their pure-PyTorch"):
+        x, info = conjugate_gradient(lambda v: 2 * v, b, max_iter=2)
     torch.testing.assert_close(x, b / 2)

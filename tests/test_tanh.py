@@ -92,3 +92,21 @@ def test_refuses_what_it_cannot_do():
         tanh(torch.ones(3, requires_grad=True))
     with pytest.raises(RuntimeError, match="no gradient"):
         tanh_(torch.ones(3, requires_grad=True))
+
+
+@needs_op
+def test_the_benchmark_that_times_it_runs(tmp_path):
+    # benchmarks/tanh.py is where the kernel's speed is measured (the code's comments point there)
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "tanh.py"
+    spec = importlib.util.spec_from_file_location("benchmark_tanh", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.main(["--quick", "--out", str(tmp_path / "tanh.json")])
+    assert json.loads((tmp_path / "tanh.json").read_text())["rows"] == rows
+    (row,) = rows
+    assert row["ours_ns_per_element"] > 0 and row["aten_ns_per_element"] > 0
+    assert row["max_ulp_error"] <= 2.25

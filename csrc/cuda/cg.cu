@@ -24,37 +24,22 @@
 
 #include "cg.h"
 #include "cg_args.h"
+#include "common.cuh"
 
 namespace trpo_torchrl {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarp = 32;
 constexpr int kMaxChunks = 1024;
 // Fewer elements than this per block and the block spends more time reducing than streaming.
 constexpr int64_t kMinChunk = 1024;
-
-// Sum over the block; every thread gets the result. `smem` holds kThreads / kWarp values.
-template <typename acc_t>
-__device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* smem) {
-#pragma unroll
-  for (int d = kWarp / 2; d > 0; d >>= 1) v += __shfl_down_sync(0xffffffffu, v, d);
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  __syncthreads();  // smem may still be read by a previous call
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  acc_t s = acc_t(0);
-#pragma unroll
-  for (int w = 0; w < kThreads / kWarp; ++w) s += smem[w];  // same order in every thread
-  return s;
-}
 
 // Sum of a system's C partials, in an order that depends only on C: identical in every block.
 template <typename acc_t>
 __device__ __forceinline__ acc_t sum_partials(const acc_t* __restrict__ part, int C, acc_t* smem) {
   acc_t v = acc_t(0);
   for (int i = threadIdx.x; i < C; i += kThreads) v += part[i];
-  return block_sum(v, smem);
+  return block_sum<kThreads>(v, smem);
 }
 
 struct Chunk {
@@ -79,7 +64,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t i = ck.begin + threadIdx.x; i < ck.end; i += kThreads) {
     v += static_cast<acc_t>(pb[i]) * static_cast<acc_t>(Apb[i]);
   }
-  v = block_sum(v, smem);
+  v = block_sum<kThreads>(v, smem);
   if (threadIdx.x == 0) partial_pAp[b * gridDim.x + blockIdx.x] = v;
 }
 
@@ -116,7 +101,7 @@ __global__ void __launch_bounds__(kThreads)
     rb[i] = rn;
     v += static_cast<acc_t>(rn) * rn;
   }
-  v = block_sum(v, smem);
+  v = block_sum<kThreads>(v, smem);
   if (threadIdx.x == 0) partial_rr[b * C + blockIdx.x] = v;
 }
 
@@ -157,17 +142,6 @@ __global__ void __launch_bounds__(kThreads)
   } else {
     for (int64_t i = ck.begin + threadIdx.x; i < ck.end; i += kThreads) pb[i] = scalar_t(0);
   }
-}
-
-int sm_count(int device) {
-  static int cache[64] = {};
-  if (device < 0 || device >= 64) device = 0;
-  if (cache[device] == 0) {
-    int n = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-    cache[device] = std::max(n, 1);
-  }
-  return cache[device];
 }
 
 void cg_step_cuda(at::Tensor& x, at::Tensor& r, at::Tensor& p, const at::Tensor& Ap,

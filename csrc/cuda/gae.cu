@@ -28,13 +28,13 @@
 #include <tuple>
 #include <type_traits>
 
+#include "common.cuh"
 #include "gae.h"
 #include "gae_args.h"
 
 namespace trpo_torchrl {
 namespace {
 
-constexpr int kWarp = 32;
 constexpr int kPerLane = 4;               // consecutive steps held by one lane
 constexpr int kTile = kWarp * kPerLane;   // steps one warp covers per iteration
 constexpr int kWarpsPerBlock = 8;
@@ -47,11 +47,10 @@ constexpr int kResidentWarpsPerSm = kMinBlocksPerSm * kWarpsPerBlock;
 // second read of every input, which only pays when most of the GPU would otherwise sit idle.
 constexpr int kSplitBelowWarpsPerSm = 8;
 constexpr int kCarryThreads = 1024;
-constexpr unsigned kFull = 0xffffffffu;
 
 template <typename acc_t>
 __device__ __forceinline__ AffineMap<acc_t> shfl_down_map(AffineMap<acc_t> f, int delta) {
-  return {__shfl_down_sync(kFull, f.alpha, delta), __shfl_down_sync(kFull, f.beta, delta)};
+  return {__shfl_down_sync(kFullMask, f.alpha, delta), __shfl_down_sync(kFullMask, f.beta, delta)};
 }
 
 // Inclusive suffix scan over a warp: lane l ends with f_l ∘ f_{l+1} ∘ ... ∘ f_31.
@@ -260,7 +259,7 @@ __device__ __forceinline__ acc_t scan_tile(const Row& rd, index_t t0, index_t t_
   rd.store(out_adv, lane_t0, t_end, full);
   // lane 0's last advantage is the one written at t0 (t0 < t_end always): passing it on keeps
   // A_{t0-1} = delta + c * A_{t0} exact across tiles, and saves recomputing it from the suffix
-  return __shfl_sync(kFull, adv, 0);
+  return __shfl_sync(kFullMask, adv, 0);
 }
 
 // The affine map of the tile starting at t0 (in every lane).
@@ -270,7 +269,7 @@ __device__ __forceinline__ AffineMap<acc_t> tile_map(const Row& rd, index_t t0, 
   LaneSteps<acc_t> s;
   rd.load(s, t0 + lane * kPerLane, t_end, t0 + kTile <= t_end);
   const AffineMap<acc_t> suffix = warp_suffix_scan(s.map(), lane);
-  return {__shfl_sync(kFull, suffix.alpha, 0), __shfl_sync(kFull, suffix.beta, 0)};
+  return {__shfl_sync(kFullMask, suffix.alpha, 0), __shfl_sync(kFullMask, suffix.beta, 0)};
 }
 
 // The reader of row `row` for the layout chosen on the host.
@@ -381,13 +380,6 @@ __global__ void __launch_bounds__(kCarryThreads)
     row_carries[s] = x;
     x = apply<acc_t>({row_maps[2 * s], row_maps[2 * s + 1]}, x);
   }
-}
-
-// Cheap (no synchronisation) and thread-safe, so it is asked on every call rather than cached.
-int sm_count(int device) {
-  int n = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-  return std::max(n, 1);
 }
 
 // Whether `t` can be read by DenseRow: time stride 1, and every row start (hence, the segments

@@ -2,8 +2,9 @@
 // one thread block.
 //
 // The fit is E·S dependent Adam steps on a small MLP (rl-zoo3's MuJoCo preset: 320 steps of 128
-// states on 17→64→64→1). The ATen-composed kernel issues ~40 launches per step, each a few µs of
-// launch overhead for under a µs of arithmetic: ~0.4 ms per step on an H100, whatever the GPU's size.
+// states on 17→64→64→1). The ATen-composed kernel issues ~40 launches per step, each costing more
+// in launch overhead than its arithmetic, whatever the GPU's size (benchmarks/critic_fit.py
+// --device cuda times both kernels).
 // One block can hold the weights, the minibatch's activations and gradients in shared memory and run
 // every step without leaving the SM: per step it gathers the minibatch, runs the forward pass, the
 // loss, the backward pass and Adam, with block barriers between the phases. Parameters live in shared
@@ -23,14 +24,15 @@
 #include <string>
 #include <vector>
 
+#include "common.cuh"
 #include "mlp_fit.h"
+#include "mlp_fit_args.h"
 
 namespace trpo_torchrl {
 namespace {
 
 constexpr int kMaxLayers = 8;
 constexpr int kThreads = 1024;
-constexpr int kWarp = 32;
 
 // Row stride of a [rows, n] buffer in shared memory: odd, so that 32 consecutive rows fall in 32
 // different banks (a warp reading one column of consecutive rows, or one row of consecutive
@@ -71,20 +73,6 @@ int64_t shared_elements(const FitArgs<T>& a) {
   return n;
 }
 
-template <typename T>
-__device__ __forceinline__ T block_sum(T v, T* scratch) {
-#pragma unroll
-  for (int d = kWarp / 2; d > 0; d >>= 1) v += __shfl_down_sync(0xffffffffu, v, d);
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  T s = T(0);
-#pragma unroll
-  for (int w = 0; w < kThreads / kWarp; ++w) s += scratch[w];
-  __syncthreads();  // scratch is free again
-  return s;
-}
-
 template <typename T, bool kTanh>
 __device__ __forceinline__ T activate(T z) {
   if constexpr (kTanh) {
@@ -120,7 +108,7 @@ __device__ __forceinline__ T strided_dot(const T* a, int sa, const T* b, int sb,
   return (s0 + s1) + (s2 + s3);
 }
 
-// torch.optim.Adam on one element, in torch's order of operations (see mlp_fit.cpp).
+// torch.optim.Adam on one element, in torch's order of operations (see mlp_fit_composite.cpp).
 template <typename T>
 __device__ __forceinline__ void adam(T& p, T* m, T* v, T g, T w1, T beta2, T w2, T bc2_sqrt, T eps, T step_size) {
   const T mm = *m + w1 * (g - *m);
@@ -210,7 +198,7 @@ __global__ void __launch_bounds__(kThreads) fit_kernel(const FitArgs<T> a) {
         local += d * d;
         g[t] = d * grad_scale;
       }
-      const T total = block_sum(local, scratch);  // its barriers also publish g
+      const T total = block_sum<kThreads>(local, scratch);  // its first barrier also publishes g
       if (tid == 0) a.losses[k] = total * static_cast<T>(a.coeff / rows);
 
       const double step = static_cast<double>(a.step + k + 1);

@@ -1,13 +1,16 @@
-"""Loads the compiled ops (``trpo_torchrl._C``) and says whether a call may use them.
+"""Loads the compiled ops (``trpo_torchrl._C``), picks the compiled op or the reference for a
+call, and registers the ops' fake kernels.
 
 The library is optional: without it every op runs its pure-PyTorch reference, and the first
-such call warns once with the command that builds it.
+such call warns once with the command that builds it. Every op face asks :func:`compiled_op`
+and registers its fake kernel with :func:`register_fake`, so those rules live here only.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from typing import Callable
 
 import torch
 
@@ -77,3 +80,34 @@ def warn_reference_once(op: str) -> None:
         RuntimeWarning,
         stacklevel=3,
     )
+
+
+def compiled_op(op: str, device: torch.device, caller: str) -> Callable | None:
+    """``torch.ops.trpo_torchrl.<op>`` when it has a kernel for ``device``, else None.
+
+    None means: run the pure-PyTorch reference. When that is because the library did not load
+    (not because of the device, or TRPO_TORCHRL_FORCE_REFERENCE), the first such call in the
+    process warns, naming ``caller``, the public function the user called.
+    """
+    if has_kernel(op, device):
+        return getattr(torch.ops.trpo_torchrl, op)
+    if not library_loaded():
+        warn_reference_once(caller)
+    return None
+
+
+def register_fake(op: str) -> Callable[[Callable], Callable]:
+    """Decorator: registers the function as the fake (meta) kernel of ``trpo_torchrl::<op>``.
+
+    Fake kernels let torch.compile and ``opcheck`` trace the op without running it. The
+    registration happens only when the library loaded and defines the op (registering for an
+    op that does not exist fails, and import must work without the library), and whatever
+    TRPO_TORCHRL_FORCE_REFERENCE says, since that may change after import.
+    """
+
+    def register(fn: Callable) -> Callable:
+        if library_loaded() and hasattr(torch.ops.trpo_torchrl, op):
+            torch.library.register_fake(f"trpo_torchrl::{op}")(fn)
+        return fn
+
+    return register

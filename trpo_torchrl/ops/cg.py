@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from . import reference
-from ._extension import has_kernel, library_loaded, warn_reference_once
+from ._extension import compiled_op, register_fake
 
 __all__ = ["CGInfo", "conjugate_gradient"]
 
@@ -150,16 +150,13 @@ def conjugate_gradient(
         active = ~(converged | breakdown)
         p = torch.where(active[:, None], r, torch.zeros_like(r))
 
-        use_op = has_kernel("cg_step", b.device)
-        if use_op:
-            step = torch.ops.trpo_torchrl.cg_step
+        step = compiled_op("cg_step", b.device, "conjugate_gradient")
+        if step is None:
+            step = reference.cg_step
+        else:
             limit = MAX_SYSTEMS_PER_CALL.get(b.device.type)
             if limit is not None and b2.shape[0] > limit:
                 step = _in_slices(step, limit)
-        else:
-            if not library_loaded():
-                warn_reference_once("conjugate_gradient")
-            step = reference.cg_step
         for _ in range(max_iter):
             Ap = _matvec(matvec, p, squeeze)
             step(x, r, p, Ap, rdotr, iterations, converged, breakdown, tol)
@@ -171,10 +168,8 @@ def conjugate_gradient(
     return x, info
 
 
-if library_loaded() and hasattr(torch.ops.trpo_torchrl, "cg_step"):
-
-    @torch.library.register_fake("trpo_torchrl::cg_step")
-    def _cg_step_fake(x, r, p, Ap, rdotr, iterations, converged, breakdown, residual_tol):
-        # the op only writes into its (a!)..(g!) arguments: no outputs to describe
-        torch._check(x.dim() == 2, lambda: "trpo_torchrl::cg_step: x must be 2-D [B, n]")
-        return None
+@register_fake("cg_step")
+def _cg_step_fake(x, r, p, Ap, rdotr, iterations, converged, breakdown, residual_tol):
+    # the op only writes into its (a!)..(g!) arguments: no outputs to describe
+    torch._check(x.dim() == 2, lambda: "trpo_torchrl::cg_step: x must be 2-D [B, n]")
+    return None

@@ -12,7 +12,7 @@ from numbers import Real
 import torch
 
 from . import reference
-from ._extension import has_kernel, library_loaded, warn_reference_once
+from ._extension import compiled_op, register_fake
 
 __all__ = ["generalized_advantage_estimate"]
 
@@ -148,11 +148,10 @@ def generalized_advantage_estimate(
     )
     shape = state_value.shape
     args = [_to_rows(t, tdim) for t in (gamma_t, lmbda_t, state_value, next_state_value, reward, done_b, term_b)]
-    if not _needs_autograd(*args[:5]) and has_kernel("gae", state_value.device):
-        advantage, value_target = torch.ops.trpo_torchrl.gae(*args)
+    op = compiled_op("gae", state_value.device, "generalized_advantage_estimate")
+    if op is not None and not _needs_autograd(*args[:5]):
+        advantage, value_target = op(*args)
     else:
-        if not library_loaded():
-            warn_reference_once("generalized_advantage_estimate")
         advantage, value_target = _reference_rows(*args)
     return _from_rows(advantage, shape, tdim), _from_rows(value_target, shape, tdim)
 
@@ -167,11 +166,9 @@ def _reference_rows(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return reference.gae_scan(*args)
 
 
-if library_loaded() and hasattr(torch.ops.trpo_torchrl, "gae"):
-
-    @torch.library.register_fake("trpo_torchrl::gae")
-    def _gae_fake(gamma, lmbda, state_value, next_state_value, reward, done, terminated):
-        torch._check(state_value.dim() == 2, lambda: "trpo_torchrl::gae: state_value must be 2-D [rows, T]")
-        return torch.empty_like(state_value, memory_format=torch.contiguous_format), torch.empty_like(
-            state_value, memory_format=torch.contiguous_format
-        )
+@register_fake("gae")
+def _gae_fake(gamma, lmbda, state_value, next_state_value, reward, done, terminated):
+    torch._check(state_value.dim() == 2, lambda: "trpo_torchrl::gae: state_value must be 2-D [rows, T]")
+    return torch.empty_like(state_value, memory_format=torch.contiguous_format), torch.empty_like(
+        state_value, memory_format=torch.contiguous_format
+    )

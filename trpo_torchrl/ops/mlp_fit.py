@@ -9,7 +9,7 @@ from numbers import Real
 import torch
 
 from . import reference
-from ._extension import has_kernel, library_loaded, warn_reference_once
+from ._extension import compiled_op, register_fake
 
 __all__ = ["mlp_fit_adam"]
 
@@ -69,16 +69,15 @@ def mlp_fit_adam(
         list(params), list(exp_avgs), list(exp_avg_sqs), inputs, targets, order, minibatch_size, activation,
         float(coeff), float(lr), float(betas[0]), float(betas[1]), float(eps), step,
     )
-    if has_kernel("mlp_fit_adam", inputs.device):
+    op = compiled_op("mlp_fit_adam", inputs.device, "mlp_fit_adam")
+    if op is not None:
         with torch.no_grad():
-            losses = torch.ops.trpo_torchrl.mlp_fit_adam(*args)
+            losses = op(*args)
         # the CPU kernel writes through data pointers: tell autograd these tensors changed, so a
         # graph that saved them fails loudly instead of differentiating through the new values
         for t in (*params, *exp_avgs, *exp_avg_sqs):
             torch.autograd.graph.increment_version(t)
         return losses
-    if not library_loaded():
-        warn_reference_once("mlp_fit_adam")
     _check_reference_args(params, exp_avgs, exp_avg_sqs, inputs, targets, order)
     return reference.mlp_fit_adam(*args)
 
@@ -100,12 +99,10 @@ def _check_reference_args(params, exp_avgs, exp_avg_sqs, inputs, targets, order)
         )
 
 
-if library_loaded() and hasattr(torch.ops.trpo_torchrl, "mlp_fit_adam"):
-
-    @torch.library.register_fake("trpo_torchrl::mlp_fit_adam")
-    def _mlp_fit_adam_fake(params, exp_avgs, exp_avg_sqs, inputs, targets, order, minibatch_size, activation,
-                           coeff, lr, beta1, beta2, eps, step):
-        if minibatch_size < 1:
-            raise ValueError(f"mlp_fit_adam: minibatch_size must be >= 1, got {minibatch_size}")
-        per_epoch = -(-inputs.shape[0] // minibatch_size)
-        return inputs.new_empty(order.shape[0] * per_epoch)
+@register_fake("mlp_fit_adam")
+def _mlp_fit_adam_fake(params, exp_avgs, exp_avg_sqs, inputs, targets, order, minibatch_size, activation,
+                       coeff, lr, beta1, beta2, eps, step):
+    if minibatch_size < 1:
+        raise ValueError(f"mlp_fit_adam: minibatch_size must be >= 1, got {minibatch_size}")
+    per_epoch = -(-inputs.shape[0] // minibatch_size)
+    return inputs.new_empty(order.shape[0] * per_epoch)
