@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch.multiprocessing as mp
 
 from tensordict import TensorDict
 
+from tests._support import free_port
 from tests._trpo_batches import collect, make_actor, make_critic, trajectory_batch
 from trpo_torchrl import CriticFit, PopulationTrustRegionUpdate, TRPOLoss, TrustRegionUpdate
 from trpo_torchrl.distributed import all_gather_cat, all_reduce_mean, global_mean_std
@@ -22,12 +22,6 @@ from trpo_torchrl.distributed import all_gather_cat, all_reduce_mean, global_mea
 WORLD = 2
 ENVS, STEPS = 4, 16  # per rank
 CRITIC_EPOCHS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _models():
@@ -147,7 +141,7 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
 def ranks(tmp_path_factory):
     """Runs the two ranks once for the whole module; returns each rank's results."""
     out = tmp_path_factory.mktemp("ranks")
-    port = _free_port()
+    port = free_port()
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_rank_main, args=(r, port, str(out))) for r in range(WORLD)]
     for p in procs:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
-import socket
 import traceback
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from tests._support import free_port
 from trpo_torchrl.app.cli import main
 from trpo_torchrl.app.config import build_config
 from trpo_torchrl.app.train import Trainer, resume_trainer
@@ -22,12 +22,6 @@ from trpo_torchrl.app.train import Trainer, resume_trainer
 SMALL = ["--num-envs", "2", "--steps-per-env", "32", "--critic-epochs", "1", "--critic-minibatch", "64",
          "--progress", "false", "--eval-episodes", "0", "--logger", "none"]
 FRAMES_PER_BATCH = 64
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _check_batches(monkeypatch):
@@ -150,7 +144,7 @@ def _learner_rank(rank: int, world: int, port: int, logdir: str, out: str) -> No
 
 
 def test_learner_ranks_train_identically_and_resume_exactly(tmp_path):
-    world, port = 2, _free_port()
+    world, port = 2, free_port()
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_learner_rank, args=(r, world, port, str(tmp_path), str(tmp_path))) for r in range(world)]
     for p in procs:
