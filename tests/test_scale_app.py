@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
+import socket
 import traceback
 from pathlib import Path
 
