@@ -14,6 +14,7 @@ from trpo_torchrl.app.config import build_config
 from trpo_torchrl.app.train import Trainer
 
 
+@pytest.mark.slow
 def test_cartpole_learns(tmp_path):
     """The learning test CI runs: the default preset on CartPole-v1, a fixed seed and frame budget,
     evaluated deterministically on 10 episodes."""

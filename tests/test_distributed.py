@@ -168,6 +168,7 @@ def _single_process_reference():
     return _params(actor, critic), metrics
 
 
+@pytest.mark.slow
 def test_two_ranks_take_the_single_process_step(ranks):
     expected, metrics = _single_process_reference()
     assert bool(metrics["step_accepted"])  # the step is real: the comparison below means something
@@ -185,6 +186,7 @@ def test_two_ranks_take_the_single_process_step(ranks):
 
 
 @pytest.mark.parametrize("name", list(POPULATION_OPTIONS))
+@pytest.mark.slow
 def test_two_ranks_take_the_single_process_population_step(ranks, name):
     update, batch = _population(None, **POPULATION_OPTIONS[name])
     before = update.flat_parameters()
@@ -200,6 +202,7 @@ def test_two_ranks_take_the_single_process_population_step(ranks, name):
         torch.testing.assert_close(r0["metrics"][key], metrics[key], rtol=0, atol=1e-10, msg=key)
 
 
+@pytest.mark.slow
 def test_a_rank_with_a_non_finite_batch_makes_every_rank_reject(ranks):
     for r, res in enumerate(ranks):
         res = res["nan_log_prob"]
@@ -208,11 +211,13 @@ def test_a_rank_with_a_non_finite_batch_makes_every_rank_reject(ranks):
             assert torch.equal(res["params"][name], value), f"rank {r}: {name} changed"
 
 
+@pytest.mark.slow
 def test_non_finite_advantages_on_one_rank_fail_every_rank(ranks):
     for r, res in enumerate(ranks):
         assert res["nan_advantage"] is not None and "non-finite" in res["nan_advantage"], f"rank {r}"
 
 
+@pytest.mark.slow
 def test_collective_helpers(ranks):
     full = torch.cat([torch.arange(6, dtype=torch.float64) + 10 * r for r in range(WORLD)])
     for res in ranks:

@@ -59,6 +59,7 @@ def _frames_column(run: Path) -> list[int]:
         ),
     ],
 )
+@pytest.mark.slow
 def test_collectors_deliver_the_batch_on_policy(tmp_path, monkeypatch, capsys, collector):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a local Ray instance, started for the run
     seen = _check_batches(monkeypatch)
@@ -144,6 +145,7 @@ def _learner_rank(rank: int, world: int, port: int, logdir: str, out: str) -> No
             torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_learner_ranks_train_identically_and_resume_exactly(tmp_path):
     world, port = 2, free_port()
     ctx = mp.get_context("spawn")
