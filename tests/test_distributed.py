@@ -168,6 +168,7 @@ def _single_process_reference():
     return _params(actor, critic), metrics
 
 
+# the ranks fixture spawns two processes once for the module: every test that reads it is slow
 @pytest.mark.slow
 def test_two_ranks_take_the_single_process_step(ranks):
     expected, metrics = _single_process_reference()
