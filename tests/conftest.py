@@ -1,23 +1,21 @@
-"""Shared test helpers: the device list (CUDA entries skip without a GPU) and RNG seeding."""
+"""Fixtures and hooks for every test: a fixed RNG seed, and the `cuda` mark skipping without a GPU."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+# test files not yet moved to tests._support import the device list from here
+from tests._support import cpu_and_cuda  # noqa: F401
 
-def cpu_and_cuda():
-    """Devices to parametrize over; the CUDA entry is skipped on machines without a GPU."""
-    return (
-        "cpu",
-        pytest.param(
-            "cuda",
-            marks=[
-                pytest.mark.cuda,
-                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-            ],
-        ),
-    )
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 import torch
 from tensordict import TensorDict
 
@@ -15,6 +16,7 @@ from trpo_torchrl.app.population import PopulationTrainer
 TINY = ["--num-envs", "2", "--steps-per-env", "64", "--critic-epochs", "1", "--critic-minibatch", "128", "--progress", "false"]
 
 
+@pytest.mark.slow
 def test_cli_two_seeds_end_to_end(tmp_path, capsys):
     argv = ["train", "--logdir", str(tmp_path), "--run-name", "group", "--env", "CartPole-v1", *TINY,
             "--total-frames", "256", "--seeds", "2", "--eval-episodes", "2", "--normalize-observations", "true"]

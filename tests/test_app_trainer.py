@@ -20,6 +20,7 @@ TINY = ["--env", "CartPole-v1", "--num-envs", "2", "--steps-per-env", "32", "--c
         "--total-frames", "64", "--progress", "false", "--logger", "none"]
 
 
+@pytest.mark.slow
 def test_a_run_prints_only_its_own_lines(tmp_path):
     # TorchRL says "The info_dict_reader does not have specs..." and "check_env_specs succeeded!"
     # each time a vector env is wrapped (the training env and the evaluation's)

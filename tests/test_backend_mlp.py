@@ -15,7 +15,6 @@ from tests._trpo_batches import OBS_DIM, assert_same_step, collect, make_actor, 
 from trpo_torchrl import TRPOLoss, TrustRegionUpdate, gaussian_actor
 from trpo_torchrl.fisher import gauss_newton_fisher_vector_product
 from trpo_torchrl.loss import distribution_parameters
-from trpo_torchrl.backends.mlp import MLPPolicyPlan
 from trpo_torchrl.policies import StateIndependentScale, categorical_actor
 
 

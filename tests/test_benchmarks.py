@@ -76,6 +76,7 @@ def test_learning_benchmark_tiny(tmp_path):
     assert result["runs"]["CartPole-v1"]["ours"][0][-1]["frames"] == 256
 
 
+@pytest.mark.slow
 def test_learning_benchmark_seeds_in_worker_processes_equal_one_after_another(tmp_path):
     import os
     import subprocess

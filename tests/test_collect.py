@@ -12,13 +12,12 @@ import pytest
 import torch
 from torch import nn
 
+from tests._support import needs_mujoco
 from trpo_torchrl.app.config import build_config
 from trpo_torchrl.app.envs import make_env
 from trpo_torchrl.app.models import build_models
 from trpo_torchrl.collectors import DirectCollector, _FrozenForward, gym_vector_env
 from trpo_torchrl.policies import gaussian_actor
-
-needs_mujoco = pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="needs mujoco")
 
 
 def our_config(env_id, **overrides):

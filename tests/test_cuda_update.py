@@ -8,14 +8,12 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+from tests._support import needs_cuda
 from tests._trpo_batches import assert_same_step, collect, make_actor, make_critic
 from trpo_torchrl import TRPOLoss, TrustRegionUpdate
 from trpo_torchrl.population import PopulationTrustRegionUpdate
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
+pytestmark = needs_cuda
 
 CUDA = torch.device("cuda")
 

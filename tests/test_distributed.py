@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch.multiprocessing as mp
 
 from tensordict import TensorDict
 
+from tests._support import free_port
 from tests._trpo_batches import collect, make_actor, make_critic, trajectory_batch
 from trpo_torchrl import CriticFit, PopulationTrustRegionUpdate, TRPOLoss, TrustRegionUpdate
 from trpo_torchrl.distributed import all_gather_cat, all_reduce_mean, global_mean_std
@@ -22,12 +22,6 @@ from trpo_torchrl.distributed import all_gather_cat, all_reduce_mean, global_mea
 WORLD = 2
 ENVS, STEPS = 4, 16  # per rank
 CRITIC_EPOCHS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _models():
@@ -147,7 +141,7 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
 def ranks(tmp_path_factory):
     """Runs the two ranks once for the whole module; returns each rank's results."""
     out = tmp_path_factory.mktemp("ranks")
-    port = _free_port()
+    port = free_port()
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_rank_main, args=(r, port, str(out))) for r in range(WORLD)]
     for p in procs:
@@ -174,6 +168,8 @@ def _single_process_reference():
     return _params(actor, critic), metrics
 
 
+# the ranks fixture spawns two processes once for the module: every test that reads it is slow
+@pytest.mark.slow
 def test_two_ranks_take_the_single_process_step(ranks):
     expected, metrics = _single_process_reference()
     assert bool(metrics["step_accepted"])  # the step is real: the comparison below means something
@@ -191,6 +187,7 @@ def test_two_ranks_take_the_single_process_step(ranks):
 
 
 @pytest.mark.parametrize("name", list(POPULATION_OPTIONS))
+@pytest.mark.slow
 def test_two_ranks_take_the_single_process_population_step(ranks, name):
     update, batch = _population(None, **POPULATION_OPTIONS[name])
     before = update.flat_parameters()
@@ -206,6 +203,7 @@ def test_two_ranks_take_the_single_process_population_step(ranks, name):
         torch.testing.assert_close(r0["metrics"][key], metrics[key], rtol=0, atol=1e-10, msg=key)
 
 
+@pytest.mark.slow
 def test_a_rank_with_a_non_finite_batch_makes_every_rank_reject(ranks):
     for r, res in enumerate(ranks):
         res = res["nan_log_prob"]
@@ -214,11 +212,13 @@ def test_a_rank_with_a_non_finite_batch_makes_every_rank_reject(ranks):
             assert torch.equal(res["params"][name], value), f"rank {r}: {name} changed"
 
 
+@pytest.mark.slow
 def test_non_finite_advantages_on_one_rank_fail_every_rank(ranks):
     for r, res in enumerate(ranks):
         assert res["nan_advantage"] is not None and "non-finite" in res["nan_advantage"], f"rank {r}"
 
 
+@pytest.mark.slow
 def test_collective_helpers(ranks):
     full = torch.cat([torch.arange(6, dtype=torch.float64) + 10 * r for r in range(WORLD)])
     for res in ranks:

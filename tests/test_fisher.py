@@ -13,11 +13,6 @@ from trpo_torchrl.ops import conjugate_gradient
 N_STATES, OBS, ACT, HIDDEN = 9, 3, 2, 5
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 class TinyPolicy:
     """A tanh MLP seen as a function of its flat parameter vector."""
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torch import distributions as D
 from torch import nn

@@ -5,7 +5,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from tests._trpo_batches import actor_state, assert_same_step, collect, make_actor, make_critic
+from tests._trpo_batches import assert_same_step, collect, make_actor, make_critic
 from trpo_torchrl import TRPOLoss, TrustRegionUpdate
 from trpo_torchrl.backends import MLPBackend
 from trpo_torchrl.population import PopulationTrustRegionUpdate, population_policy

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from tests._support import free_port
 from trpo_torchrl.app.cli import main
 from trpo_torchrl.app.config import build_config
 from trpo_torchrl.app.train import Trainer, resume_trainer
@@ -22,12 +23,6 @@ from trpo_torchrl.app.train import Trainer, resume_trainer
 SMALL = ["--num-envs", "2", "--steps-per-env", "32", "--critic-epochs", "1", "--critic-minibatch", "64",
          "--progress", "false", "--eval-episodes", "0", "--logger", "none"]
 FRAMES_PER_BATCH = 64
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _check_batches(monkeypatch):
@@ -64,6 +59,7 @@ def _frames_column(run: Path) -> list[int]:
         ),
     ],
 )
+@pytest.mark.slow
 def test_collectors_deliver_the_batch_on_policy(tmp_path, monkeypatch, capsys, collector):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a local Ray instance, started for the run
     seen = _check_batches(monkeypatch)
@@ -149,8 +145,9 @@ def _learner_rank(rank: int, world: int, port: int, logdir: str, out: str) -> No
             torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_learner_ranks_train_identically_and_resume_exactly(tmp_path):
-    world, port = 2, _free_port()
+    world, port = 2, free_port()
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_learner_rank, args=(r, world, port, str(tmp_path), str(tmp_path))) for r in range(world)]
     for p in procs:

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vmas") is None, reason="needs the vmas package")
+@pytest.mark.slow
 def test_vmas_navigation_example_runs_a_few_iterations():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     agents = 3
