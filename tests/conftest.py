@@ -5,9 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-# test files not yet moved to tests._support import the device list from here
-from tests._support import cpu_and_cuda  # noqa: F401
-
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

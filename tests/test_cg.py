@@ -9,11 +9,10 @@ import trpo_torchrl.ops.cg as cg_module
 from trpo_torchrl.ops import CGInfo, _extension, conjugate_gradient, library_loaded, reference
 from trpo_torchrl.ops._extension import has_kernel
 
-from .conftest import cpu_and_cuda
+from tests._support import cpu_and_cuda, needs_cuda
 
 HAS_OP = library_loaded() and hasattr(torch.ops.trpo_torchrl, "cg_step")
 needs_op = pytest.mark.skipif(not HAS_OP, reason="trpo_torchrl._C (cg_step) is not built")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 @pytest.fixture(params=["op", "reference"])

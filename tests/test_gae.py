@@ -15,7 +15,7 @@ from torchrl.objectives.value.functional import generalized_advantage_estimate a
 from trpo_torchrl.ops import _extension, extension_loaded, generalized_advantage_estimate
 from trpo_torchrl.ops.gae import _reference_rows
 
-from .conftest import cpu_and_cuda
+from tests._support import cpu_and_cuda
 
 needs_ext = pytest.mark.skipif(not extension_loaded(), reason="compiled extension not built")
 

@@ -10,7 +10,7 @@ from tensordict.nn import TensorDictModule
 from torch import nn
 
 from tests._trpo_batches import OBS_DIM, collect, make_actor
-from tests.conftest import cpu_and_cuda
+from tests._support import cpu_and_cuda, needs_cuda
 from trpo_torchrl import CriticFit, TRPOLoss
 import trpo_torchrl.ops.mlp_fit as mlp_fit_module
 from trpo_torchrl.ops import extension_loaded, mlp_fit_adam, reference
@@ -269,7 +269,7 @@ def test_opcheck(device):
 
 @needs_op
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 @pytest.mark.parametrize("sizes,minibatch,fused", [((17, 64, 64, 1), 128, True), ((17, 256, 256, 1), 256, False)])
 def test_cuda_fit_is_one_kernel_launch_when_the_network_fits_a_block(sizes, minibatch, fused):
     from torch.profiler import ProfilerActivity, profile
