@@ -35,9 +35,10 @@ from torch.func import functional_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, median_ms, pick_devices, write_json  # noqa: E402
+
 from trpo_torchrl import gaussian_actor
-from trpo_torchrl.fisher import gauss_newton_fisher_vector_product, kl_fisher_vector_product
 from trpo_torchrl.backends.mlp import MLPPolicyPlan
+from trpo_torchrl.fisher import gauss_newton_fisher_vector_product, kl_fisher_vector_product
 from trpo_torchrl.ops import conjugate_gradient
 
 
@@ -58,8 +59,6 @@ def sync_loop_cg(matvec, b, max_iter=10, residual_tol=1e-10):
         p = r + (new_rdotr / rdotr) * p
         rdotr = new_rdotr
     return x
-
-
 
 
 def bench_cg(device, sizes, batches, max_iter, reps):
@@ -102,11 +101,20 @@ def bench_cg(device, sizes, batches, max_iter, reps):
             t_ours = median_ms(run_ours, device, r)
             t_ref = median_ms(run_ref, device, r)
             rows.append(
-                dict(device=device.type, n=n, B=B, sync_loop_ms=t_sync, ours_ms=t_ours, ours_ref_ms=t_ref,
-                     speedup=t_sync / t_ours)
+                dict(
+                    device=device.type,
+                    n=n,
+                    B=B,
+                    sync_loop_ms=t_sync,
+                    ours_ms=t_ours,
+                    ours_ref_ms=t_ref,
+                    speedup=t_sync / t_ours,
+                )
             )
-            print(f"{device.type:>4} {n:>9} {B:>4} {t_sync:>11.3f} {t_ours:>9.3f} {t_ref:>9.3f} {t_sync / t_ours:>8.2f}x",
-                  flush=True)
+            print(
+                f"{device.type:>4} {n:>9} {B:>4} {t_sync:>11.3f} {t_ours:>9.3f} {t_ref:>9.3f} {t_sync / t_ours:>8.2f}x",
+                flush=True,
+            )
     return rows
 
 
@@ -114,13 +122,17 @@ def make_policy(hidden, device, n_states=2048, obs_dim=17, act_dim=6):
     """A tanh MLP Gaussian policy (state-independent log-std) as functions of a flat theta."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Linear(obs_dim, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, hidden), torch.nn.Tanh(),
+        torch.nn.Linear(obs_dim, hidden),
+        torch.nn.Tanh(),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.Tanh(),
         torch.nn.Linear(hidden, act_dim),
     ).to(device)
     names = [k for k, _ in net.named_parameters()]
     shapes = [p.shape for p in net.parameters()]
-    theta = torch.cat([torch.nn.utils.parameters_to_vector(net.parameters()).detach(),
-                       torch.full((act_dim,), -0.5, device=device)])
+    theta = torch.cat(
+        [torch.nn.utils.parameters_to_vector(net.parameters()).detach(), torch.full((act_dim,), -0.5, device=device)]
+    )
     obs = torch.randn(n_states, obs_dim, device=device)
 
     def dist_fn(th):
@@ -151,11 +163,18 @@ def bench_fvp(device, hiddens, reps):
         theta, dist_fn, kl_fn, (plan, obs) = make_policy(hidden, device)
         v = torch.randn_like(theta)
         fvp_a = kl_fisher_vector_product(kl_fn, theta, damping=0.1)
-        t_setup_j = median_ms(lambda: gauss_newton_fisher_vector_product(dist_fn, theta, "normal", damping=0.1),
-                           device, max(2, reps // 4), warmup=1)
+        t_setup_j = median_ms(
+            lambda: gauss_newton_fisher_vector_product(dist_fn, theta, "normal", damping=0.1),
+            device,
+            max(2, reps // 4),
+            warmup=1,
+        )
         t_setup_l = median_ms(
             lambda: gauss_newton_fisher_vector_product(dist_fn, theta, "normal", damping=0.1, use_linearize=True),
-            device, max(2, reps // 8), warmup=1)
+            device,
+            max(2, reps // 8),
+            warmup=1,
+        )
         fvp_b = gauss_newton_fisher_vector_product(dist_fn, theta, "normal", damping=0.1)
         fvp_l = gauss_newton_fisher_vector_product(dist_fn, theta, "normal", damping=0.1, use_linearize=True)
         # agreement of the undamped products (damping would hide a difference in F v)
@@ -169,23 +188,40 @@ def bench_fvp(device, hiddens, reps):
         t_l = median_ms(lambda: fvp_l(v), device, reps)
         t_c = median_ms(lambda: fvp_c(v), device, reps)
         t_setup_c = median_ms(lambda: plan.linearize(obs, theta), device, max(2, reps // 4), warmup=1)
-        rows.append(dict(device=device.type, policy=f"{hidden}x{hidden}", params=theta.numel(), states=2048,
-                         kl_double_backward_ms=t_a, gauss_newton_ms=t_b, gauss_newton_setup_ms=t_setup_j,
-                         gauss_newton_linearize_ms=t_l, gauss_newton_linearize_setup_ms=t_setup_l,
-                         mlp_plan_ms=t_c, mlp_plan_setup_ms=t_setup_c,
-                         speedup=t_a / t_b, plan_speedup=t_b / t_c, rel_diff=err, plan_rel_diff=err_c))
-        print(f"{device.type:>4} {hidden:>4}x{hidden:<4} {theta.numel():>7} {t_a:>10.3f} {t_b:>10.3f} {t_setup_j:>9.3f} "
-              f"{t_l:>9.3f} {t_setup_l:>9.1f} {t_c:>9.3f} {t_setup_c:>9.3f} {t_a / t_b:>7.2f}x {t_b / t_c:>7.2f}x  "
-              f"{err:.1e} {err_c:.1e}", flush=True)
+        rows.append(
+            dict(
+                device=device.type,
+                policy=f"{hidden}x{hidden}",
+                params=theta.numel(),
+                states=2048,
+                kl_double_backward_ms=t_a,
+                gauss_newton_ms=t_b,
+                gauss_newton_setup_ms=t_setup_j,
+                gauss_newton_linearize_ms=t_l,
+                gauss_newton_linearize_setup_ms=t_setup_l,
+                mlp_plan_ms=t_c,
+                mlp_plan_setup_ms=t_setup_c,
+                speedup=t_a / t_b,
+                plan_speedup=t_b / t_c,
+                rel_diff=err,
+                plan_rel_diff=err_c,
+            )
+        )
+        print(
+            f"{device.type:>4} {hidden:>4}x{hidden:<4} {theta.numel():>7} {t_a:>10.3f} {t_b:>10.3f} {t_setup_j:>9.3f} "
+            f"{t_l:>9.3f} {t_setup_l:>9.1f} {t_c:>9.3f} {t_setup_c:>9.3f} {t_a / t_b:>7.2f}x {t_b / t_c:>7.2f}x  "
+            f"{err:.1e} {err_c:.1e}",
+            flush=True,
+        )
     return rows
-
-
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="CG on n in {5k, 70k} and B in {1, 8} only; fewer repeats")
-    ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"], help="where to run (all: CPU, and CUDA when present)")
+    ap.add_argument(
+        "--device", default="all", choices=["cpu", "cuda", "all"], help="where to run (all: CPU, and CUDA when present)"
+    )
     ap.add_argument("--max-iter", type=int, default=10, help="CG iterations per solve")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -207,8 +243,10 @@ def main():
     for dev in devices:
         results["cg"] += bench_cg(dev, sizes, batches, args.max_iter, reps)
     print("\nFisher-vector product (F + 0.1 I) v, 2048 states; ms per product")
-    print(f"{'dev':>4} {'policy':>9} {'params':>7} {'(a) KL-2bw':>10} {'(b) JtMJ':>10} {'(b) setup':>9} "
-          f"{'(b) lin.':>9} {'lin.setup':>9} {'(c) plan':>9} {'(c) setup':>9} {'a/b':>8} {'b/c':>8}  rel.diff a~b, c~b")
+    print(
+        f"{'dev':>4} {'policy':>9} {'params':>7} {'(a) KL-2bw':>10} {'(b) JtMJ':>10} {'(b) setup':>9} "
+        f"{'(b) lin.':>9} {'lin.setup':>9} {'(c) plan':>9} {'(c) setup':>9} {'a/b':>8} {'b/c':>8}  rel.diff a~b, c~b"
+    )
     for dev in devices:
         results["fvp"] += bench_fvp(dev, hiddens, reps * 4)
     write_json(args.out, results)

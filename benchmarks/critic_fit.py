@@ -26,6 +26,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, median_ms, pick_devices, write_json  # noqa: E402
+
 from trpo_torchrl.ops import extension_loaded, mlp_fit_adam, reference
 
 OBS = 17
@@ -56,8 +57,14 @@ def bench(device, hidden, states, epochs, minibatch, reps):
     def fresh():
         return [p.clone() for p in params], [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
 
-    row = dict(device=device.type, hidden=hidden, states=states, epochs=epochs, minibatch=minibatch,
-               adam_steps=epochs * -(-states // minibatch))
+    row = dict(
+        device=device.type,
+        hidden=hidden,
+        states=states,
+        epochs=epochs,
+        minibatch=minibatch,
+        adam_steps=epochs * -(-states // minibatch),
+    )
     losses = {}
     start = fresh()
     for name, run in runners.items():
@@ -76,15 +83,20 @@ def bench(device, hidden, states, epochs, minibatch, reps):
         row[f"{name}_final_loss_rel_diff"] = float(
             (losses[name][-1] - losses["ours"][-1]).abs() / losses["ours"][-1].abs().clamp_min(1e-12)
         )
-    print(f"{device.type:>4} {hidden:>6} {row['adam_steps']:>6} {row['ours_ms']:>9.2f} {row['composite_ms']:>11.2f} "
-          f"{row['eager_ms']:>9.2f} {row['composite_over_ours']:>9.1f}x {row['eager_over_ours']:>8.1f}x "
-          f"{max(row['composite_final_loss_rel_diff'], row['eager_final_loss_rel_diff']):>9.1e}", flush=True)
+    print(
+        f"{device.type:>4} {hidden:>6} {row['adam_steps']:>6} {row['ours_ms']:>9.2f} {row['composite_ms']:>11.2f} "
+        f"{row['eager_ms']:>9.2f} {row['composite_over_ours']:>9.1f}x {row['eager_over_ours']:>8.1f}x "
+        f"{max(row['composite_final_loss_rel_diff'], row['eager_final_loss_rel_diff']):>9.1e}",
+        flush=True,
+    )
     return row
 
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"], help="where to run (all: CPU, and CUDA when present)")
+    ap.add_argument(
+        "--device", default="all", choices=["cpu", "cuda", "all"], help="where to run (all: CPU, and CUDA when present)"
+    )
     ap.add_argument("--hidden", type=str, default="64,256", help="comma-separated hidden widths (two hidden layers)")
     ap.add_argument("--states", type=int, default=2048)
     ap.add_argument("--epochs", type=int, default=20)
@@ -95,16 +107,25 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
     if not extension_loaded():
-        sys.exit("critic_fit.py compares the compiled kernels: build the extension first (python setup.py build_ext --inplace)")
+        sys.exit(
+            "critic_fit.py compares the compiled kernels: build the extension first (python setup.py build_ext --inplace)"
+        )
     torch.set_num_threads(args.threads)
     hidden = [64] if args.quick else [int(h) for h in args.hidden.split(",")]
     epochs, reps = (5, 3) if args.quick else (args.epochs, args.reps)
-    print(f"critic fit: {OBS}->h->h->1 tanh MLP, {args.states} states, {epochs} epochs of {args.minibatch}; "
-          f"ms per fit (median of {reps})")
-    print(f"{'dev':>4} {'hidden':>6} {'steps':>6} {'ours':>9} {'composite':>11} {'eager':>9} {'comp/ours':>10} "
-          f"{'eager/ours':>9} {'loss diff':>9}")
-    rows = [bench(device, h, args.states, epochs, args.minibatch, reps)
-            for device in pick_devices(args.device) for h in hidden]
+    print(
+        f"critic fit: {OBS}->h->h->1 tanh MLP, {args.states} states, {epochs} epochs of {args.minibatch}; "
+        f"ms per fit (median of {reps})"
+    )
+    print(
+        f"{'dev':>4} {'hidden':>6} {'steps':>6} {'ours':>9} {'composite':>11} {'eager':>9} {'comp/ours':>10} "
+        f"{'eager/ours':>9} {'loss diff':>9}"
+    )
+    rows = [
+        bench(device, h, args.states, epochs, args.minibatch, reps)
+        for device in pick_devices(args.device)
+        for h in hidden
+    ]
     if args.out:
         write_json(args.out, {"benchmark": "critic_fit", "machine": machine(), "rows": rows})
     return rows

@@ -38,8 +38,17 @@ def main(folder: str) -> None:
         print("machine: `" + json.dumps(data.get("machine", {})) + "`\n")
         if name.startswith("update"):
             ours = data["ours"]
-            print(table([{"device": name.split("_")[1], "states": data["states_per_batch"],
-                          **{k: v * 1e3 for k, v in ours.items()}}]).replace("_s |", "_ms |"))
+            print(
+                table(
+                    [
+                        {
+                            "device": name.split("_")[1],
+                            "states": data["states_per_batch"],
+                            **{k: v * 1e3 for k, v in ours.items()},
+                        }
+                    ]
+                ).replace("_s |", "_ms |")
+            )
             print()
             continue
         for key in ("rows", "cg", "fvp"):

@@ -77,8 +77,9 @@ def evaluate(act, env_id: str, seed: int, episodes: int = EVAL_EPISODES) -> floa
     import gymnasium as gym
     from gymnasium.vector import AutoresetMode
 
-    venv = gym.make_vec(env_id, num_envs=episodes, vectorization_mode="sync",
-                        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})
+    venv = gym.make_vec(
+        env_id, num_envs=episodes, vectorization_mode="sync", vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}
+    )
     space = venv.single_action_space
     obs, _ = venv.reset(seed=seed)
     total = np.zeros(episodes)
@@ -140,8 +141,14 @@ def train_ours(config, eval_at: set[int], run_dir: Path, task: str) -> list[dict
         trainer.frames += batch.numel()
         train_s += time.perf_counter() - start
         if it in eval_at:
-            curve.append({"iteration": it, "frames": trainer.frames, "train_s": train_s,
-                          "return": evaluate(act, task, seed=10_000 + config.seed)})
+            curve.append(
+                {
+                    "iteration": it,
+                    "frames": trainer.frames,
+                    "train_s": train_s,
+                    "return": evaluate(act, task, seed=10_000 + config.seed),
+                }
+            )
     trainer.shutdown()
     return curve
 
@@ -157,8 +164,14 @@ def train_peer(config, eval_at: set[int], task: str) -> list[dict]:
     def record():
         it = model.num_timesteps // batch
         if it in eval_at and not any(c["iteration"] == it for c in curve):
-            curve.append({"iteration": it, "frames": model.num_timesteps, "train_s": clock["train_s"],
-                          "return": evaluate(peer_policy(model), task, seed=10_000 + config.seed)})
+            curve.append(
+                {
+                    "iteration": it,
+                    "frames": model.num_timesteps,
+                    "train_s": clock["train_s"],
+                    "return": evaluate(peer_policy(model), task, seed=10_000 + config.seed),
+                }
+            )
 
     class EvalAtIterations(BaseCallback):
         # a rollout starts after the previous iteration's train(): evaluate there, off the clock
@@ -212,7 +225,7 @@ def iqm(x: np.ndarray) -> float:
     """Interquartile mean: the mean of the middle half (25 % trimmed each side, whole samples)."""
     x = np.sort(np.asarray(x, dtype=float))
     cut = int(np.floor(0.25 * len(x)))
-    return float(x[cut: len(x) - cut].mean())
+    return float(x[cut : len(x) - cut].mean())
 
 
 def bootstrap_ci(x: np.ndarray, reps: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
@@ -241,17 +254,26 @@ def compare(ours: list[float], peer: list[float], reps: int = 20_000, seed: int 
     pooled = np.concatenate([a, b])
     shuffled = np.argsort(rng.random((reps, len(pooled))), axis=1)  # one permutation per row
     draws = pooled[shuffled]
-    extreme = np.abs(draws[:, : len(a)].mean(1) - draws[:, len(a):].mean(1)) >= abs(diff) - 1e-9 * max(1.0, abs(diff))
-    boot = (a[rng.integers(0, len(a), size=(10_000, len(a)))].mean(1)
-            - b[rng.integers(0, len(b), size=(10_000, len(b)))].mean(1))
+    extreme = np.abs(draws[:, : len(a)].mean(1) - draws[:, len(a) :].mean(1)) >= abs(diff) - 1e-9 * max(1.0, abs(diff))
+    boot = a[rng.integers(0, len(a), size=(10_000, len(a)))].mean(1) - b[
+        rng.integers(0, len(b), size=(10_000, len(b)))
+    ].mean(1)
     lo, hi = np.percentile(boot, [2.5, 97.5])
-    return {"difference": diff, "percent_of_peer": 100 * diff / abs(b.mean()) if b.mean() else float("nan"),
-            "standard_error": se, "permutation_p": float(extreme.mean()), "ci95_difference": [float(lo), float(hi)]}
+    return {
+        "difference": diff,
+        "percent_of_peer": 100 * diff / abs(b.mean()) if b.mean() else float("nan"),
+        "standard_error": se,
+        "permutation_p": float(extreme.mean()),
+        "ci95_difference": [float(lo), float(hi)],
+    }
 
 
 def comparisons(summary: dict) -> dict:
-    return {task: compare(libs["ours"]["finals"], libs["sb3-contrib"]["finals"])
-            for task, libs in summary.items() if "ours" in libs and "sb3-contrib" in libs}
+    return {
+        task: compare(libs["ours"]["finals"], libs["sb3-contrib"]["finals"])
+        for task, libs in summary.items()
+        if "ours" in libs and "sb3-contrib" in libs
+    }
 
 
 def plot(runs: dict, path: Path) -> None:
@@ -288,20 +310,26 @@ def print_comparisons(comparison: dict) -> None:
     print(f"{'task':16} {'difference':>11} {'% of sb3':>9} {'SE':>8} {'p':>6} {'95% CI of the difference':>26}")
     for task, c in comparison.items():
         ci = f"[{c['ci95_difference'][0]:+.1f}, {c['ci95_difference'][1]:+.1f}]"
-        print(f"{task:16} {c['difference']:>+11.1f} {c['percent_of_peer']:>+8.1f}% {c['standard_error']:>8.1f} "
-              f"{c['permutation_p']:>6.2f} {ci:>26}")
+        print(
+            f"{task:16} {c['difference']:>+11.1f} {c['percent_of_peer']:>+8.1f}% {c['standard_error']:>8.1f} "
+            f"{c['permutation_p']:>6.2f} {ci:>26}"
+        )
 
 
 def print_table(runs: dict, summary: dict, seeds: dict) -> None:
     print(f"\nfinal deterministic return ({EVAL_EPISODES} episodes)")
-    print(f"{'task':16} {'library':12} {'seeds':>5} {'frames':>9} {'mean':>9} {'IQM':>9} {'95% CI':>21} {'zoo ref (v3)':>16}")
+    print(
+        f"{'task':16} {'library':12} {'seeds':>5} {'frames':>9} {'mean':>9} {'IQM':>9} {'95% CI':>21} {'zoo ref (v3)':>16}"
+    )
     for task in runs:
         ref = REFERENCES.get(task)
         for lib, s in summary[task].items():
             frames = runs[task][lib][0][-1]["frames"]
             reftxt = f"{ref['mean']:.0f} @ {ref['frames'] // 1000}k" if ref else "—"
             ci = f"[{s['ci95'][0]:.1f}, {s['ci95'][1]:.1f}]"
-            print(f"{task:16} {lib:12} {len(seeds[task]):>5} {frames:>9} {s['mean']:>9.1f} {s['iqm']:>9.1f} {ci:>21} {reftxt:>16}")
+            print(
+                f"{task:16} {lib:12} {len(seeds[task]):>5} {frames:>9} {s['mean']:>9.1f} {s['iqm']:>9.1f} {ci:>21} {reftxt:>16}"
+            )
 
 
 def seed_list(result: dict, task: str) -> list[int]:
@@ -343,8 +371,9 @@ def merge(folders: list[str]) -> dict:
             # keys a file predates count as their default; the run's bookkeeping may differ
             config = {k: v for k, v in {**defaults, **result["configs"][task]}.items() if k not in BOOKKEEPING}
             if task in configs and config != configs[task][0]:
-                diff = sorted(k for k in config.keys() | configs[task][0].keys()
-                              if config.get(k) != configs[task][0].get(k))
+                diff = sorted(
+                    k for k in config.keys() | configs[task][0].keys() if config.get(k) != configs[task][0].get(k)
+                )
                 raise SystemExit(f"--merge: {task} in {path} differs from {configs[task][1]} in {', '.join(diff)}")
             configs.setdefault(task, (config, path))
             these = seed_list(result, task)
@@ -362,12 +391,24 @@ def merge(folders: list[str]) -> dict:
         for lib in libs:
             libs[lib] = [[c for c in curve if c["frames"] in common] for curve in libs[lib]]
         summary[task] = {lib: summarize([c[-1]["return"] for c in curves]) for lib, curves in libs.items() if curves}
-    return {"benchmark": "learning", "merged_from": [{"path": str(p), "machine": r.get("machine"), "budget": r.get("budget"),
-                                                      "seed_list": {t: seed_list(r, t) for t in r["runs"]}}
-                                                     for p, r in sources],
-            "eval_episodes": EVAL_EPISODES, "seed_list": seeds,
-            "configs": {t: {**c, "seed": seeds[t][0]} for t, (c, _) in configs.items()},  # of the first seed
-            "summary": summary, "runs": runs, "references": REFERENCES}
+    return {
+        "benchmark": "learning",
+        "merged_from": [
+            {
+                "path": str(p),
+                "machine": r.get("machine"),
+                "budget": r.get("budget"),
+                "seed_list": {t: seed_list(r, t) for t in r["runs"]},
+            }
+            for p, r in sources
+        ],
+        "eval_episodes": EVAL_EPISODES,
+        "seed_list": seeds,
+        "configs": {t: {**c, "seed": seeds[t][0]} for t, (c, _) in configs.items()},  # of the first seed
+        "summary": summary,
+        "runs": runs,
+        "references": REFERENCES,
+    }
 
 
 def write_outputs(result: dict, out: str | None) -> None:
@@ -388,13 +429,24 @@ def main(argv=None) -> dict:
     ap.add_argument("--frames", type=int, default=None, help="override the budget's frames on the MuJoCo tasks")
     ap.add_argument("--evals", type=int, default=None, help="override the budget's number of evaluation points")
     ap.add_argument("--no-peer", action="store_true")
-    ap.add_argument("--collector", default=None, help="our collector (default: the app's, 'direct'); e.g. 'sync' for TorchRL's")
+    ap.add_argument(
+        "--collector", default=None, help="our collector (default: the app's, 'direct'); e.g. 'sync' for TorchRL's"
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both libraries (default 1)")
-    ap.add_argument("--jobs", type=int, default=1,
-                    help="seeds trained at once in worker processes (each with --threads threads; default 1)")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="seeds trained at once in worker processes (each with --threads threads; default 1)",
+    )
     ap.add_argument("--out", default=None, help="folder for learning.json and learning.png")
-    ap.add_argument("--merge", nargs="+", default=None, metavar="FOLDER",
-                    help="train nothing: pool the runs of these earlier --out folders (or learning.json files)")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="FOLDER",
+        help="train nothing: pool the runs of these earlier --out folders (or learning.json files)",
+    )
     args = ap.parse_args(argv)
     if args.merge:
         result = merge(args.merge)
@@ -427,20 +479,33 @@ def main(argv=None) -> dict:
             if args.tiny:
                 overrides.update(steps_per_env=64, critic_epochs=2)
             runs[task] = {"ours": [], "sb3-contrib": []}
-            jobs = [(task, seed, overrides, args.evals or budget["evals"], with_peer, args.threads, tmp)
-                    for seed in range(args.first_seed, args.first_seed + seeds)]
+            jobs = [
+                (task, seed, overrides, args.evals or budget["evals"], with_peer, args.threads, tmp)
+                for seed in range(args.first_seed, args.first_seed + seeds)
+            ]
             configs[task] = our_config(task, seed=args.first_seed, **overrides).to_dict()
             for ours, peer in run_seeds(jobs, args.jobs):
                 runs[task]["ours"].append(ours)
                 if peer:
                     runs[task]["sb3-contrib"].append(peer)
-            summary[task] = {lib: summarize([c[-1]["return"] for c in curves])
-                             for lib, curves in runs[task].items() if curves}
+            summary[task] = {
+                lib: summarize([c[-1]["return"] for c in curves]) for lib, curves in runs[task].items() if curves
+            }
 
     seed_lists = {task: list(range(args.first_seed, args.first_seed + seeds)) for task in tasks}
-    result = {"benchmark": "learning", "machine": machine(), "budget": "tiny" if args.tiny else args.budget,
-              "seeds": seeds, "seed_list": seed_lists, "eval_episodes": EVAL_EPISODES, "configs": configs,
-              "summary": summary, "comparison": comparisons(summary), "runs": runs, "references": REFERENCES}
+    result = {
+        "benchmark": "learning",
+        "machine": machine(),
+        "budget": "tiny" if args.tiny else args.budget,
+        "seeds": seeds,
+        "seed_list": seed_lists,
+        "eval_episodes": EVAL_EPISODES,
+        "configs": configs,
+        "summary": summary,
+        "comparison": comparisons(summary),
+        "runs": runs,
+        "references": REFERENCES,
+    }
     print_table(runs, summary, seed_lists)
     print_comparisons(result["comparison"])
     write_outputs(result, args.out)

@@ -122,15 +122,34 @@ def main(argv=None) -> int:
                 "accepted": bool(metrics["step_accepted"]),
             }
             records.append(rec)
-            rows.append([
-                it, reduction, f"{rec['relative_difference']:.1e}", f"{rec['step_length_ratio_sb3_over_ours']:.3f}",
-                f"{rec['our_kl']:.4f}", " ".join(f"{v:+.3f}" for v in rec["our_log_std_step"]),
-                " ".join(f"{v:+.3f}" for v in rec["sb3_log_std_step"]),
-            ])
-    header = ["batch", "kl_reduction", "|θ_sb3−θ_ours|/|step|", "|step_sb3|/|step_ours|", "our KL", "our Δlog σ", "sb3 Δlog σ"]
-    print(f"\n{args.env}, seed {args.seed}, rl-zoo3 preset (max KL {config.max_kl}, damping {config.damping}, CG {config.cg_iters})")
+            rows.append(
+                [
+                    it,
+                    reduction,
+                    f"{rec['relative_difference']:.1e}",
+                    f"{rec['step_length_ratio_sb3_over_ours']:.3f}",
+                    f"{rec['our_kl']:.4f}",
+                    " ".join(f"{v:+.3f}" for v in rec["our_log_std_step"]),
+                    " ".join(f"{v:+.3f}" for v in rec["sb3_log_std_step"]),
+                ]
+            )
+    header = [
+        "batch",
+        "kl_reduction",
+        "|θ_sb3−θ_ours|/|step|",
+        "|step_sb3|/|step_ours|",
+        "our KL",
+        "our Δlog σ",
+        "sb3 Δlog σ",
+    ]
+    print(
+        f"\n{args.env}, seed {args.seed}, rl-zoo3 preset (max KL {config.max_kl}, damping {config.damping}, CG {config.cg_iters})"
+    )
     print(markdown_table(header, rows))
-    write_json(args.out, {"machine": machine(), "env": args.env, "seed": args.seed, "config": config.to_dict(), "results": records})
+    write_json(
+        args.out,
+        {"machine": machine(), "env": args.env, "seed": args.seed, "config": config.to_dict(), "results": records},
+    )
     return 0
 
 

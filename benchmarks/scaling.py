@@ -71,9 +71,27 @@ def run_point(label: str, launcher: list[str], flags: list[str], args, logdir: P
     """Runs one training and reads its per-iteration times back from progress.csv."""
     run = logdir / label
     cmd = [
-        *launcher, "train", "--env", args.env, "--logdir", str(logdir), "--run-name", label,
-        "--total-frames", str(args.iterations * FRAMES_PER_BATCH), "--eval-episodes", "0",
-        "--checkpoint-every", "0", "--logger", "none", "--progress", "false", "--seed", "0", *flags,
+        *launcher,
+        "train",
+        "--env",
+        args.env,
+        "--logdir",
+        str(logdir),
+        "--run-name",
+        label,
+        "--total-frames",
+        str(args.iterations * FRAMES_PER_BATCH),
+        "--eval-episodes",
+        "0",
+        "--checkpoint-every",
+        "0",
+        "--logger",
+        "none",
+        "--progress",
+        "false",
+        "--seed",
+        "0",
+        *flags,
     ]
     print(f"[{label}] {' '.join(cmd)}", file=sys.stderr, flush=True)
     # run from the scratch folder (MuJoCo drops its log file in the working directory), with the
@@ -87,7 +105,7 @@ def run_point(label: str, launcher: list[str], flags: list[str], args, logdir: P
     with (run / "progress.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if r["fps"]]
     elapsed = [float(r["time_s"]) for r in rows]
-    per_iteration = [b - a for a, b in zip([0.0, *elapsed], elapsed)][args.warmup:]
+    per_iteration = [b - a for a, b in zip([0.0, *elapsed], elapsed)][args.warmup :]
     seconds = statistics.median(per_iteration)
     return {
         "label": label,
@@ -124,18 +142,38 @@ def main() -> None:
             for w in powers_of_two_up_to(args.max_workers):
                 flags = ["--collector", "sync"] if w == 1 else ["--collector", collector, "--workers", str(w)]
                 point = run_point(f"workers{w}", app, flags, args, logdir)
-                points.append({"sweep": "workers", "collector": "sync" if w == 1 else collector, "workers": w,
-                               "ranks": 1, **point})
+                points.append(
+                    {
+                        "sweep": "workers",
+                        "collector": "sync" if w == 1 else collector,
+                        "workers": w,
+                        "ranks": 1,
+                        **point,
+                    }
+                )
         if not args.skip_ranks:
             for k in powers_of_two_up_to(args.max_ranks):
                 single = [p for p in points if p["sweep"] == "workers" and p["workers"] == 1]
                 if k == 1 and single:  # one rank with one sync worker is the run already timed
                     points.append({**single[0], "sweep": "ranks"})
                     continue
-                launcher = app if k == 1 else [
-                    sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(k),
-                    "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "trpo_torchrl",
-                ]
+                launcher = (
+                    app
+                    if k == 1
+                    else [
+                        sys.executable,
+                        "-m",
+                        "torch.distributed.run",
+                        "--nproc-per-node",
+                        str(k),
+                        "--master-addr",
+                        "127.0.0.1",
+                        "--master-port",
+                        str(free_port()),
+                        "-m",
+                        "trpo_torchrl",
+                    ]
+                )
                 point = run_point(f"ranks{k}", launcher, ["--collector", "sync"], args, logdir)
                 points.append({"sweep": "ranks", "collector": "sync", "workers": 1, "ranks": k, **point})
 
@@ -152,12 +190,17 @@ def main() -> None:
         "omp_num_threads": args.threads,
         "load_average_at_end": os.getloadavg(),
     }
-    Path(args.out).write_text(json.dumps({"machine": machine, "env": args.env,
-                                          "frames_per_batch": FRAMES_PER_BATCH, "points": points}, indent=2))
+    Path(args.out).write_text(
+        json.dumps(
+            {"machine": machine, "env": args.env, "frames_per_batch": FRAMES_PER_BATCH, "points": points}, indent=2
+        )
+    )
 
-    print(f"\n{args.env}, {FRAMES_PER_BATCH} frames per iteration · {machine['cpu_count']} cores "
-          f"({machine['processor']}, {machine['node']}) · torch {machine['torch']}, torchrl {machine['torchrl']} · "
-          f"OMP_NUM_THREADS={args.threads} · load average at the end {machine['load_average_at_end'][0]:.1f}\n")
+    print(
+        f"\n{args.env}, {FRAMES_PER_BATCH} frames per iteration · {machine['cpu_count']} cores "
+        f"({machine['processor']}, {machine['node']}) · torch {machine['torch']}, torchrl {machine['torchrl']} · "
+        f"OMP_NUM_THREADS={args.threads} · load average at the end {machine['load_average_at_end'][0]:.1f}\n"
+    )
     print("| sweep | collector | workers | ranks | s / iteration | steps/s | speed-up |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for sweep in ("workers", "ranks"):
@@ -166,8 +209,10 @@ def main() -> None:
             continue
         base = rows[0]["seconds_per_iteration"]
         for p in rows:
-            print(f"| {sweep} | {p['collector']} | {p['workers']} | {p['ranks']} | {p['seconds_per_iteration']:.3f} "
-                  f"| {p['steps_per_second']:.0f} | {base / p['seconds_per_iteration']:.2f}× |")
+            print(
+                f"| {sweep} | {p['collector']} | {p['workers']} | {p['ranks']} | {p['seconds_per_iteration']:.3f} "
+                f"| {p['steps_per_second']:.0f} | {base / p['seconds_per_iteration']:.2f}× |"
+            )
     print(f"\nwrote {args.out}")
 
 

@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, median_ms, write_json  # noqa: E402
+
 from trpo_torchrl.ops import extension_loaded
 
 SIZES = (128 * 64, 2048 * 64, 1_000_000)
@@ -59,9 +60,12 @@ def bench(numel: int, reps: int) -> dict:
     row["aten_over_ours"] = ns["aten"] / ns["ours"]
     row["aten_over_ours_in_place"] = ns["aten_"] / ns["ours_"]
     row["max_ulp_error"] = max_ulp_error(x, ours(x))
-    print(f"{numel:>9} {ns['ours']:>8.3f} {ns['aten']:>8.3f} {row['aten_over_ours']:>8.2f}x "
-          f"{ns['ours_']:>8.3f} {ns['aten_']:>8.3f} {row['aten_over_ours_in_place']:>8.2f}x "
-          f"{row['max_ulp_error']:>7.2f}", flush=True)
+    print(
+        f"{numel:>9} {ns['ours']:>8.3f} {ns['aten']:>8.3f} {row['aten_over_ours']:>8.2f}x "
+        f"{ns['ours_']:>8.3f} {ns['aten_']:>8.3f} {row['aten_over_ours_in_place']:>8.2f}x "
+        f"{row['max_ulp_error']:>7.2f}",
+        flush=True,
+    )
     return row
 
 

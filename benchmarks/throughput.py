@@ -58,9 +58,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="1 run of 10 240 frames per side")
     ap.add_argument("--tiny", action="store_true", help="2 iterations of 2 x 64 steps: smoke test only")
     ap.add_argument("--no-peer", action="store_true")
-    ap.add_argument("--collector", choices=("direct", "sync"), default="direct",
-                    help="our collector: the app's own loop (default) or TorchRL's Collector")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both sides (default 1: small networks, shared cores)")
+    ap.add_argument(
+        "--collector",
+        choices=("direct", "sync"),
+        default="direct",
+        help="our collector: the app's own loop (default) or TorchRL's Collector",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads for both sides (default 1: small networks, shared cores)",
+    )
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
     if args.threads:
@@ -85,10 +94,19 @@ def main(argv=None) -> dict:
                 print(f", sb3-contrib {peer_rows[-1]['fps']:.0f} frames/s", end="")
             print()
 
-    result = {"benchmark": "throughput", "machine": machine(), "env": args.env, "config": config.to_dict(),
-              "frames_per_run": config.total_frames, "ours": ours_rows, "ours_fps": median([r["fps"] for r in ours_rows])}
-    print(f"\nend-to-end frames/s, {args.env}, {config.total_frames} frames per run, "
-          f"{config.num_envs} envs x {config.steps_per_env} steps per batch, median of {runs}")
+    result = {
+        "benchmark": "throughput",
+        "machine": machine(),
+        "env": args.env,
+        "config": config.to_dict(),
+        "frames_per_run": config.total_frames,
+        "ours": ours_rows,
+        "ours_fps": median([r["fps"] for r in ours_rows]),
+    }
+    print(
+        f"\nend-to-end frames/s, {args.env}, {config.total_frames} frames per run, "
+        f"{config.num_envs} envs x {config.steps_per_env} steps per batch, median of {runs}"
+    )
     print(f"{'':12} {'frames/s':>9} {'s/run':>7}")
     print(f"{'ours':12} {result['ours_fps']:>9.0f} {median([r['seconds'] for r in ours_rows]):>7.1f}")
     if peer_rows:

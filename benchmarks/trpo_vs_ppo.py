@@ -49,8 +49,14 @@ class PPOUpdate:
         from torchrl.objectives import ClipPPOLoss
 
         self.trainer = trainer
-        self.loss = ClipPPOLoss(trainer.actor, trainer.critic, clip_epsilon=PPO["clip"], entropy_bonus=False,
-                                critic_coeff=PPO["critic_coeff"], normalize_advantage=True)
+        self.loss = ClipPPOLoss(
+            trainer.actor,
+            trainer.critic,
+            clip_epsilon=PPO["clip"],
+            entropy_bonus=False,
+            critic_coeff=PPO["critic_coeff"],
+            normalize_advantage=True,
+        )
         self.params = [p for p in self.loss.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=PPO["lr"])
         self.generator = generator
@@ -66,7 +72,7 @@ class PPOUpdate:
         for _ in range(PPO["epochs"]):
             perm = torch.randperm(n, generator=self.generator)
             for start in range(0, n, PPO["minibatch"]):
-                out = self.loss(data[perm[start: start + PPO["minibatch"]]])
+                out = self.loss(data[perm[start : start + PPO["minibatch"]]])
                 loss = out["loss_objective"] + out["loss_critic"]
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -92,8 +98,14 @@ def run(algo: str, config, eval_at: set[int], run_dir: Path) -> dict:
         train_s += dt
         frames += batch.numel()
         if it in eval_at:
-            curve.append({"iteration": it, "frames": frames, "train_s": train_s,
-                          "return": evaluate(act, config.env, seed=10_000 + config.seed)})
+            curve.append(
+                {
+                    "iteration": it,
+                    "frames": frames,
+                    "train_s": train_s,
+                    "return": evaluate(act, config.env, seed=10_000 + config.seed),
+                }
+            )
     trainer.shutdown()
     return {"curve": curve, "iteration_s": iteration_s, "frames": frames, "train_s": train_s}
 
@@ -157,8 +169,11 @@ def main(argv=None) -> dict:
                 for algo in ("trpo", "ppo"):  # alternate: machine load hits both alike
                     r = run(algo, config, eval_at, Path(tmp) / f"{task}_{algo}_{seed}")
                     results[task][algo].append(r)
-                    print(f"{task} seed {seed} {algo}: return {r['curve'][-1]['return']:.1f}, "
-                          f"{statistics.median(r['iteration_s']) * 1e3:.0f} ms/iteration", flush=True)
+                    print(
+                        f"{task} seed {seed} {algo}: return {r['curve'][-1]['return']:.1f}, "
+                        f"{statistics.median(r['iteration_s']) * 1e3:.0f} ms/iteration",
+                        flush=True,
+                    )
 
     table = []
     print(f"\n{'task':16} {'algo':5} {'ms/iter':>8} {'frames/s':>9} {'final return':>13} {'train s':>8}")
@@ -166,17 +181,27 @@ def main(argv=None) -> dict:
         for algo in ("trpo", "ppo"):
             runs = results[task][algo]
             row = {
-                "task": task, "algo": algo,
+                "task": task,
+                "algo": algo,
                 "iteration_ms": 1e3 * statistics.median([s for r in runs for s in r["iteration_s"]]),
                 "fps": statistics.median([r["frames"] / r["train_s"] for r in runs]),
                 "final_return_mean": float(np.mean([r["curve"][-1]["return"] for r in runs])),
-                "frames": runs[0]["frames"], "train_s": float(np.mean([r["train_s"] for r in runs])),
+                "frames": runs[0]["frames"],
+                "train_s": float(np.mean([r["train_s"] for r in runs])),
             }
             table.append(row)
-            print(f"{task:16} {algo:5} {row['iteration_ms']:>8.0f} {row['fps']:>9.0f} "
-                  f"{row['final_return_mean']:>13.1f} {row['train_s']:>8.1f}")
-    result = {"benchmark": "trpo_vs_ppo", "machine": machine(), "ppo": PPO, "seeds": seeds, "table": table,
-              "runs": results}
+            print(
+                f"{task:16} {algo:5} {row['iteration_ms']:>8.0f} {row['fps']:>9.0f} "
+                f"{row['final_return_mean']:>13.1f} {row['train_s']:>8.1f}"
+            )
+    result = {
+        "benchmark": "trpo_vs_ppo",
+        "machine": machine(),
+        "ppo": PPO,
+        "seeds": seeds,
+        "table": table,
+        "runs": results,
+    }
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -123,8 +123,13 @@ class Peer:
             m.train()
         t_end = time.perf_counter()
         critic_s = t_end - critic_start[0] if critic_start else float("nan")
-        return {"gae_s": gae.seconds, "actor_s": train.seconds - critic_s, "critic_s": critic_s,
-                "train_s": train.seconds, "total_s": gae.seconds + train.seconds}
+        return {
+            "gae_s": gae.seconds,
+            "actor_s": train.seconds - critic_s,
+            "critic_s": critic_s,
+            "train_s": train.seconds,
+            "total_s": gae.seconds + train.seconds,
+        }
 
 
 def summarize(rows: list[dict], keys: list[str]) -> dict[str, float]:
@@ -139,7 +144,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--tiny", action="store_true", help="tiny sizes (2 x 64 steps, 2 critic epochs): smoke test only")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where our update runs")
     ap.add_argument("--no-peer", action="store_true", help="time ours only")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both sides (default 1: small networks, shared cores)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads for both sides (default 1: small networks, shared cores)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -178,24 +188,38 @@ def main(argv=None) -> dict:
         "ours": ours_med,
         "ours_rows": ours_rows,
     }
-    print(f"one TRPO iteration, {args.env} preset: {config.num_envs} envs x {config.steps_per_env} steps, "
-          f"cg {config.cg_iters}, damping {config.damping}, critic {config.critic_epochs} x {config.critic_minibatch}, "
-          f"max_kl {config.max_kl}; median of {reps} (ours on {args.device})")
+    print(
+        f"one TRPO iteration, {args.env} preset: {config.num_envs} envs x {config.steps_per_env} steps, "
+        f"cg {config.cg_iters}, damping {config.damping}, critic {config.critic_epochs} x {config.critic_minibatch}, "
+        f"max_kl {config.max_kl}; median of {reps} (ours on {args.device})"
+    )
     print(f"{'':10} {'GAE ms':>8} {'actor ms':>9} {'critic ms':>10} {'total ms':>9}")
-    print(f"{'ours':10} {ours_med['gae_s'] * 1e3:>8.2f} {ours_med['actor_s'] * 1e3:>9.1f} "
-          f"{ours_med['critic_s'] * 1e3:>10.1f} {ours_med['total_s'] * 1e3:>9.1f}")
+    print(
+        f"{'ours':10} {ours_med['gae_s'] * 1e3:>8.2f} {ours_med['actor_s'] * 1e3:>9.1f} "
+        f"{ours_med['critic_s'] * 1e3:>10.1f} {ours_med['total_s'] * 1e3:>9.1f}"
+    )
     if peer_rows:
         peer_med = summarize(peer_rows, ["gae_s", "actor_s", "critic_s", "train_s", "total_s"])
         # per-repetition ratios: both sides of a pair ran back to back under the same load
         ratios = [p["total_s"] / o["total_s"] for o, p in zip(ours_rows, peer_rows)]
-        result.update(peer=peer_med, peer_rows=peer_rows, speedup_median=median(ratios),
-                      speedup_of_medians=peer_med["total_s"] / ours_med["total_s"])
-        print(f"{'sb3-contrib':10} {peer_med['gae_s'] * 1e3:>8.2f} {peer_med['actor_s'] * 1e3:>9.1f} "
-              f"{peer_med['critic_s'] * 1e3:>10.1f} {peer_med['total_s'] * 1e3:>9.1f}")
-        print(f"{'ratio':10} {peer_med['gae_s'] / ours_med['gae_s']:>8.2f} {peer_med['actor_s'] / ours_med['actor_s']:>9.2f} "
-              f"{peer_med['critic_s'] / ours_med['critic_s']:>10.2f} {peer_med['total_s'] / ours_med['total_s']:>9.2f}")
-        print(f"speedup (sb3-contrib / ours): {result['speedup_of_medians']:.2f}x of medians, "
-              f"{result['speedup_median']:.2f}x median of paired ratios")
+        result.update(
+            peer=peer_med,
+            peer_rows=peer_rows,
+            speedup_median=median(ratios),
+            speedup_of_medians=peer_med["total_s"] / ours_med["total_s"],
+        )
+        print(
+            f"{'sb3-contrib':10} {peer_med['gae_s'] * 1e3:>8.2f} {peer_med['actor_s'] * 1e3:>9.1f} "
+            f"{peer_med['critic_s'] * 1e3:>10.1f} {peer_med['total_s'] * 1e3:>9.1f}"
+        )
+        print(
+            f"{'ratio':10} {peer_med['gae_s'] / ours_med['gae_s']:>8.2f} {peer_med['actor_s'] / ours_med['actor_s']:>9.2f} "
+            f"{peer_med['critic_s'] / ours_med['critic_s']:>10.2f} {peer_med['total_s'] / ours_med['total_s']:>9.2f}"
+        )
+        print(
+            f"speedup (sb3-contrib / ours): {result['speedup_of_medians']:.2f}x of medians, "
+            f"{result['speedup_median']:.2f}x median of paired ratios"
+        )
     print(machine())
     write_json(args.out, result)
     return result

@@ -39,14 +39,13 @@ acc_t dot(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, int64_
 
 template <typename scalar_t>
 void cg_step_row(scalar_t* __restrict__ x, scalar_t* __restrict__ r, scalar_t* __restrict__ p,
-                 const scalar_t* __restrict__ Ap, int64_t n, scalar_t& rdotr, int64_t& iterations,
-                 bool& converged, bool& breakdown, double residual_tol) {
+                 const scalar_t* __restrict__ Ap, int64_t n, scalar_t& rdotr, int64_t& iterations, bool& converged,
+                 bool& breakdown, double residual_tol) {
   using acc_t = at::opmath_type<scalar_t>;
   const bool active = !converged && !breakdown;
   const acc_t rr = rdotr;
   acc_t alpha;
-  const CgStatus status = cg_decide<acc_t>(active, active ? dot<scalar_t, acc_t>(p, Ap, n) : acc_t(0),
-                                           rr, alpha);
+  const CgStatus status = cg_decide<acc_t>(active, active ? dot<scalar_t, acc_t>(p, Ap, n) : acc_t(0), rr, alpha);
   if (status != kCgStep) {
     if (status == kCgBreakdown) breakdown = true;
     std::fill(p, p + n, scalar_t(0));
@@ -85,9 +84,8 @@ void cg_step_row(scalar_t* __restrict__ x, scalar_t* __restrict__ r, scalar_t* _
   }
 }
 
-void cg_step_cpu(at::Tensor& x, at::Tensor& r, at::Tensor& p, const at::Tensor& Ap,
-                 at::Tensor& rdotr, at::Tensor& iterations, at::Tensor& converged,
-                 at::Tensor& breakdown, double residual_tol) {
+void cg_step_cpu(at::Tensor& x, at::Tensor& r, at::Tensor& p, const at::Tensor& Ap, at::Tensor& rdotr,
+                 at::Tensor& iterations, at::Tensor& converged, at::Tensor& breakdown, double residual_tol) {
   check_cg_step_inputs(x, r, p, Ap, rdotr, iterations, converged, breakdown);
   TORCH_CHECK(x.device().is_cpu(), "trpo_torchrl::cg_step (CPU): x is on ", x.device());
   const int64_t B = x.size(0), n = x.size(1);
@@ -107,8 +105,8 @@ void cg_step_cpu(at::Tensor& x, at::Tensor& r, at::Tensor& p, const at::Tensor& 
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(n, 1));
     at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
-        cg_step_row<scalar_t>(xp + b * n, rp + b * n, pp + b * n, App + b * n, n, rr[b], it[b],
-                              conv[b], brk[b], residual_tol);
+        cg_step_row<scalar_t>(xp + b * n, rp + b * n, pp + b * n, App + b * n, n, rr[b], it[b], conv[b], brk[b],
+                              residual_tol);
       }
     });
   });
@@ -122,6 +120,8 @@ TORCH_LIBRARY_FRAGMENT(trpo_torchrl, m) {
       "Tensor(e!) iterations, Tensor(f!) converged, Tensor(g!) breakdown, float residual_tol) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(trpo_torchrl, CPU, m) { m.impl("cg_step", &cg_step_cpu); }
+TORCH_LIBRARY_IMPL(trpo_torchrl, CPU, m) {
+  m.impl("cg_step", &cg_step_cpu);
+}
 
 }  // namespace trpo_torchrl

@@ -30,8 +30,7 @@ constexpr int kInterleave = 8;
 constexpr int kBlock = 128;
 
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-inline void load_step(const GaeArgs<scalar_t>& a, int64_t row, int64_t t, acc_t& delta,
-                      acc_t& discount) {
+inline void load_step(const GaeArgs<scalar_t>& a, int64_t row, int64_t t, acc_t& delta, acc_t& discount) {
   const acc_t gamma = a.gamma[offset(a.s_gamma, row, t)];
   const acc_t lmbda = a.lmbda[offset(a.s_lmbda, row, t)];
   const acc_t v = a.value[offset(a.s_value, row, t)];
@@ -63,13 +62,11 @@ void scan_rows(const GaeArgs<scalar_t>& a, int64_t row0, int n, int64_t t_begin,
     for (int i = 0; i < n; ++i) {
       const int64_t row = row0 + i;
       const scalar_t* __restrict__ v = a.value + row * a.s_value[0] + lo * ts(a.s_value);
-      const scalar_t* __restrict__ nv =
-          a.next_value + row * a.s_next_value[0] + lo * ts(a.s_next_value);
+      const scalar_t* __restrict__ nv = a.next_value + row * a.s_next_value[0] + lo * ts(a.s_next_value);
       const scalar_t* __restrict__ r = a.reward + row * a.s_reward[0] + lo * ts(a.s_reward);
-      const uint8_t* __restrict__ d =
-          reinterpret_cast<const uint8_t*>(a.done + row * a.s_done[0] + lo * ts(a.s_done));
-      const uint8_t* __restrict__ te = reinterpret_cast<const uint8_t*>(
-          a.terminated + row * a.s_terminated[0] + lo * ts(a.s_terminated));
+      const uint8_t* __restrict__ d = reinterpret_cast<const uint8_t*>(a.done + row * a.s_done[0] + lo * ts(a.s_done));
+      const uint8_t* __restrict__ te =
+          reinterpret_cast<const uint8_t*>(a.terminated + row * a.s_terminated[0] + lo * ts(a.s_terminated));
       acc_t* __restrict__ delta_i = delta[i];
       acc_t* __restrict__ discount_i = discount[i];
 #pragma GCC ivdep
@@ -125,27 +122,23 @@ void scan_rows(const GaeArgs<scalar_t>& a, int64_t row0, int n, int64_t t_begin,
       const int64_t row = row0 + i;
       const scalar_t* __restrict__ v = a.value + row * a.s_value[0] + lo * ts(a.s_value);
       scalar_t* __restrict__ out_a = a.advantage + row * a.s_advantage[0] + lo * ts(a.s_advantage);
-      scalar_t* __restrict__ out_v =
-          a.value_target + row * a.s_value_target[0] + lo * ts(a.s_value_target);
+      scalar_t* __restrict__ out_v = a.value_target + row * a.s_value_target[0] + lo * ts(a.s_value_target);
       const acc_t* __restrict__ adv_i = delta[i];
 #pragma GCC ivdep
       for (int k = 0; k < len; ++k) {
         out_a[k * ts(a.s_advantage)] = static_cast<scalar_t>(adv_i[k]);
-        out_v[k * ts(a.s_value_target)] =
-            static_cast<scalar_t>(adv_i[k] + static_cast<acc_t>(v[k * ts(a.s_value)]));
+        out_v[k * ts(a.s_value_target)] = static_cast<scalar_t>(adv_i[k] + static_cast<acc_t>(v[k * ts(a.s_value)]));
       }
     }
   }
 }
 
 template <typename scalar_t>
-void scan_rows_any(const GaeArgs<scalar_t>& a, int64_t row0, int n, int64_t t_begin,
-                   int64_t t_end, const at::opmath_type<scalar_t>* carry) {
-  const bool contiguous = a.s_value[1] == 1 && a.s_next_value[1] == 1 && a.s_reward[1] == 1 &&
-                          a.s_done[1] == 1 && a.s_terminated[1] == 1 && a.s_advantage[1] == 1 &&
-                          a.s_value_target[1] == 1;
-  const bool uniform = a.s_gamma[0] == 0 && a.s_gamma[1] == 0 && a.s_lmbda[0] == 0 &&
-                       a.s_lmbda[1] == 0;
+void scan_rows_any(const GaeArgs<scalar_t>& a, int64_t row0, int n, int64_t t_begin, int64_t t_end,
+                   const at::opmath_type<scalar_t>* carry) {
+  const bool contiguous = a.s_value[1] == 1 && a.s_next_value[1] == 1 && a.s_reward[1] == 1 && a.s_done[1] == 1 &&
+                          a.s_terminated[1] == 1 && a.s_advantage[1] == 1 && a.s_value_target[1] == 1;
+  const bool uniform = a.s_gamma[0] == 0 && a.s_gamma[1] == 0 && a.s_lmbda[0] == 0 && a.s_lmbda[1] == 0;
   if (contiguous && uniform) {
     scan_rows<scalar_t, true, true>(a, row0, n, t_begin, t_end, carry);
   } else if (uniform) {
@@ -157,8 +150,7 @@ void scan_rows_any(const GaeArgs<scalar_t>& a, int64_t row0, int n, int64_t t_be
 
 // The affine map of steps [t_begin, t_end) of one row (nothing written).
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-AffineMap<acc_t> chunk_map(const GaeArgs<scalar_t>& a, int64_t row, int64_t t_begin,
-                           int64_t t_end) {
+AffineMap<acc_t> chunk_map(const GaeArgs<scalar_t>& a, int64_t row, int64_t t_begin, int64_t t_end) {
   AffineMap<acc_t> f = identity_map<acc_t>();
   for (int64_t t = t_end - 1; t >= t_begin; --t) {
     AffineMap<acc_t> step;
@@ -177,8 +169,7 @@ void gae_cpu_kernel(const GaeArgs<scalar_t>& a) {
   // each chunk is then rescanned from its now-known right boundary.
   constexpr int64_t kMinChunk = 1 << 14;
   if (a.rows < threads && a.T >= 2 * kMinChunk) {
-    const int64_t chunks_per_row =
-        std::min<int64_t>((threads + a.rows - 1) / a.rows * 4, a.T / kMinChunk);
+    const int64_t chunks_per_row = std::min<int64_t>((threads + a.rows - 1) / a.rows * 4, a.T / kMinChunk);
     const int64_t len = (a.T + chunks_per_row - 1) / chunks_per_row;
     const int64_t total = a.rows * chunks_per_row;
     std::vector<AffineMap<acc_t>> maps(total);
@@ -217,19 +208,17 @@ void gae_cpu_kernel(const GaeArgs<scalar_t>& a) {
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> gae_cpu(const at::Tensor& gamma, const at::Tensor& lmbda,
-                                           const at::Tensor& value, const at::Tensor& next_value,
-                                           const at::Tensor& reward, const at::Tensor& done,
-                                           const at::Tensor& terminated) {
+std::tuple<at::Tensor, at::Tensor> gae_cpu(const at::Tensor& gamma, const at::Tensor& lmbda, const at::Tensor& value,
+                                           const at::Tensor& next_value, const at::Tensor& reward,
+                                           const at::Tensor& done, const at::Tensor& terminated) {
   check_gae_inputs(gamma, lmbda, value, next_value, reward, done, terminated);
-  TORCH_CHECK(value.device().is_cpu(), "trpo_torchrl::gae (CPU): state_value is on ",
-              value.device());
+  TORCH_CHECK(value.device().is_cpu(), "trpo_torchrl::gae (CPU): state_value is on ", value.device());
   auto advantage = at::empty(value.sizes(), value.options());
   auto value_target = at::empty(value.sizes(), value.options());
   if (value.numel() == 0) return {advantage, value_target};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "gae_cpu", [&] {
-    const auto args = make_gae_args<scalar_t>(gamma, lmbda, value, next_value, reward, done,
-                                              terminated, advantage, value_target);
+    const auto args =
+        make_gae_args<scalar_t>(gamma, lmbda, value, next_value, reward, done, terminated, advantage, value_target);
     gae_cpu_kernel<scalar_t>(args);
   });
   return {advantage, value_target};
@@ -243,6 +232,8 @@ TORCH_LIBRARY_FRAGMENT(trpo_torchrl, m) {
       "Tensor reward, Tensor done, Tensor terminated) -> (Tensor advantage, Tensor value_target)");
 }
 
-TORCH_LIBRARY_IMPL(trpo_torchrl, CPU, m) { m.impl("gae", &gae_cpu); }
+TORCH_LIBRARY_IMPL(trpo_torchrl, CPU, m) {
+  m.impl("gae", &gae_cpu);
+}
 
 }  // namespace trpo_torchrl

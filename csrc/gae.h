@@ -67,8 +67,8 @@ struct GaeArgs {
   int64_t rows;
   int64_t T;
   // strides [row, time] of each tensor, in the order of the pointers above
-  int64_t s_gamma[2], s_lmbda[2], s_value[2], s_next_value[2], s_reward[2], s_done[2],
-      s_terminated[2], s_advantage[2], s_value_target[2];
+  int64_t s_gamma[2], s_lmbda[2], s_value[2], s_next_value[2], s_reward[2], s_done[2], s_terminated[2], s_advantage[2],
+      s_value_target[2];
 };
 
 TRPO_HD int64_t offset(const int64_t* s, int64_t row, int64_t t) {

@@ -150,10 +150,10 @@ void fit_cpu(const std::vector<at::Tensor>& params, const std::vector<at::Tensor
   }
 }
 
-at::Tensor mlp_fit_adam_cpu(at::TensorList params_list, at::TensorList exp_avgs_list,
-                            at::TensorList exp_avg_sqs_list, const at::Tensor& inputs, const at::Tensor& targets,
-                            const at::Tensor& order, int64_t minibatch_size, c10::string_view activation_view,
-                            double coeff, double lr, double beta1, double beta2, double eps, int64_t step) {
+at::Tensor mlp_fit_adam_cpu(at::TensorList params_list, at::TensorList exp_avgs_list, at::TensorList exp_avg_sqs_list,
+                            const at::Tensor& inputs, const at::Tensor& targets, const at::Tensor& order,
+                            int64_t minibatch_size, c10::string_view activation_view, double coeff, double lr,
+                            double beta1, double beta2, double eps, int64_t step) {
   const MlpFitArgs args = mlp_fit_unpack(params_list, exp_avgs_list, exp_avg_sqs_list, inputs, targets, order,
                                          minibatch_size, activation_view, step);
   const auto& [params, exp_avgs, exp_avg_sqs, activation, num_losses] = args;
@@ -162,11 +162,11 @@ at::Tensor mlp_fit_adam_cpu(at::TensorList params_list, at::TensorList exp_avgs_
   at::NoGradGuard no_grad;
   const at::Tensor x = inputs.contiguous(), y = targets.contiguous();
   if (x.scalar_type() == at::kFloat) {
-    fit_cpu<float>(params, exp_avgs, exp_avg_sqs, x, y, order, minibatch_size, activation == "tanh", coeff, lr,
-                   beta1, beta2, eps, step, losses);
+    fit_cpu<float>(params, exp_avgs, exp_avg_sqs, x, y, order, minibatch_size, activation == "tanh", coeff, lr, beta1,
+                   beta2, eps, step, losses);
   } else {
-    fit_cpu<double>(params, exp_avgs, exp_avg_sqs, x, y, order, minibatch_size, activation == "tanh", coeff, lr,
-                    beta1, beta2, eps, step, losses);
+    fit_cpu<double>(params, exp_avgs, exp_avg_sqs, x, y, order, minibatch_size, activation == "tanh", coeff, lr, beta1,
+                    beta2, eps, step, losses);
   }
   return losses;
 }
@@ -181,6 +181,8 @@ TORCH_LIBRARY_FRAGMENT(trpo_torchrl, m) {
 }
 
 // CPU: the loop-fused kernel above (every other device: mlp_fit_composite.cpp, cuda/mlp_fit.cu)
-TORCH_LIBRARY_IMPL(trpo_torchrl, CPU, m) { m.impl("mlp_fit_adam", &mlp_fit_adam_cpu); }
+TORCH_LIBRARY_IMPL(trpo_torchrl, CPU, m) {
+  m.impl("mlp_fit_adam", &mlp_fit_adam_cpu);
+}
 
 }  // namespace trpo_torchrl

@@ -28,11 +28,11 @@ inline void check_mlp_fit_inputs(const std::vector<at::Tensor>& params, const st
   TORCH_CHECK(exp_avgs.size() == params.size() && exp_avg_sqs.size() == params.size(), op,
               ": exp_avgs and exp_avg_sqs must have one tensor per parameter");
   TORCH_CHECK(inputs.dim() == 2, op, ": inputs must be [N, features], got ", inputs.sizes());
-  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == inputs.size(0), op, ": targets must be [N] with N = ",
-              inputs.size(0), ", got ", targets.sizes());
+  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == inputs.size(0), op,
+              ": targets must be [N] with N = ", inputs.size(0), ", got ", targets.sizes());
   TORCH_CHECK(order.dim() == 2 && order.size(1) == inputs.size(0) && order.scalar_type() == at::kLong, op,
-              ": order must be int64 [epochs, N] (one permutation of the states per epoch), got ",
-              order.scalar_type(), " ", order.sizes());
+              ": order must be int64 [epochs, N] (one permutation of the states per epoch), got ", order.scalar_type(),
+              " ", order.sizes());
   TORCH_CHECK(minibatch_size >= 1, op, ": minibatch_size must be >= 1, got ", minibatch_size);
   TORCH_CHECK(activation == "tanh" || activation == "relu", op, ": activation must be 'tanh' or 'relu', got '",
               activation, "'");
@@ -44,8 +44,7 @@ inline void check_mlp_fit_inputs(const std::vector<at::Tensor>& params, const st
   for (size_t l = 0; l < layers; ++l) {
     const at::Tensor& w = params[2 * l];
     const at::Tensor& b = params[2 * l + 1];
-    TORCH_CHECK(w.dim() == 2 && w.size(1) == width, op, ": weight ", l, " must be [out, ", width, "], got ",
-                w.sizes());
+    TORCH_CHECK(w.dim() == 2 && w.size(1) == width, op, ": weight ", l, " must be [out, ", width, "], got ", w.sizes());
     TORCH_CHECK(b.dim() == 1 && b.size(0) == w.size(0), op, ": bias ", l, " must be [", w.size(0), "], got ",
                 b.sizes());
     width = w.size(0);
@@ -61,14 +60,14 @@ inline void check_mlp_fit_inputs(const std::vector<at::Tensor>& params, const st
     TORCH_CHECK(exp_avgs[i].sizes() == params[i].sizes() && exp_avg_sqs[i].sizes() == params[i].sizes(), op,
                 ": the Adam state of parameter ", i, " must have its shape ", params[i].sizes());
   }
-  TORCH_CHECK(targets.scalar_type() == dtype && targets.device() == inputs.device() &&
-                  order.device() == inputs.device(),
-              op, ": targets and order must be on the inputs' device, targets of their dtype");
+  TORCH_CHECK(
+      targets.scalar_type() == dtype && targets.device() == inputs.device() && order.device() == inputs.device(), op,
+      ": targets and order must be on the inputs' device, targets of their dtype");
   if (order.numel() > 0) {
     // every kernel gathers states by these indices, the CUDA one without a bounds check: an assert
     // on the device, no host sync (on the CPU it raises here, on CUDA as a device-side assert)
-    const std::string why = std::string(op) + ": order holds indices outside [0, " +
-                            std::to_string(inputs.size(0)) + ") (each row must permute the states)";
+    const std::string why = std::string(op) + ": order holds indices outside [0, " + std::to_string(inputs.size(0)) +
+                            ") (each row must permute the states)";
     at::_assert_async(at::logical_and(order.ge(0), order.lt(inputs.size(0))).all(), why);
   }
 }
@@ -77,8 +76,7 @@ inline MlpFitArgs mlp_fit_unpack(at::TensorList params, at::TensorList exp_avgs,
                                  const at::Tensor& inputs, const at::Tensor& targets, const at::Tensor& order,
                                  int64_t minibatch_size, c10::string_view activation, int64_t step) {
   MlpFitArgs a{params.vec(), exp_avgs.vec(), exp_avg_sqs.vec(), std::string(activation), 0};
-  check_mlp_fit_inputs(a.params, a.exp_avgs, a.exp_avg_sqs, inputs, targets, order, minibatch_size, a.activation,
-                       step);
+  check_mlp_fit_inputs(a.params, a.exp_avgs, a.exp_avg_sqs, inputs, targets, order, minibatch_size, a.activation, step);
   a.num_losses = order.size(0) * ((inputs.size(0) + minibatch_size - 1) / minibatch_size);
   return a;
 }

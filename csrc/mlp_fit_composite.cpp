@@ -83,6 +83,8 @@ at::Tensor mlp_fit_adam_composite(at::TensorList params_list, at::TensorList exp
   return losses;
 }
 
-TORCH_LIBRARY_IMPL(trpo_torchrl, CompositeExplicitAutograd, m) { m.impl("mlp_fit_adam", &mlp_fit_adam_composite); }
+TORCH_LIBRARY_IMPL(trpo_torchrl, CompositeExplicitAutograd, m) {
+  m.impl("mlp_fit_adam", &mlp_fit_adam_composite);
+}
 
 }  // namespace trpo_torchrl

@@ -9,7 +9,7 @@ PyObject* PyInit__C(void) {
       PyModuleDef_HEAD_INIT,
       "_C",  // name
       "trpo_torchrl compiled ops (registered with torch.library)",
-      -1,    // no per-module state
+      -1,  // no per-module state
       nullptr,
   };
   return PyModule_Create(&module_def);

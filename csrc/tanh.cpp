@@ -52,8 +52,8 @@ using Span = void (*)(const float*, float*, int64_t);
 Span pick_span() {
 #ifdef TRPO_TORCHRL_X86_CLONES
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma")) {
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("fma")) {
     return avx512::tanh_span;
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return avx2::tanh_span;
@@ -70,28 +70,32 @@ at::Tensor tanh_cpu(const at::Tensor& x) {
   at::Tensor out = at::empty_like(in, at::MemoryFormat::Contiguous);
   const float* src = in.const_data_ptr<float>();
   float* dst = out.mutable_data_ptr<float>();
-  at::parallel_for(0, in.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
-    span(src + begin, dst + begin, end - begin);
-  });
+  at::parallel_for(0, in.numel(), 1 << 15,
+                   [&](int64_t begin, int64_t end) { span(src + begin, dst + begin, end - begin); });
   return out;
 }
 
 at::Tensor& tanh_inplace_cpu(at::Tensor& x) {
   if (x.scalar_type() != at::kFloat || !x.is_contiguous()) return x.tanh_();
   float* data = x.mutable_data_ptr<float>();
-  at::parallel_for(0, x.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
-    span(data + begin, data + begin, end - begin);
-  });
+  at::parallel_for(0, x.numel(), 1 << 15,
+                   [&](int64_t begin, int64_t end) { span(data + begin, data + begin, end - begin); });
   return x;
 }
 
-at::Tensor tanh_any(const at::Tensor& x) { return at::tanh(x.contiguous()); }
+at::Tensor tanh_any(const at::Tensor& x) {
+  return at::tanh(x.contiguous());
+}
 
-at::Tensor& tanh_inplace_any(at::Tensor& x) { return x.tanh_(); }
+at::Tensor& tanh_inplace_any(at::Tensor& x) {
+  return x.tanh_();
+}
 
 }  // namespace
 
-void tanh_float(const float* in, float* out, int64_t n) { span(in, out, n); }
+void tanh_float(const float* in, float* out, int64_t n) {
+  span(in, out, n);
+}
 
 TORCH_LIBRARY_FRAGMENT(trpo_torchrl, m) {
   m.def("tanh(Tensor x) -> Tensor");

@@ -33,7 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def mlp(inputs: int, outputs: int, hidden: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, outputs))
+    return nn.Sequential(
+        nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, outputs)
+    )
 
 
 def main(argv=None) -> None:

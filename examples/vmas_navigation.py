@@ -63,20 +63,35 @@ def agent_parameters(policy_net: MultiAgentMLP, template: nn.Module, agents: int
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    env = VmasEnv("navigation", num_envs=args.num_envs, n_agents=args.agents, continuous_actions=True,
-                  max_steps=args.steps, seed=args.seed,
-                  clamp_actions=True)  # the batch keeps the sampled action; the simulator gets it clipped
+    env = VmasEnv(
+        "navigation",
+        num_envs=args.num_envs,
+        n_agents=args.agents,
+        continuous_actions=True,
+        max_steps=args.steps,
+        seed=args.seed,
+        clamp_actions=True,
+    )  # the batch keeps the sampled action; the simulator gets it clipped
     env = TransformedEnv(env, RewardSum(in_keys=[env.reward_key], out_keys=[("agents", "episode_reward")]))
     obs_dim = env.observation_spec["agents", "observation"].shape[-1]
     act_dim = env.full_action_spec[env.action_key].shape[-1]
     mlp_kwargs = dict(depth=2, num_cells=args.hidden, activation_class=nn.Tanh)
 
     # the collecting policy: one network per agent, stacked in a MultiAgentMLP
-    policy_net = MultiAgentMLP(n_agent_inputs=obs_dim, n_agent_outputs=2 * act_dim, n_agents=args.agents,
-                               centralized=False, share_params=False, **mlp_kwargs)
+    policy_net = MultiAgentMLP(
+        n_agent_inputs=obs_dim,
+        n_agent_outputs=2 * act_dim,
+        n_agents=args.agents,
+        centralized=False,
+        share_params=False,
+        **mlp_kwargs,
+    )
     policy = ProbabilisticActor(
-        TensorDictModule(nn.Sequential(policy_net, NormalParamExtractor()),
-                         in_keys=[("agents", "observation")], out_keys=[("agents", "loc"), ("agents", "scale")]),
+        TensorDictModule(
+            nn.Sequential(policy_net, NormalParamExtractor()),
+            in_keys=[("agents", "observation")],
+            out_keys=[("agents", "loc"), ("agents", "scale")],
+        ),
         in_keys=[("agents", "loc"), ("agents", "scale")],
         out_keys=[env.action_key],
         distribution_class=IndependentNormal,
@@ -84,10 +99,12 @@ def main(argv=None) -> None:
         log_prob_key=("agents", "action_log_prob"),
     )
     # one agent's network as a plain actor on the agents' sub-batch: the structure the update evaluates
-    template = gaussian_actor(MLP(in_features=obs_dim, out_features=2 * act_dim, **mlp_kwargs), act_dim,
-                              state_dependent_scale=True)
-    critic = TensorDictModule(MLP(in_features=obs_dim, out_features=1, **mlp_kwargs),
-                              in_keys=["observation"], out_keys=["state_value"])
+    template = gaussian_actor(
+        MLP(in_features=obs_dim, out_features=2 * act_dim, **mlp_kwargs), act_dim, state_dependent_scale=True
+    )
+    critic = TensorDictModule(
+        MLP(in_features=obs_dim, out_features=1, **mlp_kwargs), in_keys=["observation"], out_keys=["state_value"]
+    )
     loss = TRPOLoss(template, critic).make_value_estimator(gamma=args.gamma, lmbda=args.lmbda)
     update = PopulationTrustRegionUpdate(loss, agent_parameters(policy_net, template, args.agents), max_kl=args.max_kl)
     critic_fit = CriticFit(loss, lr=3e-4, epochs=4, minibatch_size=1024)
@@ -100,20 +117,31 @@ def main(argv=None) -> None:
         agents = batch.get("agents").clone(False)
         nxt = batch.get("next")
         done = nxt.get("done").unsqueeze(-2).expand(*agents.batch_size, 1)  # the scenario ends for all agents at once
-        agents.set("next", TensorDict({
-            "observation": nxt.get(("agents", "observation")),
-            "reward": nxt.get(("agents", "reward")),
-            "done": done,
-            "terminated": nxt.get("terminated").unsqueeze(-2).expand(*agents.batch_size, 1),
-        }, agents.batch_size))
+        agents.set(
+            "next",
+            TensorDict(
+                {
+                    "observation": nxt.get(("agents", "observation")),
+                    "reward": nxt.get(("agents", "reward")),
+                    "done": done,
+                    "terminated": nxt.get("terminated").unsqueeze(-2).expand(*agents.batch_size, 1),
+                },
+                agents.batch_size,
+            ),
+        )
         agents = agents.permute(2, 0, 1).contiguous()
         with torch.no_grad():
             loss.value_estimator(agents)  # 1. each agent's advantages (FusedGAE along time)
         before = policy_net.params.clone()
         actor_metrics = update(agents)  # 2. every agent's own trust-region step, in one update
         # the step lands in the collecting policy's own parameters (shown per agent as the largest change)
-        moved = [max((a - b)[i].abs().max().item() for a, b in zip(policy_net.params.values(True, True), before.values(True, True)))
-                 for i in range(args.agents)]
+        moved = [
+            max(
+                (a - b)[i].abs().max().item()
+                for a, b in zip(policy_net.params.values(True, True), before.values(True, True))
+            )
+            for i in range(args.agents)
+        ]
         critic_metrics = critic_fit(agents)  # 3. the shared critic
         collector.update_policy_weights_()
 

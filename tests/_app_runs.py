@@ -7,7 +7,18 @@ from trpo_torchrl.app.cli import main
 from trpo_torchrl.app.config import build_config
 
 # 2 environments × 64 steps: 128 frames per iteration, two short critic epochs
-TINY = ["--num-envs", "2", "--steps-per-env", "64", "--critic-epochs", "2", "--critic-minibatch", "64", "--progress", "false"]
+TINY = [
+    "--num-envs",
+    "2",
+    "--steps-per-env",
+    "64",
+    "--critic-epochs",
+    "2",
+    "--critic-minibatch",
+    "64",
+    "--progress",
+    "false",
+]
 
 
 def train_tiny(tmp_path, *extra):
@@ -18,9 +29,18 @@ def train_tiny(tmp_path, *extra):
 def app_config(tmp_path, name, total_frames, env="CartPole-v1", **kw):
     """A tiny config for a Trainer writing to tmp_path/name, checkpointing every iteration."""
     base = dict(
-        env=env, total_frames=total_frames, num_envs=2, steps_per_env=64, critic_epochs=2,
-        critic_minibatch=64, progress=False, eval_episodes=0, logdir=str(tmp_path), run_name=name,
-        checkpoint_every=1, logger="none",
+        env=env,
+        total_frames=total_frames,
+        num_envs=2,
+        steps_per_env=64,
+        critic_epochs=2,
+        critic_minibatch=64,
+        progress=False,
+        eval_episodes=0,
+        logdir=str(tmp_path),
+        run_name=name,
+        checkpoint_every=1,
+        logger="none",
     )
     base.update(kw)
     return build_config(base)
@@ -28,5 +48,7 @@ def app_config(tmp_path, name, total_frames, env="CartPole-v1", **kw):
 
 def trainer_parameters(trainer):
     """The actor's (a.) and critic's (c.) tensors by name."""
-    return {**{f"a.{k}": v for k, v in trainer.actor.state_dict().items()},
-            **{f"c.{k}": v for k, v in trainer.critic.state_dict().items()}}
+    return {
+        **{f"a.{k}": v for k, v in trainer.actor.state_dict().items()},
+        **{f"c.{k}": v for k, v in trainer.critic.state_dict().items()},
+    }

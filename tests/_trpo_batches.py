@@ -49,6 +49,7 @@ def action_score(td: TensorDict) -> torch.Tensor:
         direction = torch.ones(action.shape[-1], dtype=obs.dtype)
     return (action.to(obs.dtype) * direction).sum(-1, keepdim=True) * obs[..., :1]
 
+
 def collect(actor, num_states: int = 256, *, seed: int = 2, dtype=torch.float32) -> TensorDict:
     """What a collector would store: observation, action, distribution parameters, log-prob;
     plus a learnable advantage and a value target."""

@@ -27,8 +27,7 @@ from trpo_torchrl.collectors import gym_vector_env
         ("CartPole-v1", {"collector": "sync"}),  # TorchRL's Collector
         ("Pendulum-v1", {"normalize_observations": True, "normalize_rewards": True}),
         # MuJoCo state, the float32 observation wrapper and the action clip inside each sub-env
-        pytest.param("HalfCheetah-v5", {"normalize_observations": True, "normalize_rewards": True},
-                     marks=needs_mujoco),
+        pytest.param("HalfCheetah-v5", {"normalize_observations": True, "normalize_rewards": True}, marks=needs_mujoco),
     ],
 )
 def test_resume_equals_uninterrupted_run(tmp_path, env, kw):
@@ -69,8 +68,24 @@ def test_a_new_run_refuses_a_run_directory_that_holds_a_run(tmp_path):
         Trainer(app_config(tmp_path, "same", 128, seed=2))
     assert before == {name: (first.run_dir / name).read_bytes() for name in before}
     # the command line says so in one line, without a traceback
-    assert main(["train", "--env", "CartPole-v1", "--logdir", str(tmp_path), "--run-name", "same",
-                 "--total-frames", "128", "--eval-episodes", "0"]) != 0
+    assert (
+        main(
+            [
+                "train",
+                "--env",
+                "CartPole-v1",
+                "--logdir",
+                str(tmp_path),
+                "--run-name",
+                "same",
+                "--total-frames",
+                "128",
+                "--eval-episodes",
+                "0",
+            ]
+        )
+        != 0
+    )
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

@@ -108,8 +108,11 @@ def test_eval_names_what_does_not_fit(tmp_path, capsys):
         (["--init-log-std", "nan"], "init_log_std='nan' is not a valid float"),
         (["--device", "cuda:abc"], "device='cuda:abc' must be 'cpu', 'cuda' or 'cuda:N'"),
         (["--device", "cpu:7"], "device='cpu:7' must be"),
-        (["--env", "FrozenLake-v1"], "'FrozenLake-v1' has observation space Discrete(16) and action space Discrete(4); "
-                                     "the training app needs a flat Box observation"),
+        (
+            ["--env", "FrozenLake-v1"],
+            "'FrozenLake-v1' has observation space Discrete(16) and action space Discrete(4); "
+            "the training app needs a flat Box observation",
+        ),
     ],
 )
 def test_cli_errors(tmp_path, capsys, args, message):
@@ -133,7 +136,10 @@ def test_eval_video(tmp_path, capsys):
     pytest.importorskip("pygame")
     assert train_tiny(tmp_path, "--total-frames", "128", "--eval-episodes", "0") == 0
     capsys.readouterr()
-    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--episodes", "1", "--video", str(tmp_path / "video")]) == 0
+    assert (
+        main(["eval", "--checkpoint", str(tmp_path / "run"), "--episodes", "1", "--video", str(tmp_path / "video")])
+        == 0
+    )
     gif = tmp_path / "video" / "episode.gif"
     assert gif.read_bytes()[:6] in (b"GIF89a", b"GIF87a")
 

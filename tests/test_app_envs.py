@@ -54,7 +54,9 @@ def test_episode_ends_carry_the_real_final_observation(env_id, steps):
         for i in range(2):
             done = bool(terminated[i] or truncated[i])
             expected_next = info["final_obs"][i] if done else obs[i]
-            torch.testing.assert_close(out["next", "observation"][i], torch.as_tensor(expected_next, dtype=torch.float32))
+            torch.testing.assert_close(
+                out["next", "observation"][i], torch.as_tensor(expected_next, dtype=torch.float32)
+            )
             start = resets[t][0][i] if t in resets else obs[i]
             torch.testing.assert_close(td["observation"][i], torch.as_tensor(start, dtype=torch.float32))
             assert bool(out["next", "done"][i]) == done
@@ -62,7 +64,15 @@ def test_episode_ends_carry_the_real_final_observation(env_id, steps):
             ends += done
     assert ends > 0
     # the simulator's per-step diagnostics stay out of the batch
-    assert set(out["next"].keys()) <= {"observation", "reward", "done", "terminated", "truncated", "episode_reward", "final"}
+    assert set(out["next"].keys()) <= {
+        "observation",
+        "reward",
+        "done",
+        "terminated",
+        "truncated",
+        "episode_reward",
+        "final",
+    }
 
 
 def test_running_moments_match_numpy():

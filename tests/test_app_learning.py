@@ -19,8 +19,16 @@ def test_cartpole_learns(tmp_path):
     """The learning test CI runs: the default preset on CartPole-v1, a fixed seed and frame budget,
     evaluated deterministically on 10 episodes."""
     config = build_config(
-        dict(env="CartPole-v1", seed=0, total_frames=int(os.environ.get("TRPO_TEST_FRAMES", 60_000)),
-             progress=False, logdir=str(tmp_path), run_name="learn", logger="none", checkpoint_every=0)
+        dict(
+            env="CartPole-v1",
+            seed=0,
+            total_frames=int(os.environ.get("TRPO_TEST_FRAMES", 60_000)),
+            progress=False,
+            logdir=str(tmp_path),
+            run_name="learn",
+            logger="none",
+            checkpoint_every=0,
+        )
     )
     result = Trainer(config).train()
     assert result.eval_mean is not None and result.eval_mean >= 400, result
@@ -34,8 +42,9 @@ def test_advantages_equal_stable_baselines3s_on_the_same_batch(tmp_path, env_id)
     buffers = pytest.importorskip("stable_baselines3.common.buffers")
     import gymnasium as gym
 
-    config = app_config(tmp_path, "sb3", 3 * 256, env=env_id, steps_per_env=256,
-                     normalize_observations=True, normalize_rewards=True)
+    config = app_config(
+        tmp_path, "sb3", 3 * 256, env=env_id, steps_per_env=256, normalize_observations=True, normalize_rewards=True
+    )
     trainer = Trainer(config)
     trainer.step(trainer.next_batch())  # a critic that has been fitted once, statistics that have moved
     batch = trainer.next_batch()
@@ -52,8 +61,14 @@ def test_advantages_equal_stable_baselines3s_on_the_same_batch(tmp_path, env_id)
     done = done.squeeze(-1).numpy()
     assert done.any()  # episodes end inside the batch: the case that matters
     assert truncated.any() == (env_id == "Pendulum-v1")
-    rollout = buffers.RolloutBuffer(steps, gym.spaces.Box(-1, 1, (1,)), gym.spaces.Box(-1, 1, (1,)),
-                                    gamma=config.gamma, gae_lambda=config.gae_lambda, n_envs=envs)
+    rollout = buffers.RolloutBuffer(
+        steps,
+        gym.spaces.Box(-1, 1, (1,)),
+        gym.spaces.Box(-1, 1, (1,)),
+        gamma=config.gamma,
+        gae_lambda=config.gae_lambda,
+        n_envs=envs,
+    )
     rollout.rewards[:] = np.where(truncated, reward + config.gamma * next_value, reward).T
     rollout.values[:] = value.T
     rollout.episode_starts[1:] = done.T[:-1]

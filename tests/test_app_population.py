@@ -13,13 +13,40 @@ from trpo_torchrl.app.cli import main
 from trpo_torchrl.app.config import build_config
 from trpo_torchrl.app.population import PopulationTrainer
 
-TINY = ["--num-envs", "2", "--steps-per-env", "64", "--critic-epochs", "1", "--critic-minibatch", "128", "--progress", "false"]
+TINY = [
+    "--num-envs",
+    "2",
+    "--steps-per-env",
+    "64",
+    "--critic-epochs",
+    "1",
+    "--critic-minibatch",
+    "128",
+    "--progress",
+    "false",
+]
 
 
 @pytest.mark.slow
 def test_cli_two_seeds_end_to_end(tmp_path, capsys):
-    argv = ["train", "--logdir", str(tmp_path), "--run-name", "group", "--env", "CartPole-v1", *TINY,
-            "--total-frames", "256", "--seeds", "2", "--eval-episodes", "2", "--normalize-observations", "true"]
+    argv = [
+        "train",
+        "--logdir",
+        str(tmp_path),
+        "--run-name",
+        "group",
+        "--env",
+        "CartPole-v1",
+        *TINY,
+        "--total-frames",
+        "256",
+        "--seeds",
+        "2",
+        "--eval-episodes",
+        "2",
+        "--normalize-observations",
+        "true",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     group = tmp_path / "group"
@@ -50,9 +77,21 @@ def test_cli_two_seeds_end_to_end(tmp_path, capsys):
 
 
 def test_population_trainer_moves_each_members_own_actor(tmp_path):
-    config = build_config({"env": "CartPole-v1", "logdir": str(tmp_path), "run_name": "g", "num_envs": 2,
-                           "steps_per_env": 64, "critic_epochs": 1, "total_frames": 128, "seeds": 2,
-                           "eval_episodes": 0, "progress": False, "logger": "none"})
+    config = build_config(
+        {
+            "env": "CartPole-v1",
+            "logdir": str(tmp_path),
+            "run_name": "g",
+            "num_envs": 2,
+            "steps_per_env": 64,
+            "critic_epochs": 1,
+            "total_frames": 128,
+            "seeds": 2,
+            "eval_episodes": 0,
+            "progress": False,
+            "logger": "none",
+        }
+    )
     trainer = PopulationTrainer(config)
     before = [TensorDict.from_module(t.actor).clone() for t in trainer.members]
     trainer.train()
@@ -61,4 +100,6 @@ def test_population_trainer_moves_each_members_own_actor(tmp_path):
         # the batched step reached the actor the member's collector runs, and it is the stack's row m
         assert not (after == before[m]).all()
         assert (after == trainer.params[m]).all()
-    assert not (TensorDict.from_module(trainer.members[0].actor) == TensorDict.from_module(trainer.members[1].actor)).all()
+    assert not (
+        TensorDict.from_module(trainer.members[0].actor) == TensorDict.from_module(trainer.members[1].actor)
+    ).all()

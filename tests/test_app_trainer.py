@@ -16,8 +16,22 @@ from trpo_torchrl.app.config import build_config
 from trpo_torchrl.app.population import PopulationTrainer
 from trpo_torchrl.app.train import Trainer
 
-TINY = ["--env", "CartPole-v1", "--num-envs", "2", "--steps-per-env", "32", "--critic-epochs", "1",
-        "--total-frames", "64", "--progress", "false", "--logger", "none"]
+TINY = [
+    "--env",
+    "CartPole-v1",
+    "--num-envs",
+    "2",
+    "--steps-per-env",
+    "32",
+    "--critic-epochs",
+    "1",
+    "--total-frames",
+    "64",
+    "--progress",
+    "false",
+    "--logger",
+    "none",
+]
 
 
 @pytest.mark.slow
@@ -26,9 +40,23 @@ def test_a_run_prints_only_its_own_lines(tmp_path):
     # each time a vector env is wrapped (the training env and the evaluation's)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
     out = subprocess.run(
-        [sys.executable, "-m", "trpo_torchrl", "train", *TINY, "--eval-episodes", "1",
-         "--logdir", str(tmp_path), "--run-name", "r"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "trpo_torchrl",
+            "train",
+            *TINY,
+            "--eval-episodes",
+            "1",
+            "--logdir",
+            str(tmp_path),
+            "--run-name",
+            "r",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     text = out.stdout + out.stderr
@@ -50,9 +78,22 @@ def test_a_library_error_keeps_its_traceback(tmp_path, monkeypatch, capsys):
 
 def test_an_interrupted_population_points_at_its_checkpoints(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "CHECKPOINT_DIR", "saved")  # one name, used everywhere
-    config = build_config({"env": "CartPole-v1", "logdir": str(tmp_path), "run_name": "g", "num_envs": 2,
-                           "steps_per_env": 32, "critic_epochs": 1, "total_frames": 192, "seeds": 2,
-                           "eval_episodes": 0, "progress": False, "logger": "none", "checkpoint_every": 0})
+    config = build_config(
+        {
+            "env": "CartPole-v1",
+            "logdir": str(tmp_path),
+            "run_name": "g",
+            "num_envs": 2,
+            "steps_per_env": 32,
+            "critic_epochs": 1,
+            "total_frames": 192,
+            "seeds": 2,
+            "eval_episodes": 0,
+            "progress": False,
+            "logger": "none",
+            "checkpoint_every": 0,
+        }
+    )
     trainer = PopulationTrainer(config)
     calls, next_batch = [0], Trainer.next_batch
 

@@ -7,9 +7,9 @@ import logging
 import pytest
 import torch
 from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor
-from tensordict.nn import TensorDictModule
 
 from tests._trpo_batches import OBS_DIM, assert_same_step, collect, make_actor, make_critic
 from trpo_torchrl import TRPOLoss, TrustRegionUpdate, gaussian_actor
@@ -68,12 +68,18 @@ def test_plain_mlp_policies_get_a_plan(name):
 
 def _around(theta, k, spread, seed):
     """k parameter vectors near θ: line-search-like candidates."""
-    return theta + spread * torch.randn(k, theta.numel(), generator=torch.Generator().manual_seed(seed), dtype=theta.dtype)
+    return theta + spread * torch.randn(
+        k, theta.numel(), generator=torch.Generator().manual_seed(seed), dtype=theta.dtype
+    )
 
 
 def _gaussian_with(net, **kwargs):
-    module = TensorDictModule(nn.Sequential(net, StateIndependentScale(2)), in_keys=["observation"], out_keys=["loc", "scale"])
-    return ProbabilisticActor(module, in_keys=["loc", "scale"], distribution_class=IndependentNormal, return_log_prob=True, **kwargs)
+    module = TensorDictModule(
+        nn.Sequential(net, StateIndependentScale(2)), in_keys=["observation"], out_keys=["loc", "scale"]
+    )
+    return ProbabilisticActor(
+        module, in_keys=["loc", "scale"], distribution_class=IndependentNormal, return_log_prob=True, **kwargs
+    )
 
 
 @pytest.mark.parametrize(
@@ -85,12 +91,27 @@ def _gaussian_with(net, **kwargs):
         ("unknown activation", lambda: _gaussian_with(nn.Sequential(nn.Linear(OBS_DIM, 8), nn.ELU(), nn.Linear(8, 2)))),
         ("no bias", lambda: _gaussian_with(nn.Linear(OBS_DIM, 2, bias=False))),
         ("distribution kwargs", lambda: _gaussian_with(nn.Linear(OBS_DIM, 2), distribution_kwargs={"tanh_loc": True})),
-        ("a subclass's own forward", lambda: _gaussian_with(type("MySeq", (nn.Sequential,), {})(nn.Linear(OBS_DIM, 2)))),
-        ("a torchrl MLP reshaping its output", lambda: _gaussian_with(MLP(in_features=OBS_DIM, out_features=(1, 2), num_cells=[8]))),
-        ("a log-std broadcast over the actions", lambda: ProbabilisticActor(
-            TensorDictModule(nn.Sequential(nn.Linear(OBS_DIM, 2), StateIndependentScale(1)), in_keys=["observation"],
-                             out_keys=["loc", "scale"]),
-            in_keys=["loc", "scale"], distribution_class=IndependentNormal, return_log_prob=True)),
+        (
+            "a subclass's own forward",
+            lambda: _gaussian_with(type("MySeq", (nn.Sequential,), {})(nn.Linear(OBS_DIM, 2))),
+        ),
+        (
+            "a torchrl MLP reshaping its output",
+            lambda: _gaussian_with(MLP(in_features=OBS_DIM, out_features=(1, 2), num_cells=[8])),
+        ),
+        (
+            "a log-std broadcast over the actions",
+            lambda: ProbabilisticActor(
+                TensorDictModule(
+                    nn.Sequential(nn.Linear(OBS_DIM, 2), StateIndependentScale(1)),
+                    in_keys=["observation"],
+                    out_keys=["loc", "scale"],
+                ),
+                in_keys=["loc", "scale"],
+                distribution_class=IndependentNormal,
+                return_log_prob=True,
+            ),
+        ),
         ("a forward replaced on one instance", lambda: _with_instance_forward()),
     ],
 )
@@ -129,7 +150,10 @@ def test_forward_of_stacked_parameters_equals_the_actor(name):
         got = actor.build_dist_from_params(TensorDict({key: v[k] for key, v in out.items()}, []))
         exp_args = distribution_parameters(expected, 200)
         got_args = distribution_parameters(got, 200)
-        for a, b in zip(exp_args if isinstance(exp_args, tuple) else (exp_args,), got_args if isinstance(got_args, tuple) else (got_args,)):
+        for a, b in zip(
+            exp_args if isinstance(exp_args, tuple) else (exp_args,),
+            got_args if isinstance(got_args, tuple) else (got_args,),
+        ):
             torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
 
 
@@ -267,7 +291,9 @@ def test_the_plan_product_checks_its_vector():
     _, loss, td, update = _setup("gaussian")
     batch = loss.policy_batch(td)
     theta = update.flat_parameters()
-    fvp = update.plan.linearize(update.plan.features(batch.inputs), theta).fisher_vector_product(kl_scale=1.0, damping=0.1)
+    fvp = update.plan.linearize(update.plan.features(batch.inputs), theta).fisher_vector_product(
+        kl_scale=1.0, damping=0.1
+    )
     with pytest.raises(ValueError, match="shape"):
         fvp(torch.zeros(theta.numel() + 1, dtype=theta.dtype))
     with pytest.raises(ValueError, match="float32"):

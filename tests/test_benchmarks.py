@@ -84,8 +84,12 @@ def test_learning_benchmark_seeds_in_worker_processes_equal_one_after_another(tm
     args = ["--tiny", "--seeds", "2", "--no-peer"]
     in_turn = load("learning").main(args)["runs"]["CartPole-v1"]["ours"]
     env = dict(os.environ, PYTHONPATH=str(BENCHMARKS.parent))
-    subprocess.run([sys.executable, str(BENCHMARKS / "learning.py"), *args, "--jobs", "2", "--out", str(tmp_path)],
-                   check=True, env=env, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(BENCHMARKS / "learning.py"), *args, "--jobs", "2", "--out", str(tmp_path)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     in_workers = json.loads((tmp_path / "learning.json").read_text())["runs"]["CartPole-v1"]["ours"]
     assert len(in_workers) == 2
     for a, b in zip(in_workers, in_turn):  # seed order kept, same returns (the training is seeded)
@@ -99,12 +103,15 @@ def test_learning_merge_pools_split_sweeps(tmp_path):
         learning.main(["--tiny", "--first-seed", str(seed), "--no-peer", "--out", str(tmp_path / f"s{seed}")])
     merged = learning.main(["--merge", str(tmp_path / "s1"), str(tmp_path / "s0"), "--out", str(tmp_path / "m")])
     assert merged["seed_list"] == {"CartPole-v1": [1, 0]}
+
     # the pooled runs are the two-seed sweep's (all but the timings), in the inputs' order
     def points(curves):
         return [[(c["frames"], c["return"]) for c in curve] for curve in curves]
 
     assert points(merged["runs"]["CartPole-v1"]["ours"]) == points(both["runs"]["CartPole-v1"]["ours"])[::-1]
-    assert merged["summary"]["CartPole-v1"]["ours"]["mean"] == pytest.approx(both["summary"]["CartPole-v1"]["ours"]["mean"])
+    assert merged["summary"]["CartPole-v1"]["ours"]["mean"] == pytest.approx(
+        both["summary"]["CartPole-v1"]["ours"]["mean"]
+    )
     assert json.loads((tmp_path / "m" / "learning.json").read_text())["summary"] == merged["summary"]
     # curves evaluated at more points are cut to the frames every run has
     learning.main(["--tiny", "--first-seed", "2", "--evals", "2", "--no-peer", "--out", str(tmp_path / "s2")])

@@ -6,10 +6,9 @@ import pytest
 import torch
 
 import trpo_torchrl.ops.cg as cg_module
+from tests._support import cpu_and_cuda, needs_cuda
 from trpo_torchrl.ops import CGInfo, _extension, conjugate_gradient, library_loaded, reference
 from trpo_torchrl.ops._extension import has_kernel
-
-from tests._support import cpu_and_cuda, needs_cuda
 
 HAS_OP = library_loaded() and hasattr(torch.ops.trpo_torchrl, "cg_step")
 needs_op = pytest.mark.skipif(not HAS_OP, reason="trpo_torchrl._C (cg_step) is not built")
@@ -56,7 +55,7 @@ def test_matches_solve_and_stops_per_system(path, device):
     for i, k in enumerate(ranks[:3]):
         assert 1 <= its[i] <= k + 1, (i, its)
     assert its[3] > its[2], its  # the full-rank system keeps iterating after the others stopped
-    assert (info.residual_norm ** 2 <= 1e-20).all()
+    assert (info.residual_norm**2 <= 1e-20).all()
     true_res = torch.linalg.vector_norm(b - _bmv(A)(x), dim=-1)
     assert (true_res < 1e-8).all()
 
@@ -76,6 +75,7 @@ def test_batches_over_a_calls_limit_go_in_slices(monkeypatch, device):
         def call(*args):
             calls.append(args[0].shape[0])
             step(*args)
+
         return call
 
     real_slices = cg_module._in_slices

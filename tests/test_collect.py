@@ -21,8 +21,9 @@ from trpo_torchrl.policies import gaussian_actor
 
 
 def our_config(env_id, **overrides):
-    return build_config({"env": env_id, "logger": "none", "progress": False, "checkpoint_every": 0,
-                         "eval_episodes": 0, **overrides})
+    return build_config(
+        {"env": env_id, "logger": "none", "progress": False, "checkpoint_every": 0, "eval_episodes": 0, **overrides}
+    )
 
 
 def _setup(env_id, num_envs, seed, **overrides):
@@ -83,7 +84,9 @@ def test_batch_equals_torchrls_for_the_same_actions(env_id, num_envs, steps):
             if key in batch.keys():
                 torch.testing.assert_close(batch[key][:, :end], expected[key][:, :end], rtol=1e-5, atol=1e-6)
         dist = actor.module[-1].get_dist(expected)
-        torch.testing.assert_close(batch["action_log_prob"][:, :end], dist.log_prob(ref["action"])[:, :end], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            batch["action_log_prob"][:, :end], dist.log_prob(ref["action"])[:, :end], rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
@@ -104,8 +107,13 @@ def test_batches_are_torchrls_collectors_bit_for_bit(env_id):
         if which == "direct":
             collector = DirectCollector(env, actor, frames_per_batch=n * steps)
         else:
-            collector = Collector(env, collection_policy(actor), frames_per_batch=n * steps, total_frames=-1,
-                                  auto_register_policy_transforms=False)
+            collector = Collector(
+                env,
+                collection_policy(actor),
+                frames_per_batch=n * steps,
+                total_frames=-1,
+                auto_register_policy_transforms=False,
+            )
         torch.manual_seed(123)  # after construction: TorchRL's Collector draws once while it is built
         it = iter(collector)
         batches[which] = torch.cat([next(it) for _ in range(4 if env_id == "Pendulum-v1" else 2)], dim=1)
@@ -277,8 +285,15 @@ def test_actors_it_cannot_run_are_a_clear_error():
 def test_training_runs_on_it_by_default(tmp_path):
     from trpo_torchrl.app.train import Trainer
 
-    config = our_config("CartPole-v1", num_envs=2, steps_per_env=32, critic_epochs=1, total_frames=128,
-                        logdir=str(tmp_path), run_name="r")
+    config = our_config(
+        "CartPole-v1",
+        num_envs=2,
+        steps_per_env=32,
+        critic_epochs=1,
+        total_frames=128,
+        logdir=str(tmp_path),
+        run_name="r",
+    )
     assert config.collector == "direct"
     trainer = Trainer(config)
     assert isinstance(trainer.collector, DirectCollector)

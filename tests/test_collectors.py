@@ -22,8 +22,12 @@ from trpo_torchrl.collectors import DirectCollector, _FrozenForward
 
 
 def cartpole(num_envs: int = 2, seed: int = 0, reward_sum: bool = True):
-    venv = gym.make_vec("CartPole-v1", num_envs=num_envs, vectorization_mode="sync",
-                        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})
+    venv = gym.make_vec(
+        "CartPole-v1",
+        num_envs=num_envs,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+    )
     venv.reset(seed=seed)
     env = GymWrapper(venv)
     if reward_sum:
@@ -111,8 +115,9 @@ def test_envs_it_cannot_run_are_a_clear_error():
         DirectCollector(cartpole().append_transform(StepCounter()), actor, frames_per_batch=8)
     with pytest.raises(ValueError, match="GymWrapper over a gymnasium SyncVectorEnv"):
         DirectCollector(GymWrapper(gym.make("CartPole-v1")), actor, frames_per_batch=8)
-    venv = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync",
-                        vector_kwargs={"autoreset_mode": AutoresetMode.DISABLED})
+    venv = gym.make_vec(
+        "CartPole-v1", num_envs=2, vectorization_mode="sync", vector_kwargs={"autoreset_mode": AutoresetMode.DISABLED}
+    )
     with pytest.raises(ValueError, match="same-step autoreset"):
         DirectCollector(GymWrapper(venv), actor, frames_per_batch=8)
     with pytest.raises(ValueError, match="ProbabilisticActor"):

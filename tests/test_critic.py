@@ -68,7 +68,9 @@ def test_tensor_fast_path_equals_the_tensordict_path():
         torch.manual_seed(0)
         critic = make_critic()
         loss = TRPOLoss(actor, critic)
-        fit = CriticFit(loss, lr=1e-2, epochs=3, minibatch_size=64, generator=torch.Generator().manual_seed(1), fused=False)
+        fit = CriticFit(
+            loss, lr=1e-2, epochs=3, minibatch_size=64, generator=torch.Generator().manual_seed(1), fused=False
+        )
         if not fast:
             fit._tensor_minibatch_loss = lambda data: None
         else:
@@ -105,8 +107,14 @@ def test_a_critic_whose_forward_is_not_its_children_is_fitted_as_itself(hooked):
         if hooked:
             net[2].register_forward_hook(lambda module, args, out: 2 * out)
         critic = TensorDictModule(net, in_keys=["observation"], out_keys=["state_value"]).double()
-        fit = CriticFit(TRPOLoss(actor, critic), lr=1e-2, epochs=1, minibatch_size=32,
-                        generator=torch.Generator().manual_seed(1), fused=fused)
+        fit = CriticFit(
+            TRPOLoss(actor, critic),
+            lr=1e-2,
+            epochs=1,
+            minibatch_size=32,
+            generator=torch.Generator().manual_seed(1),
+            fused=fused,
+        )
         metrics = fit(td)
         results.append(([p.detach().clone() for p in critic.parameters()], metrics["loss_critic"]))
     (default_params, default_loss), (eager_params, eager_loss) = results
@@ -127,11 +135,19 @@ def test_a_hook_on_the_critic_module_is_not_skipped():
     finals = []
     for reference in (False, True):
         torch.manual_seed(0)
-        net = torch.nn.Sequential(torch.nn.Linear(td["observation"].shape[-1], 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        net = torch.nn.Sequential(
+            torch.nn.Linear(td["observation"].shape[-1], 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)
+        )
         critic = TensorDictModule(net, in_keys=["observation"], out_keys=["state_value"]).double()
         critic.register_forward_hook(lambda module, args, out: out.set("state_value", 2 * out["state_value"]))
-        fit = CriticFit(TRPOLoss(actor, critic), lr=1e-2, epochs=1, minibatch_size=32,
-                        generator=torch.Generator().manual_seed(1), fused=False if reference else None)
+        fit = CriticFit(
+            TRPOLoss(actor, critic),
+            lr=1e-2,
+            epochs=1,
+            minibatch_size=32,
+            generator=torch.Generator().manual_seed(1),
+            fused=False if reference else None,
+        )
         if reference:
             fit._tensor_minibatch_loss = lambda data: None
         fit(td)

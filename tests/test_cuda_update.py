@@ -47,7 +47,9 @@ def test_the_population_update_on_cuda_equals_the_one_on_cpu(kind):
     results = []
     for device in (torch.device("cpu"), CUDA):
         params = TensorDict.from_modules(*(copy.deepcopy(a).to(device) for a in actors), as_module=True)
-        loss = TRPOLoss(make_actor(kind, seed=99, dtype=torch.float64).to(device), make_critic(dtype=torch.float64).to(device))
+        loss = TRPOLoss(
+            make_actor(kind, seed=99, dtype=torch.float64).to(device), make_critic(dtype=torch.float64).to(device)
+        )
         update = PopulationTrustRegionUpdate(loss, params, max_kl=[0.01, 0.02, 1e-9, 0.04])
         update.CANDIDATE_ROWS = 1280  # one member per chunk on the CPU
         metrics = update(torch.stack(batches).to(device))

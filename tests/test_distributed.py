@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from tensordict import TensorDict
 
 from tests._support import free_port
@@ -51,7 +50,11 @@ def _step(loss, batch, process_group):
     # the whole shard (or, for one process, the whole batch) per Adam step: the minibatch schedule is
     # then the same for the ranks and for the single process, whatever order the shuffle picks
     fit = CriticFit(
-        loss, lr=1e-2, epochs=CRITIC_EPOCHS, minibatch_size=batch.numel(), process_group=process_group,
+        loss,
+        lr=1e-2,
+        epochs=CRITIC_EPOCHS,
+        minibatch_size=batch.numel(),
+        process_group=process_group,
         generator=torch.Generator().manual_seed(0),
     )
     fit(batch)
@@ -69,7 +72,9 @@ def _population(process_group, **options):
     batch = torch.stack([collect(a, 64, seed=20 + m, dtype=torch.float64) for m, a in enumerate(actors)])
     params = TensorDict.from_modules(*actors, as_module=True)
     loss = TRPOLoss(make_actor("gaussian", seed=99, dtype=torch.float64), make_critic(dtype=torch.float64))
-    update = PopulationTrustRegionUpdate(loss, params, max_kl=[0.01, 0.02, 0.03], process_group=process_group, **options)
+    update = PopulationTrustRegionUpdate(
+        loss, params, max_kl=[0.01, 0.02, 0.03], process_group=process_group, **options
+    )
     return update, batch
 
 

@@ -35,7 +35,11 @@ def _run_python(code: str, **env: str) -> str:
     full_env = {k: v for k, v in os.environ.items() if k != "TRPO_TORCHRL_FORCE_REFERENCE"}
     full_env.update(PYTHONPATH=str(ROOT), **env)
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=full_env, capture_output=True, text=True,
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr

@@ -19,7 +19,9 @@ class TinyPolicy:
     def __init__(self, family: str):
         self.family = family
         out = 2 * ACT if family == "normal" else 4  # normal: loc and log-scale; categorical: 4 actions
-        self.net = torch.nn.Sequential(torch.nn.Linear(OBS, HIDDEN), torch.nn.Tanh(), torch.nn.Linear(HIDDEN, out)).double()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(OBS, HIDDEN), torch.nn.Tanh(), torch.nn.Linear(HIDDEN, out)
+        ).double()
         self.names = [k for k, _ in self.net.named_parameters()]
         self.shapes = [p.shape for p in self.net.parameters()]
         self.theta = torch.nn.utils.parameters_to_vector(self.net.parameters()).detach()
@@ -86,7 +88,9 @@ def test_both_forms_equal_dense_fisher(family, damping, use_linearize):
     torch.testing.assert_close(H, F, rtol=1e-9, atol=1e-11)
     F_damped = F + damping * torch.eye(n, dtype=torch.float64)
     fvp_a = kl_fisher_vector_product(pol.kl, pol.theta, damping=damping)
-    fvp_b = gauss_newton_fisher_vector_product(pol.dist, pol.theta, family, damping=damping, use_linearize=use_linearize)
+    fvp_b = gauss_newton_fisher_vector_product(
+        pol.dist, pol.theta, family, damping=damping, use_linearize=use_linearize
+    )
     V = torch.randn(4, n, dtype=torch.float64)
     expected = V @ F_damped.T
     assert expected.abs().max() > 1e-3  # a zero Fisher would make the comparison empty

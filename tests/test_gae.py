@@ -12,10 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchrl.objectives.value.functional import generalized_advantage_estimate as torchrl_gae
 
+from tests._support import cpu_and_cuda
 from trpo_torchrl.ops import _extension, extension_loaded, generalized_advantage_estimate
 from trpo_torchrl.ops.gae import _reference_rows
-
-from tests._support import cpu_and_cuda
 
 needs_ext = pytest.mark.skipif(not extension_loaded(), reason="compiled extension not built")
 

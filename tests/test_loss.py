@@ -8,7 +8,15 @@ from torch import nn
 from torchrl.objectives.utils import ValueEstimators
 from torchrl.objectives.value import TD0Estimator
 
-from tests._trpo_batches import NUM_ACTIONS, POLICY_KINDS, collect, make_actor, make_critic, no_kl_actor, trajectory_batch
+from tests._trpo_batches import (
+    NUM_ACTIONS,
+    POLICY_KINDS,
+    collect,
+    make_actor,
+    make_critic,
+    no_kl_actor,
+    trajectory_batch,
+)
 from trpo_torchrl import FusedGAE, TRPOLoss
 
 

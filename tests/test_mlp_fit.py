@@ -9,10 +9,10 @@ from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torch import nn
 
-from tests._trpo_batches import OBS_DIM, collect, make_actor
-from tests._support import cpu_and_cuda, needs_cuda
-from trpo_torchrl import CriticFit, TRPOLoss
 import trpo_torchrl.ops.mlp_fit as mlp_fit_module
+from tests._support import cpu_and_cuda, needs_cuda
+from tests._trpo_batches import OBS_DIM, collect, make_actor
+from trpo_torchrl import CriticFit, TRPOLoss
 from trpo_torchrl.ops import extension_loaded, mlp_fit_adam, reference
 
 needs_op = pytest.mark.skipif(not extension_loaded(), reason="compiled ops not built")
@@ -62,13 +62,13 @@ def test_op_matches_the_reference(device, sizes, activation, n, minibatch, dtype
     net, x, y, order = _problem(sizes, activation, dtype, n, epochs=3, device=device)
     # start from a non-zero Adam state some steps in, as the second batch of a run would
     warm = [torch.rand_like(p) * 1e-2 for p in net.parameters()], [torch.rand_like(p) * 1e-4 for p in net.parameters()]
-    options = dict(minibatch_size=minibatch, activation=activation, coeff=0.5, lr=3e-3, betas=(0.9, 0.99), eps=1e-6, step=7)
+    options = dict(
+        minibatch_size=minibatch, activation=activation, coeff=0.5, lr=3e-3, betas=(0.9, 0.99), eps=1e-6, step=7
+    )
     ours = _state(net, warm)
     ref = _state(net, warm)
     losses = mlp_fit_adam(*ours, x, y, order, **options)
-    ref_losses = reference.mlp_fit_adam(
-        *ref, x, y, order, minibatch, activation, 0.5, 3e-3, 0.9, 0.99, 1e-6, 7
-    )
+    ref_losses = reference.mlp_fit_adam(*ref, x, y, order, minibatch, activation, 0.5, 3e-3, 0.9, 0.99, 1e-6, 7)
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
     assert losses.shape == (3 * -(-n // minibatch),)
     torch.testing.assert_close(losses, ref_losses, **tol)
@@ -84,8 +84,15 @@ def test_op_tells_autograd_the_parameters_changed():
     net, x, y, order = _problem((4, 8, 1), "tanh", torch.float32, 32, epochs=1)
     out = net(x).sum()
     params = [p.detach() for p in net.parameters()]  # what CriticFit passes: views sharing the version
-    mlp_fit_adam(params, [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params], x, y,
-                 order, minibatch_size=8)
+    mlp_fit_adam(
+        params,
+        [torch.zeros_like(p) for p in params],
+        [torch.zeros_like(p) for p in params],
+        x,
+        y,
+        order,
+        minibatch_size=8,
+    )
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.backward()
 
@@ -147,8 +154,12 @@ def test_op_refuses_bad_arguments_with_a_message():
     with pytest.raises(RuntimeError, match="order holds indices outside \\[0, 32\\)"):
         p, m, v = _state(net)
         mlp_fit_module._check_reference_args(p, m, v, x, y, bad)
-    for kw, name in (({"lr": -1.0}, "lr"), ({"eps": float("nan")}, "eps"), ({"betas": (2.0, 0.999)}, "betas\\[0\\]"),
-                     ({"betas": (0.9, -1.0)}, "betas\\[1\\]")):
+    for kw, name in (
+        ({"lr": -1.0}, "lr"),
+        ({"eps": float("nan")}, "eps"),
+        ({"betas": (2.0, 0.999)}, "betas\\[0\\]"),
+        ({"betas": (0.9, -1.0)}, "betas\\[1\\]"),
+    ):
         with pytest.raises(ValueError, match=f"{name} must be a finite number"):
             call(**kw)
 
@@ -178,8 +189,14 @@ def test_critic_fit_fused_equals_the_eager_loop(activation):
     results = []
     for fused in (True, False):
         critic = _critic(activation=activation, prefix=(_Shift(),))
-        fit = CriticFit(TRPOLoss(actor, critic), lr=1e-2, epochs=3, minibatch_size=64,
-                        generator=torch.Generator().manual_seed(1), fused=fused)
+        fit = CriticFit(
+            TRPOLoss(actor, critic),
+            lr=1e-2,
+            epochs=3,
+            minibatch_size=64,
+            generator=torch.Generator().manual_seed(1),
+            fused=fused,
+        )
         metrics = [fit(td) for td in batches]
         results.append((critic, fit, metrics))
     (fused_critic, fused_fit, fused_metrics), (eager_critic, eager_fit, eager_metrics) = results
@@ -202,7 +219,9 @@ def test_critic_fit_can_switch_paths_between_calls():
     finals = []
     for first in (True, False):
         critic = _critic()
-        fit = CriticFit(TRPOLoss(actor, critic), epochs=2, minibatch_size=32, generator=torch.Generator().manual_seed(4))
+        fit = CriticFit(
+            TRPOLoss(actor, critic), epochs=2, minibatch_size=32, generator=torch.Generator().manual_seed(4)
+        )
         fit.fused = first
         fit(batches[0])
         fit.fused = False

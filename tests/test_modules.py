@@ -53,7 +53,10 @@ def test_a_plain_mlp_is_described_layer_by_layer():
     assert description.shapes == ((8, 5), (8, 8), (3, 8))
     assert description.parameters == tuple(p for m in description.linears for p in (m.weight, m.bias))
     assert description.leaves == (shift, *body, head)
-    assert str(description) == "_Shift -> Linear(5, 8) -> tanh -> Linear(8, 8) -> relu -> Linear(8, 3) -> StateIndependentScale"
+    assert (
+        str(description)
+        == "_Shift -> Linear(5, 8) -> tanh -> Linear(8, 8) -> relu -> Linear(8, 3) -> StateIndependentScale"
+    )
     # a head is only taken when the caller names its type
     assert not describe_mlp(net)
 

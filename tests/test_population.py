@@ -79,8 +79,9 @@ def test_each_member_accepts_or_rejects_on_its_own():
 
 
 def test_the_population_update_never_syncs_with_the_host(monkeypatch):
-    _, batches, _, update = population("categorical", 3, dtype=torch.float32, fvp_subsample=0.5,
-                                       generator=torch.Generator().manual_seed(0))
+    _, batches, _, update = population(
+        "categorical", 3, dtype=torch.float32, fvp_subsample=0.5, generator=torch.Generator().manual_seed(0)
+    )
     data = torch.stack(batches)
     state = update.flat_parameters()
 
@@ -153,7 +154,9 @@ def test_member_buffers_are_each_members_own():
 
     def actor_with_offset(seed, offset):
         torch.manual_seed(seed)
-        net = torch.nn.Sequential(_Shift(torch.full((3,), offset)), torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+        net = torch.nn.Sequential(
+            _Shift(torch.full((3,), offset)), torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)
+        )
         return gaussian_actor(net, 2).double()
 
     actors = [actor_with_offset(m, 2.0 * m - 1.0) for m in range(2)]
@@ -183,7 +186,9 @@ def test_member_buffers_are_each_members_own():
 def test_the_plain_mlp_population_path_equals_the_torch_func_one(kind, options):
     results = []
     for fast in (True, False):
-        _, batches, _, update = population(kind, 3, fast_mlp=fast, generator=torch.Generator().manual_seed(3), **options)
+        _, batches, _, update = population(
+            kind, 3, fast_mlp=fast, generator=torch.Generator().manual_seed(3), **options
+        )
         backend = update.backends.for_batch(update.population_batch(torch.stack(batches)), members=True)
         assert (backend is update.backends.mlp) == fast
         metrics = update(torch.stack(batches))

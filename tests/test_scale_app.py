@@ -20,8 +20,22 @@ from trpo_torchrl.app.config import build_config
 from trpo_torchrl.app.train import Trainer, resume_trainer
 
 # 2 environments × 32 steps: 64 frames per iteration, whatever the number of workers or ranks
-SMALL = ["--num-envs", "2", "--steps-per-env", "32", "--critic-epochs", "1", "--critic-minibatch", "64",
-         "--progress", "false", "--eval-episodes", "0", "--logger", "none"]
+SMALL = [
+    "--num-envs",
+    "2",
+    "--steps-per-env",
+    "32",
+    "--critic-epochs",
+    "1",
+    "--critic-minibatch",
+    "64",
+    "--progress",
+    "false",
+    "--eval-episodes",
+    "0",
+    "--logger",
+    "none",
+]
 FRAMES_PER_BATCH = 64
 
 
@@ -73,9 +87,26 @@ def test_collectors_deliver_the_batch_on_policy(tmp_path, monkeypatch, capsys, c
     before = torch.get_num_threads()
     try:
         # --threads reaches TorchRL's multi-process collector, which would otherwise pick its own count
-        code = main(["train", "--logdir", str(tmp_path), "--run-name", "run", *SMALL, "--env", "CartPole-v1",
-                     "--total-frames", str(3 * FRAMES_PER_BATCH), "--collector", collector, "--workers", "2",
-                     "--threads", "3"])
+        code = main(
+            [
+                "train",
+                "--logdir",
+                str(tmp_path),
+                "--run-name",
+                "run",
+                *SMALL,
+                "--env",
+                "CartPole-v1",
+                "--total-frames",
+                str(3 * FRAMES_PER_BATCH),
+                "--collector",
+                collector,
+                "--workers",
+                "2",
+                "--threads",
+                "3",
+            ]
+        )
     finally:
         torch.set_num_threads(before)
     assert code == 0, capsys.readouterr().err
@@ -116,14 +147,29 @@ def test_scale_out_errors(tmp_path, monkeypatch, capsys, args, env, message):
 
 def _learner_rank(rank: int, world: int, port: int, logdir: str, out: str) -> None:
     """One learner rank, launched the way torchrun launches one: the rendezvous in the environment."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     result = {}
     try:
+
         def config(name, frames):
-            return build_config(dict(env="CartPole-v1", total_frames=frames, num_envs=2, steps_per_env=32,
-                                     critic_epochs=2, critic_minibatch=32, progress=False, eval_episodes=0,
-                                     logdir=logdir, run_name=name, checkpoint_every=1, logger="none"))
+            return build_config(
+                dict(
+                    env="CartPole-v1",
+                    total_frames=frames,
+                    num_envs=2,
+                    steps_per_env=32,
+                    critic_epochs=2,
+                    critic_minibatch=32,
+                    progress=False,
+                    eval_episodes=0,
+                    logdir=logdir,
+                    run_name=name,
+                    checkpoint_every=1,
+                    logger="none",
+                )
+            )
 
         full = Trainer(config("full", 3 * FRAMES_PER_BATCH))
         full.train()
@@ -149,7 +195,9 @@ def _learner_rank(rank: int, world: int, port: int, logdir: str, out: str) -> No
 def test_learner_ranks_train_identically_and_resume_exactly(tmp_path):
     world, port = 2, free_port()
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_learner_rank, args=(r, world, port, str(tmp_path), str(tmp_path))) for r in range(world)]
+    procs = [
+        ctx.Process(target=_learner_rank, args=(r, world, port, str(tmp_path), str(tmp_path))) for r in range(world)
+    ]
     for p in procs:
         p.start()
     for p in procs:

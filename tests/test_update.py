@@ -4,12 +4,28 @@ rejects cleanly, and never syncs with the host."""
 import pytest
 import torch
 
-from tests._trpo_batches import POLICY_KINDS, actor_state, collect, make_actor, make_critic, no_kl_actor, trajectory_batch
+from tests._trpo_batches import (
+    POLICY_KINDS,
+    actor_state,
+    collect,
+    make_actor,
+    make_critic,
+    no_kl_actor,
+    trajectory_batch,
+)
 from trpo_torchrl import TRPOLoss, TrustRegionUpdate
 
 METRICS = {
-    "kl", "surrogate_before", "surrogate_after", "expected_improvement", "actual_improvement",
-    "step_accepted", "backtrack_steps", "step_fraction", "cg_residual", "cg_iterations",
+    "kl",
+    "surrogate_before",
+    "surrogate_after",
+    "expected_improvement",
+    "actual_improvement",
+    "step_accepted",
+    "backtrack_steps",
+    "step_fraction",
+    "cg_residual",
+    "cg_iterations",
 }
 
 
@@ -76,7 +92,9 @@ def test_backtracking_takes_the_first_candidate_inside_the_region():
     torch.testing.assert_close(metrics["step_fraction"], torch.tensor(0.5**k))  # ... and β^k was taken
 
 
-@pytest.mark.parametrize("kind,fvp", [("gaussian", "gauss_newton"), ("gaussian", "kl_hessian"), ("categorical", "gauss_newton")])
+@pytest.mark.parametrize(
+    "kind,fvp", [("gaussian", "gauss_newton"), ("gaussian", "kl_hessian"), ("categorical", "gauss_newton")]
+)
 def test_step_direction_matches_the_dense_natural_gradient(kind, fvp):
     actor = make_actor(kind, hidden=3, dtype=torch.float64)
     loss = TRPOLoss(actor, make_critic(dtype=torch.float64))
@@ -258,13 +276,17 @@ def test_kl_averaged_over_action_dims_is_the_summed_kl_with_a_d_times_larger_reg
     d = td["action"].shape[-1]
     assert d > 1
     start = actor_state(actor)
-    mean_update = TrustRegionUpdate(TRPOLoss(actor, make_critic(dtype=torch.float64), kl_reduction="mean"), max_kl=0.005, damping=0.05, fvp=fvp)
+    mean_update = TrustRegionUpdate(
+        TRPOLoss(actor, make_critic(dtype=torch.float64), kl_reduction="mean"), max_kl=0.005, damping=0.05, fvp=fvp
+    )
     mean_metrics = mean_update(td)
     mean_theta = mean_update.flat_parameters()
     with torch.no_grad():
         for p, p0 in zip(actor.parameters(), start):
             p.copy_(p0)
-    sum_update = TrustRegionUpdate(TRPOLoss(actor, make_critic(dtype=torch.float64)), max_kl=0.005 * d, damping=0.05 * d, fvp=fvp)
+    sum_update = TrustRegionUpdate(
+        TRPOLoss(actor, make_critic(dtype=torch.float64)), max_kl=0.005 * d, damping=0.05 * d, fvp=fvp
+    )
     sum_metrics = sum_update(td)
     assert mean_metrics["step_accepted"] and sum_metrics["step_accepted"]
     torch.testing.assert_close(mean_theta, sum_update.flat_parameters(), rtol=0, atol=1e-12)

@@ -24,7 +24,9 @@ from trpo_torchrl import TRPOLoss, TrustRegionUpdate, gaussian_actor
 OBS, ACT, N = 17, 6, 1024  # HalfCheetah's sizes
 
 
-def _textbook_step(net, obs, act, old_logp, adv, *, max_kl, damping, cg_iters, backtrack_iters, coeff, kl_reduction="sum"):
+def _textbook_step(
+    net, obs, act, old_logp, adv, *, max_kl, damping, cg_iters, backtrack_iters, coeff, kl_reduction="sum"
+):
     params = [p for p in net.parameters() if p.requires_grad]
 
     def dist():
@@ -92,7 +94,9 @@ def test_update_equals_textbook_trpo_step(fvp, kl_reduction):
         batch = actor(TensorDict({"observation": obs}, [N]))
     # an advantage a policy step can improve: actions aligned with a fixed direction of the state
     w = torch.randn(OBS, ACT, dtype=dtype)
-    batch["advantage"] = ((batch["action"] * torch.tanh(obs @ w)).sum(-1, keepdim=True) + 0.1 * torch.randn(N, 1, dtype=dtype))
+    batch["advantage"] = (batch["action"] * torch.tanh(obs @ w)).sum(-1, keepdim=True) + 0.1 * torch.randn(
+        N, 1, dtype=dtype
+    )
     batch["value_target"] = torch.zeros(N, 1, dtype=dtype)
 
     adv = batch["advantage"].reshape(-1)
@@ -101,8 +105,14 @@ def test_update_equals_textbook_trpo_step(fvp, kl_reduction):
     reference_net = copy.deepcopy(reference_net)  # Sequential(mlp, StateIndependentScale)
     options = dict(max_kl=0.04, damping=0.1, cg_iters=25, backtrack_iters=10)
     ref_theta, ref_k = _textbook_step(
-        reference_net, obs, batch["action"], batch["action_log_prob"].reshape(-1), adv, coeff=0.8,
-        kl_reduction=kl_reduction, **options
+        reference_net,
+        obs,
+        batch["action"],
+        batch["action_log_prob"].reshape(-1),
+        adv,
+        coeff=0.8,
+        kl_reduction=kl_reduction,
+        **options,
     )
 
     loss = TRPOLoss(actor, critic, normalize_advantage=True, kl_reduction=kl_reduction)

@@ -92,6 +92,7 @@ _ARGUMENTS = {
 }
 _ARGUMENTS["PopulationTrustRegionUpdate"] = dict(_ARGUMENTS["TrustRegionUpdate"])
 
+
 def _make(cls: str, **kwargs):
     actor = make_actor("gaussian", dtype=torch.float64)
     loss = TRPOLoss(actor, make_critic(dtype=torch.float64))

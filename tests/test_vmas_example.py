@@ -18,9 +18,24 @@ def test_vmas_navigation_example_runs_a_few_iterations():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     agents = 3
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "vmas_navigation.py"), "--iterations", "2", "--num-envs", "8",
-         "--steps", "20", "--agents", str(agents), "--hidden", "16"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "examples" / "vmas_navigation.py"),
+            "--iterations",
+            "2",
+            "--num-envs",
+            "8",
+            "--steps",
+            "20",
+            "--agents",
+            str(agents),
+            "--hidden",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("iter")]

@@ -14,8 +14,8 @@ from .collectors import DirectCollector
 from .critic import CriticFit
 from .loss import TRPOLoss
 from .ops import extension_loaded
-from .population import PopulationTrustRegionUpdate, population_policy
 from .policies import StateIndependentScale, categorical_actor, gaussian_actor
+from .population import PopulationTrustRegionUpdate, population_policy
 from .update import TrustRegionUpdate
 from .value import FusedGAE
 

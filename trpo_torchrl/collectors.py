@@ -25,7 +25,7 @@ entries are not collected.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import gymnasium as gym
 import numpy as np
@@ -176,11 +176,16 @@ class DirectCollector(BaseCollector):
         super().__init__()
         env = create_env_fn if isinstance(create_env_fn, EnvBase) else create_env_fn()
         if not isinstance(env, EnvBase):
-            raise ValueError(f"DirectCollector: create_env_fn must be a TorchRL env or make one, got {type(env).__name__}")
+            raise ValueError(
+                f"DirectCollector: create_env_fn must be a TorchRL env or make one, got {type(env).__name__}"
+            )
         self.env = env
         self.venv = gym_vector_env(env)
         self.num_envs = self.venv.num_envs
-        if getattr(self.venv, "autoreset_mode", gym.vector.AutoresetMode.SAME_STEP) != gym.vector.AutoresetMode.SAME_STEP:
+        if (
+            getattr(self.venv, "autoreset_mode", gym.vector.AutoresetMode.SAME_STEP)
+            != gym.vector.AutoresetMode.SAME_STEP
+        ):
             raise ValueError(
                 f"DirectCollector: the vector env autoresets in mode {self.venv.autoreset_mode}; it steps "
                 "sub-environments with same-step autoreset (vector_kwargs={'autoreset_mode': AutoresetMode.SAME_STEP})"

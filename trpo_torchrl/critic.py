@@ -91,7 +91,7 @@ class CriticFit:
         for p, chunk in zip(self.parameters, flat.split([g.numel() for g in grads])):
             p.grad = chunk.view_as(p)
 
-    def _tensor_minibatch_loss(self, data: TensorDictBase) -> "_TensorMinibatchLoss | None":
+    def _tensor_minibatch_loss(self, data: TensorDictBase) -> _TensorMinibatchLoss | None:
         """The critic loss on plain tensors, when the critic is a plain :class:`TensorDictModule`.
 
         Per Adam step, ``loss_module.critic_loss(data[idx])`` indexes a TensorDict, builds another
@@ -114,7 +114,7 @@ class CriticFit:
             return None
         return _TensorMinibatchLoss(net.module, inputs, target.detach(), loss.critic_coeff, loss.loss_critic_type)
 
-    def _fit_fused(self, plan: "_FusedPlan", num_states: int) -> torch.Tensor:
+    def _fit_fused(self, plan: _FusedPlan, num_states: int) -> torch.Tensor:
         """Every step in one op call; the epochs' permutations come from the same generator, in the
         same order, as the eager loop's. Returns the last epoch's minibatch losses."""
         orders = torch.stack([torch.randperm(num_states, generator=self.generator) for _ in range(self.epochs)])
@@ -147,9 +147,7 @@ class CriticFit:
         """Runs the fit; returns the mean critic loss of the last epoch and the explained variance after."""
         key = self.loss_module.tensor_keys.value_target
         if tensordict.get(key, None) is None:
-            raise KeyError(
-                f"CriticFit: the batch has no value target {key!r}; run loss.value_estimator(batch) first"
-            )
+            raise KeyError(f"CriticFit: the batch has no value target {key!r}; run loss.value_estimator(batch) first")
         data = tensordict.reshape(-1)
         num_states = data.numel()
         target = data.get(key)
@@ -186,7 +184,7 @@ class _TensorMinibatchLoss:
         self.module, self.inputs, self.target = module, inputs, target
         self.coeff, self.loss_type = coeff, loss_type
 
-    def shuffle(self, perm: torch.Tensor) -> "_TensorMinibatchLoss":
+    def shuffle(self, perm: torch.Tensor) -> _TensorMinibatchLoss:
         """The same loss over the states reordered by ``perm`` (one gather per epoch; the
         minibatches are then contiguous slices, i.e. views)."""
         return _TensorMinibatchLoss(
@@ -207,7 +205,7 @@ class _FusedPlan:
         self.activation, self.per_epoch = activation, per_epoch
 
     @classmethod
-    def build(cls, fit: "CriticFit", data: TensorDictBase) -> "_FusedPlan | str":
+    def build(cls, fit: CriticFit, data: TensorDictBase) -> _FusedPlan | str:
         loss = fit.loss_module
         net = loss.critic_network
         if fit.process_group is not None or fit.max_grad_norm is not None:
@@ -266,7 +264,7 @@ class _FusedPlan:
         per_epoch = -(-inputs.shape[0] // fit.minibatch_size)
         return cls(inputs, target.detach().reshape(-1).to(inputs.dtype), params, activation, per_epoch)
 
-    def run(self, fit: "CriticFit", orders: torch.Tensor) -> torch.Tensor:
+    def run(self, fit: CriticFit, orders: torch.Tensor) -> torch.Tensor:
         opt = fit.optimizer
         group = opt.param_groups[0]
         for p in self.params:

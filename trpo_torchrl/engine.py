@@ -17,15 +17,16 @@ ranks is this module's. Nothing reads a tensor back to the host.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from tensordict import TensorDict
 
 from .distributed import all_reduce_mean
-from .validation import check_choice, check_count, check_number
 from .ops import conjugate_gradient
+from .validation import check_choice, check_count, check_number
 
 __all__ = ["Evaluation", "TrustRegionSettings", "step_metrics", "trust_region_step"]
 
@@ -46,8 +47,18 @@ class TrustRegionSettings:
 
     @classmethod
     def validated(
-        cls, where: str, *, max_kl, damping, cg_iters, backtrack_iters, backtrack_coeff, accept_ratio, fvp, fvp_subsample
-    ) -> "TrustRegionSettings":
+        cls,
+        where: str,
+        *,
+        max_kl,
+        damping,
+        cg_iters,
+        backtrack_iters,
+        backtrack_coeff,
+        accept_ratio,
+        fvp,
+        fvp_subsample,
+    ) -> TrustRegionSettings:
         """The settings, each checked by the one rule (:mod:`trpo_torchrl.validation`); an error names
         ``where``, the argument and the value."""
         return cls(
@@ -55,7 +66,9 @@ class TrustRegionSettings:
             damping=check_number(where, "damping", damping, low=0),
             cg_iters=check_count(where, "cg_iters", cg_iters),
             backtrack_iters=check_count(where, "backtrack_iters", backtrack_iters),
-            backtrack_coeff=check_number(where, "backtrack_coeff", backtrack_coeff, low=0, high=1, low_open=True, high_open=True),
+            backtrack_coeff=check_number(
+                where, "backtrack_coeff", backtrack_coeff, low=0, high=1, low_open=True, high_open=True
+            ),
             accept_ratio=check_number(where, "accept_ratio", accept_ratio, low=0),
             fvp=check_choice(where, "fvp", fvp, ("gauss_newton", "kl_hessian")),
             fvp_subsample=check_number(where, "fvp_subsample", fvp_subsample, low=0, high=1, low_open=True),
@@ -85,8 +98,24 @@ def _along_k(values: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
 
 
 def step_metrics(
-    chosen, accepted, *, fraction, backtracks, kl_old, surrogate_old, objective_old, cand_kl, cand_surrogate,
-    cand_objective, improvement, expected_improvement, step_norm, grad_norm, curvature, cg_info, batch_size,
+    chosen,
+    accepted,
+    *,
+    fraction,
+    backtracks,
+    kl_old,
+    surrogate_old,
+    objective_old,
+    cand_kl,
+    cand_surrogate,
+    cand_objective,
+    improvement,
+    expected_improvement,
+    step_norm,
+    grad_norm,
+    curvature,
+    cg_info,
+    batch_size,
 ) -> TensorDict:
     """The metrics of one trust-region step, from the line search's candidate values (leading dim K)
     and ``chosen`` (picks each system's accepted candidate along K); entries are per member for a
@@ -194,12 +223,26 @@ def trust_region_step(
     # where() picks θ_old's own bits when nothing is accepted: a rejected step changes nothing
     theta_new = torch.where(accepted.unsqueeze(-1), chosen(candidates), theta_old)
     backtracks = torch.where(accepted, first, torch.full_like(first, settings.backtrack_iters))
-    fraction = torch.where(accepted, chosen(_along_k(fractions, lead).expand(-1, *lead)), torch.zeros_like(objective_old))
+    fraction = torch.where(
+        accepted, chosen(_along_k(fractions, lead).expand(-1, *lead)), torch.zeros_like(objective_old)
+    )
     metrics = step_metrics(
-        chosen, accepted, fraction=fraction, backtracks=backtracks, kl_old=kl_old, surrogate_old=surrogate_old,
-        objective_old=objective_old, cand_kl=cand_kl, cand_surrogate=cand_surrogate, cand_objective=cand_objective,
-        improvement=improvement, expected_improvement=expected_improvement,
-        step_norm=fraction * full_step.norm(dim=-1), grad_norm=g.norm(dim=-1), curvature=curvature,
-        cg_info=cg_info, batch_size=list(lead),
+        chosen,
+        accepted,
+        fraction=fraction,
+        backtracks=backtracks,
+        kl_old=kl_old,
+        surrogate_old=surrogate_old,
+        objective_old=objective_old,
+        cand_kl=cand_kl,
+        cand_surrogate=cand_surrogate,
+        cand_objective=cand_objective,
+        improvement=improvement,
+        expected_improvement=expected_improvement,
+        step_norm=fraction * full_step.norm(dim=-1),
+        grad_norm=g.norm(dim=-1),
+        curvature=curvature,
+        cg_info=cg_info,
+        batch_size=list(lead),
     )
     return theta_new, metrics

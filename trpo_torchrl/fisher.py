@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from numbers import Real
-from typing import Callable
 
 import torch
 from torch.func import grad, jvp, linearize, vjp, vmap
@@ -113,9 +113,7 @@ def _normal_metric(out, where: str, weight: float):
         raise ValueError(f"{where}: for family 'normal', dist_fn must return a tuple (loc, scale) of tensors")
     loc, scale = out
     if loc.dim() != 2 or scale.shape != loc.shape:
-        raise ValueError(
-            f"{where}: loc and scale must both be [N, d], got {tuple(loc.shape)} and {tuple(scale.shape)}"
-        )
+        raise ValueError(f"{where}: loc and scale must both be [N, d], got {tuple(loc.shape)} and {tuple(scale.shape)}")
     n_states = loc.shape[0]
     # Fisher of N(loc, scale^2) per action dimension: 1/scale^2 for loc, 2/scale^2 for scale;
     # divided by N because F is the Hessian of the *mean* KL over states

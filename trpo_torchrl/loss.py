@@ -42,11 +42,15 @@ class PolicyBatch(NamedTuple):
     advantage: torch.Tensor
     data: TensorDictBase
 
-    def index(self, idx: torch.Tensor) -> "PolicyBatch":
+    def index(self, idx: torch.Tensor) -> PolicyBatch:
         """The same batch restricted to the states ``idx`` (used for Fisher subsampling)."""
         return PolicyBatch(
-            self.inputs[idx], self.action[idx], self.old_log_prob[idx], self.old_params[idx],
-            self.advantage[idx], self.data[idx],
+            self.inputs[idx],
+            self.action[idx],
+            self.old_log_prob[idx],
+            self.old_params[idx],
+            self.advantage[idx],
+            self.data[idx],
         )
 
 
@@ -85,7 +89,6 @@ def distribution_parameters(dist: D.Distribution, num_states: int):
     raise TypeError(
         f"TRPOLoss: no closed-form Fisher for {type(dist).__name__}; use TrustRegionUpdate(..., fvp='kl_hessian')"
     )
-
 
 
 def _categorical_kl(old: D.Distribution, new: D.Distribution) -> torch.Tensor:
@@ -332,7 +335,7 @@ class TRPOLoss(LossModule):
             )
         self._set_in_keys()
 
-    def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams) -> "TRPOLoss":
+    def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams) -> TRPOLoss:
         """Builds the advantage estimator; GAE (the default) is :class:`~trpo_torchrl.FusedGAE`. Returns ``self``."""
         if value_type is None:
             value_type = self.default_value_estimator
@@ -382,7 +385,9 @@ class TRPOLoss(LossModule):
                 "collect with an actor built with return_log_prob=True or rename the key with set_keys"
             )
         if old_log_prob.requires_grad:
-            raise RuntimeError(f"TRPOLoss: the stored {self.tensor_keys.sample_log_prob!r} requires grad; collect under torch.no_grad()")
+            raise RuntimeError(
+                f"TRPOLoss: the stored {self.tensor_keys.sample_log_prob!r} requires grad; collect under torch.no_grad()"
+            )
         missing = [key for key in self.dist_params_keys if data.get(key, None) is None]
         if missing:
             raise KeyError(
@@ -393,7 +398,9 @@ class TRPOLoss(LossModule):
         if action is None:
             raise KeyError(f"TRPOLoss: the batch has no action {self.tensor_keys.action!r}")
         if not advantage.is_floating_point():
-            raise TypeError(f"TRPOLoss: the advantage {self.tensor_keys.advantage!r} must be floating-point, got {advantage.dtype}")
+            raise TypeError(
+                f"TRPOLoss: the advantage {self.tensor_keys.advantage!r} must be floating-point, got {advantage.dtype}"
+            )
         if advantage.numel() != num_states:
             raise ValueError(
                 f"TRPOLoss: the advantage {self.tensor_keys.advantage!r} has shape {tuple(advantage.shape)}, "
@@ -529,9 +536,7 @@ class TRPOLoss(LossModule):
             )
         inputs = tensordict.select(*self.critic_network.in_keys).copy()
         value = self.critic_network(inputs).get(self.tensor_keys.value)
-        return self.critic_coeff * distance_loss(
-            target.detach(), value, loss_function=self.loss_critic_type
-        ).mean()
+        return self.critic_coeff * distance_loss(target.detach(), value, loss_function=self.loss_critic_type).mean()
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:

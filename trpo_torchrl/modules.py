@@ -16,8 +16,8 @@ own ``forward``, a forward set on one instance, or forward hooks anywhere make a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from torch import nn
 from torchrl.modules import MLP
@@ -164,7 +164,9 @@ def describe_mlp(module: nn.Module, *, head_types: tuple[type, ...] = ()) -> MLP
         if m.bias is None:
             return NotPlain(f"Linear {i} has no bias")
         if i and m.in_features != linears[i - 1].out_features:
-            return NotPlain(f"Linear {i} takes {m.in_features} features, Linear {i - 1} gives {linears[i - 1].out_features}")
+            return NotPlain(
+                f"Linear {i} takes {m.in_features} features, Linear {i - 1} gives {linears[i - 1].out_features}"
+            )
     return MLPDescription(
         prefix=tuple(prefix),
         linears=tuple(linears),

@@ -10,8 +10,8 @@ import torch
 from tensordict.nn import InteractionType, NormalParamExtractor, TensorDictModule, TensorDictModuleBase
 from tensordict.nn.probabilistic import interaction_type
 from torch import nn
-from torchrl.modules import IndependentNormal, OneHotCategorical, ProbabilisticActor
 from torch.distributions import Categorical
+from torchrl.modules import IndependentNormal, OneHotCategorical, ProbabilisticActor
 
 from .modules import has_forward_hooks, sequential_leaves
 from .validation import check_count, check_number
@@ -70,7 +70,9 @@ def gaussian_actor(
     )
 
 
-def categorical_actor(net: nn.Module, *, in_keys=("observation",), one_hot: bool = True, spec=None) -> ProbabilisticActor:
+def categorical_actor(
+    net: nn.Module, *, in_keys=("observation",), one_hot: bool = True, spec=None
+) -> ProbabilisticActor:
     """A discrete actor over ``net``'s logits; ``one_hot`` matches TorchRL's one-hot action specs
     (the default for Gymnasium's ``Discrete`` spaces), ``False`` gives integer actions."""
     module = TensorDictModule(net, in_keys=list(in_keys), out_keys=["logits"])

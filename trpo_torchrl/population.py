@@ -136,8 +136,15 @@ class PopulationTrustRegionUpdate:
         radii = [check_number(where, "max_kl", radius, low=0, low_open=True) for radius in radii]
         # the shared options, by the single step's rule; the radii are per member
         self.settings = TrustRegionSettings.validated(
-            where, max_kl=min(radii), damping=damping, cg_iters=cg_iters, backtrack_iters=backtrack_iters,
-            backtrack_coeff=backtrack_coeff, accept_ratio=accept_ratio, fvp=fvp, fvp_subsample=fvp_subsample,
+            where,
+            max_kl=min(radii),
+            damping=damping,
+            cg_iters=cg_iters,
+            backtrack_iters=backtrack_iters,
+            backtrack_coeff=backtrack_coeff,
+            accept_ratio=accept_ratio,
+            fvp=fvp,
+            fvp_subsample=fvp_subsample,
         )
         self.generator = check_generator(where, "generator", generator)
         self.loss_module = loss_module
@@ -147,8 +154,13 @@ class PopulationTrustRegionUpdate:
         self.process_group = resolve_process_group(process_group)
         self.layout = ParameterLayout(loss_module.actor_network)
         self.backends = PolicyBackends(
-            loss_module, self.layout, fvp=fvp, damping=self.settings.damping, fvp_subsample=self.settings.fvp_subsample,
-            generator=generator, fast_mlp=fast_mlp,
+            loss_module,
+            self.layout,
+            fvp=fvp,
+            damping=self.settings.damping,
+            fvp_subsample=self.settings.fvp_subsample,
+            generator=generator,
+            fast_mlp=fast_mlp,
         )
         self._leaves = []
         for name, shape in zip(self.layout.names, self.layout.shapes):
@@ -237,7 +249,11 @@ class PopulationTrustRegionUpdate:
         # `data` is for the critic, which this step never reads: an empty stand-in keeps every entry
         # of the batch out of the vmapped evaluations below
         return PolicyBatch(
-            inputs, split(flat.action), split(flat.old_log_prob), split(flat.old_params), advantage,
+            inputs,
+            split(flat.action),
+            split(flat.old_log_prob),
+            split(flat.old_params),
+            advantage,
             TensorDict({}, batch_size=inputs.batch_size, device=inputs.device),
         )
 

@@ -96,8 +96,15 @@ class TrustRegionUpdate:
             raise TypeError(f"TrustRegionUpdate: loss_module must be a TRPOLoss, got {type(loss_module).__name__}")
         self.loss_module = loss_module
         self.settings = TrustRegionSettings.validated(
-            "TrustRegionUpdate", max_kl=max_kl, damping=damping, cg_iters=cg_iters, backtrack_iters=backtrack_iters,
-            backtrack_coeff=backtrack_coeff, accept_ratio=accept_ratio, fvp=fvp, fvp_subsample=fvp_subsample,
+            "TrustRegionUpdate",
+            max_kl=max_kl,
+            damping=damping,
+            cg_iters=cg_iters,
+            backtrack_iters=backtrack_iters,
+            backtrack_coeff=backtrack_coeff,
+            accept_ratio=accept_ratio,
+            fvp=fvp,
+            fvp_subsample=fvp_subsample,
         )
         self.generator = check_generator("TrustRegionUpdate", "generator", generator)
         self.process_group = resolve_process_group(process_group)
@@ -105,8 +112,13 @@ class TrustRegionUpdate:
         # (they are the actor's own, shared with the collector's policy, wherever they have moved)
         self.layout = ParameterLayout(loss_module.actor_network)
         self.backends = PolicyBackends(
-            loss_module, self.layout, fvp=fvp, damping=self.settings.damping, fvp_subsample=self.settings.fvp_subsample,
-            generator=generator, fast_mlp=fast_mlp,
+            loss_module,
+            self.layout,
+            fvp=fvp,
+            damping=self.settings.damping,
+            fvp_subsample=self.settings.fvp_subsample,
+            generator=generator,
+            fast_mlp=fast_mlp,
         )
 
     @property
@@ -165,4 +177,6 @@ class TrustRegionUpdate:
 
         A pure function of ``theta_old``: it reads the actor's structure, never its current values.
         """
-        return trust_region_step(self.evaluate(batch, theta_old), theta_old, self.settings, process_group=self.process_group)
+        return trust_region_step(
+            self.evaluate(batch, theta_old), theta_old, self.settings, process_group=self.process_group
+        )

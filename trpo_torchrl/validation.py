@@ -9,8 +9,9 @@ not 1. Every message names the class, the argument and the value, e.g.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from numbers import Integral, Real
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

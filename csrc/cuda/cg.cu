@@ -53,8 +53,8 @@ __device__ __forceinline__ Chunk chunk_of(int64_t n, int64_t chunk) {
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-    cg_dot_kernel(const scalar_t* __restrict__ p, const scalar_t* __restrict__ Ap, int64_t n,
-                  int64_t chunk, acc_t* __restrict__ partial_pAp) {
+    cg_dot_kernel(const scalar_t* __restrict__ p, const scalar_t* __restrict__ Ap, int64_t n, int64_t chunk,
+                  acc_t* __restrict__ partial_pAp) {
   __shared__ acc_t smem[kThreads / kWarp];
   const int64_t b = blockIdx.y;
   const Chunk ck = chunk_of(n, chunk);
@@ -70,9 +70,8 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-    cg_update_xr_kernel(scalar_t* __restrict__ x, scalar_t* __restrict__ r,
-                        const scalar_t* __restrict__ p, const scalar_t* __restrict__ Ap, int64_t n,
-                        int64_t chunk, const scalar_t* __restrict__ rdotr,
+    cg_update_xr_kernel(scalar_t* __restrict__ x, scalar_t* __restrict__ r, const scalar_t* __restrict__ p,
+                        const scalar_t* __restrict__ Ap, int64_t n, int64_t chunk, const scalar_t* __restrict__ rdotr,
                         const bool* __restrict__ converged, const bool* __restrict__ breakdown,
                         const acc_t* __restrict__ partial_pAp, acc_t* __restrict__ partial_rr,
                         int32_t* __restrict__ status, acc_t* __restrict__ old_rr) {
@@ -107,12 +106,10 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-    cg_update_p_kernel(const scalar_t* __restrict__ r, scalar_t* __restrict__ p, int64_t n,
-                       int64_t chunk, const acc_t* __restrict__ partial_rr,
-                       const int32_t* __restrict__ status, const acc_t* __restrict__ old_rr,
-                       acc_t residual_tol, scalar_t* __restrict__ rdotr,
-                       int64_t* __restrict__ iterations, bool* __restrict__ converged,
-                       bool* __restrict__ breakdown) {
+    cg_update_p_kernel(const scalar_t* __restrict__ r, scalar_t* __restrict__ p, int64_t n, int64_t chunk,
+                       const acc_t* __restrict__ partial_rr, const int32_t* __restrict__ status,
+                       const acc_t* __restrict__ old_rr, acc_t residual_tol, scalar_t* __restrict__ rdotr,
+                       int64_t* __restrict__ iterations, bool* __restrict__ converged, bool* __restrict__ breakdown) {
   __shared__ acc_t smem[kThreads / kWarp];
   const int64_t b = blockIdx.y;
   const int C = gridDim.x;
@@ -144,9 +141,8 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-void cg_step_cuda(at::Tensor& x, at::Tensor& r, at::Tensor& p, const at::Tensor& Ap,
-                  at::Tensor& rdotr, at::Tensor& iterations, at::Tensor& converged,
-                  at::Tensor& breakdown, double residual_tol) {
+void cg_step_cuda(at::Tensor& x, at::Tensor& r, at::Tensor& p, const at::Tensor& Ap, at::Tensor& rdotr,
+                  at::Tensor& iterations, at::Tensor& converged, at::Tensor& breakdown, double residual_tol) {
   check_cg_step_inputs(x, r, p, Ap, rdotr, iterations, converged, breakdown);
   TORCH_CHECK(x.is_cuda(), "trpo_torchrl::cg_step (CUDA): x is on ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
@@ -174,26 +170,26 @@ void cg_step_cuda(at::Tensor& x, at::Tensor& r, at::Tensor& p, const at::Tensor&
     acc_t* partial_rr = partial_pAp + B * C;
     acc_t* old_rr = partial_rr + B * C;
     int32_t* st = status.mutable_data_ptr<int32_t>();
-    cg_dot_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
-        p.const_data_ptr<scalar_t>(), Ap.const_data_ptr<scalar_t>(), n, chunk, partial_pAp);
+    cg_dot_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(p.const_data_ptr<scalar_t>(),
+                                                                  Ap.const_data_ptr<scalar_t>(), n, chunk, partial_pAp);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     cg_update_xr_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
         x.mutable_data_ptr<scalar_t>(), r.mutable_data_ptr<scalar_t>(), p.const_data_ptr<scalar_t>(),
-        Ap.const_data_ptr<scalar_t>(), n, chunk, rdotr.const_data_ptr<scalar_t>(),
-        converged.const_data_ptr<bool>(), breakdown.const_data_ptr<bool>(), partial_pAp,
-        partial_rr, st, old_rr);
+        Ap.const_data_ptr<scalar_t>(), n, chunk, rdotr.const_data_ptr<scalar_t>(), converged.const_data_ptr<bool>(),
+        breakdown.const_data_ptr<bool>(), partial_pAp, partial_rr, st, old_rr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     cg_update_p_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
-        r.const_data_ptr<scalar_t>(), p.mutable_data_ptr<scalar_t>(), n, chunk, partial_rr, st,
-        old_rr, static_cast<acc_t>(residual_tol), rdotr.mutable_data_ptr<scalar_t>(),
-        iterations.mutable_data_ptr<int64_t>(), converged.mutable_data_ptr<bool>(),
-        breakdown.mutable_data_ptr<bool>());
+        r.const_data_ptr<scalar_t>(), p.mutable_data_ptr<scalar_t>(), n, chunk, partial_rr, st, old_rr,
+        static_cast<acc_t>(residual_tol), rdotr.mutable_data_ptr<scalar_t>(), iterations.mutable_data_ptr<int64_t>(),
+        converged.mutable_data_ptr<bool>(), breakdown.mutable_data_ptr<bool>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(trpo_torchrl, CUDA, m) { m.impl("cg_step", &cg_step_cuda); }
+TORCH_LIBRARY_IMPL(trpo_torchrl, CUDA, m) {
+  m.impl("cg_step", &cg_step_cuda);
+}
 
 }  // namespace trpo_torchrl

@@ -44,8 +44,8 @@ inline int sm_count(int device) {
   static const int num_devices = static_cast<int>(c10::cuda::device_count());
   static std::vector<std::once_flag> once(static_cast<size_t>(num_devices));
   static std::vector<int> count(static_cast<size_t>(num_devices), 0);
-  TORCH_CHECK(device >= 0 && device < num_devices, "trpo_torchrl: CUDA device index ", device,
-              " is out of range [0, ", num_devices, ")");
+  TORCH_CHECK(device >= 0 && device < num_devices, "trpo_torchrl: CUDA device index ", device, " is out of range [0, ",
+              num_devices, ")");
   std::call_once(once[device], [device] {
     int n = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));

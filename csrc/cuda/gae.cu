@@ -35,8 +35,8 @@
 namespace trpo_torchrl {
 namespace {
 
-constexpr int kPerLane = 4;               // consecutive steps held by one lane
-constexpr int kTile = kWarp * kPerLane;   // steps one warp covers per iteration
+constexpr int kPerLane = 4;              // consecutive steps held by one lane
+constexpr int kTile = kWarp * kPerLane;  // steps one warp covers per iteration
 constexpr int kWarpsPerBlock = 8;
 constexpr int kBlockThreads = kWarpsPerBlock * kWarp;
 // Scan blocks resident per SM that the register budget must allow (__launch_bounds__): 4 x 256
@@ -72,8 +72,8 @@ struct LaneSteps {
   acc_t delta[kPerLane];
   acc_t discount[kPerLane];
 
-  __device__ __forceinline__ void set(int k, acc_t gamma, acc_t lmbda, acc_t v, acc_t nv, acc_t r,
-                                      bool done, bool terminated) {
+  __device__ __forceinline__ void set(int k, acc_t gamma, acc_t lmbda, acc_t v, acc_t nv, acc_t r, bool done,
+                                      bool terminated) {
     delta[k] = gae_delta<acc_t>(r, v, nv, gamma, terminated);
     discount[k] = gae_discount<acc_t>(gamma, lmbda, done);
   }
@@ -116,8 +116,7 @@ struct StridedRow {
       }
     }
   }
-  __device__ __forceinline__ void store(const acc_t (&adv)[kPerLane], int64_t t, int64_t t_end,
-                                        bool) const {
+  __device__ __forceinline__ void store(const acc_t (&adv)[kPerLane], int64_t t, int64_t t_end, bool) const {
     // reads interleaved with writes: reading all 4 values first (the compiler cannot move them
     // past possibly aliasing writes itself) costs 3-6 more registers and spills under the cap
 #pragma unroll
@@ -211,8 +210,8 @@ struct DenseRow {
     for (int k = 0; k < 4; ++k) {
       const int tk = t + k;
       if (tk < t_end) {
-        s.set(k, kUniform ? gamma0 : gamma[tk], kUniform ? lmbda0 : lmbda[tk], value[tk],
-              next_value[tk], reward[tk], done[tk], terminated[tk]);
+        s.set(k, kUniform ? gamma0 : gamma[tk], kUniform ? lmbda0 : lmbda[tk], value[tk], next_value[tk], reward[tk],
+              done[tk], terminated[tk]);
       } else {
         s.set_identity(k);
       }
@@ -241,8 +240,7 @@ struct DenseRow {
 // Scans the tile starting at t0 (steps >= t_end ignored) from `carry`, the advantage just after
 // the tile; writes outputs and returns the advantage at the tile's first step (in every lane).
 template <typename Row, typename acc_t, typename index_t>
-__device__ __forceinline__ acc_t scan_tile(const Row& rd, index_t t0, index_t t_end, acc_t carry,
-                                           int lane) {
+__device__ __forceinline__ acc_t scan_tile(const Row& rd, index_t t0, index_t t_end, acc_t carry, int lane) {
   LaneSteps<acc_t> s;
   const index_t lane_t0 = t0 + lane * kPerLane;
   const bool full = t0 + kTile <= t_end;  // the same in every lane: no divergence
@@ -264,8 +262,7 @@ __device__ __forceinline__ acc_t scan_tile(const Row& rd, index_t t0, index_t t_
 
 // The affine map of the tile starting at t0 (in every lane).
 template <typename Row, typename acc_t, typename index_t>
-__device__ __forceinline__ AffineMap<acc_t> tile_map(const Row& rd, index_t t0, index_t t_end,
-                                                     int lane) {
+__device__ __forceinline__ AffineMap<acc_t> tile_map(const Row& rd, index_t t0, index_t t_end, int lane) {
   LaneSteps<acc_t> s;
   rd.load(s, t0 + lane * kPerLane, t_end, t0 + kTile <= t_end);
   const AffineMap<acc_t> suffix = warp_suffix_scan(s.map(), lane);
@@ -293,8 +290,7 @@ __device__ __forceinline__ auto make_row(const GaeArgs<scalar_t>& a, int64_t row
 // starting from carries[w] (or 0 when carries is null: one segment per row).
 template <Layout L, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocks<L, acc_t>)
-    gae_scan_kernel(const GaeArgs<scalar_t> a, int64_t seg_len, int64_t nseg,
-                    const acc_t* __restrict__ carries) {
+    gae_scan_kernel(const GaeArgs<scalar_t> a, int64_t seg_len, int64_t nseg, const acc_t* __restrict__ carries) {
   const int lane = threadIdx.x % kWarp;
   const int64_t w = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   if (w >= a.rows * nseg) return;  // whole warps exit together
@@ -312,8 +308,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks<L, acc_t>)
 // maps[w] = (alpha, beta) of segment w, laid out as in gae_scan_kernel.
 template <Layout L, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocks<L, acc_t>)
-    gae_segment_map_kernel(const GaeArgs<scalar_t> a, int64_t seg_len, int64_t nseg,
-                           acc_t* __restrict__ maps) {
+    gae_segment_map_kernel(const GaeArgs<scalar_t> a, int64_t seg_len, int64_t nseg, acc_t* __restrict__ maps) {
   const int lane = threadIdx.x % kWarp;
   const int64_t w = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   if (w >= a.rows * nseg) return;
@@ -338,8 +333,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks<L, acc_t>)
 // own segments right to left from the boundary the scan gave it.
 template <typename acc_t>
 __global__ void __launch_bounds__(kCarryThreads)
-    gae_segment_carry_kernel(const acc_t* __restrict__ maps, int64_t nseg,
-                             acc_t* __restrict__ carries) {
+    gae_segment_carry_kernel(const acc_t* __restrict__ maps, int64_t nseg, acc_t* __restrict__ carries) {
   __shared__ acc_t warp_alpha[kCarryThreads / kWarp];
   __shared__ acc_t warp_beta[kCarryThreads / kWarp];
   const int64_t row = blockIdx.x;
@@ -392,8 +386,7 @@ bool dense_rows(const at::Tensor& t, int64_t align_bytes) {
 
 Layout choose_layout(const at::Tensor& gamma, const at::Tensor& lmbda, const at::Tensor& value,
                      const at::Tensor& next_value, const at::Tensor& reward, const at::Tensor& done,
-                     const at::Tensor& terminated, const at::Tensor& advantage,
-                     const at::Tensor& value_target) {
+                     const at::Tensor& terminated, const at::Tensor& advantage, const at::Tensor& value_target) {
   const auto st = value.scalar_type();
   if (st != at::kFloat && st != at::kDouble) return Layout::kStrided;
   if (value.size(1) > std::numeric_limits<int>::max() - kTile) return Layout::kStrided;
@@ -401,40 +394,37 @@ Layout choose_layout(const at::Tensor& gamma, const at::Tensor& lmbda, const at:
     if (!dense_rows(*t, 16)) return Layout::kStrided;
   }
   if (!dense_rows(done, 4) || !dense_rows(terminated, 4)) return Layout::kStrided;
-  const bool uniform = gamma.stride(0) == 0 && gamma.stride(1) == 0 && lmbda.stride(0) == 0 &&
-                       lmbda.stride(1) == 0;
+  const bool uniform = gamma.stride(0) == 0 && gamma.stride(1) == 0 && lmbda.stride(0) == 0 && lmbda.stride(1) == 0;
   if (uniform) return Layout::kDenseUniform;
   if (dense_rows(gamma, 16) && dense_rows(lmbda, 16)) return Layout::kDense;
   return Layout::kStrided;
 }
 
 template <Layout L, typename scalar_t>
-void launch(const GaeArgs<scalar_t>& args, int64_t rows, int64_t nseg, int64_t seg_len,
-            int64_t blocks, const at::TensorOptions& acc_options, cudaStream_t stream) {
+void launch(const GaeArgs<scalar_t>& args, int64_t rows, int64_t nseg, int64_t seg_len, int64_t blocks,
+            const at::TensorOptions& acc_options, cudaStream_t stream) {
   using acc_t = at::opmath_type<scalar_t>;
   if (nseg == 1) {
-    gae_scan_kernel<L, scalar_t, acc_t><<<blocks, kBlockThreads, 0, stream>>>(args, seg_len, 1,
-                                                                               nullptr);
+    gae_scan_kernel<L, scalar_t, acc_t><<<blocks, kBlockThreads, 0, stream>>>(args, seg_len, 1, nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
   auto maps = at::empty({rows, nseg, 2}, acc_options);
   auto carries = at::empty({rows, nseg}, acc_options);
-  gae_segment_map_kernel<L, scalar_t, acc_t><<<blocks, kBlockThreads, 0, stream>>>(
-      args, seg_len, nseg, maps.mutable_data_ptr<acc_t>());
+  gae_segment_map_kernel<L, scalar_t, acc_t>
+      <<<blocks, kBlockThreads, 0, stream>>>(args, seg_len, nseg, maps.mutable_data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  gae_segment_carry_kernel<acc_t><<<rows, kCarryThreads, 0, stream>>>(
-      maps.const_data_ptr<acc_t>(), nseg, carries.mutable_data_ptr<acc_t>());
+  gae_segment_carry_kernel<acc_t>
+      <<<rows, kCarryThreads, 0, stream>>>(maps.const_data_ptr<acc_t>(), nseg, carries.mutable_data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  gae_scan_kernel<L, scalar_t, acc_t><<<blocks, kBlockThreads, 0, stream>>>(
-      args, seg_len, nseg, carries.const_data_ptr<acc_t>());
+  gae_scan_kernel<L, scalar_t, acc_t>
+      <<<blocks, kBlockThreads, 0, stream>>>(args, seg_len, nseg, carries.const_data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-std::tuple<at::Tensor, at::Tensor> gae_cuda(const at::Tensor& gamma, const at::Tensor& lmbda,
-                                            const at::Tensor& value, const at::Tensor& next_value,
-                                            const at::Tensor& reward, const at::Tensor& done,
-                                            const at::Tensor& terminated) {
+std::tuple<at::Tensor, at::Tensor> gae_cuda(const at::Tensor& gamma, const at::Tensor& lmbda, const at::Tensor& value,
+                                            const at::Tensor& next_value, const at::Tensor& reward,
+                                            const at::Tensor& done, const at::Tensor& terminated) {
   check_gae_inputs(gamma, lmbda, value, next_value, reward, done, terminated);
   TORCH_CHECK(value.is_cuda(), "trpo_torchrl::gae (CUDA): state_value is on ", value.device());
   const c10::cuda::CUDAGuard guard(value.device());
@@ -456,16 +446,16 @@ std::tuple<at::Tensor, at::Tensor> gae_cuda(const at::Tensor& gamma, const at::T
   const int64_t seg_len = tiles_per_seg * kTile;
   const int64_t warps = rows * nseg;
   const int64_t blocks = (warps + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  TORCH_CHECK(blocks < (int64_t{1} << 31), "trpo_torchrl::gae (CUDA): input too large: ", rows,
-              " rows x ", T, " steps");
+  TORCH_CHECK(blocks < (int64_t{1} << 31), "trpo_torchrl::gae (CUDA): input too large: ", rows, " rows x ", T,
+              " steps");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto acc_options = value.options().dtype(at::toOpMathType(value.scalar_type()));
-  const Layout layout = choose_layout(gamma, lmbda, value, next_value, reward, done, terminated,
-                                      advantage, value_target);
+  const Layout layout =
+      choose_layout(gamma, lmbda, value, next_value, reward, done, terminated, advantage, value_target);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "gae_cuda", [&] {
-    const auto args = make_gae_args<scalar_t>(gamma, lmbda, value, next_value, reward, done,
-                                              terminated, advantage, value_target);
+    const auto args =
+        make_gae_args<scalar_t>(gamma, lmbda, value, next_value, reward, done, terminated, advantage, value_target);
     if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
       if (layout == Layout::kDenseUniform) {
         return launch<Layout::kDenseUniform>(args, rows, nseg, seg_len, blocks, acc_options, stream);
@@ -481,6 +471,8 @@ std::tuple<at::Tensor, at::Tensor> gae_cuda(const at::Tensor& gamma, const at::T
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(trpo_torchrl, CUDA, m) { m.impl("gae", &gae_cuda); }
+TORCH_LIBRARY_IMPL(trpo_torchrl, CUDA, m) {
+  m.impl("gae", &gae_cuda);
+}
 
 }  // namespace trpo_torchrl

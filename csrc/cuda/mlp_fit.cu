@@ -37,7 +37,9 @@ constexpr int kThreads = 1024;
 // Row stride of a [rows, n] buffer in shared memory: odd, so that 32 consecutive rows fall in 32
 // different banks (a warp reading one column of consecutive rows, or one row of consecutive
 // weights, is then conflict-free).
-__host__ __device__ __forceinline__ int odd_stride(int n) { return n | 1; }
+__host__ __device__ __forceinline__ int odd_stride(int n) {
+  return n | 1;
+}
 
 template <typename T>
 struct FitArgs {
@@ -63,7 +65,7 @@ int64_t shared_elements(const FitArgs<T>& a) {
   int64_t n = 0, widest = 1;
   for (int l = 0; l < a.layers; ++l) {
     n += static_cast<int64_t>(a.dims[l + 1]) * odd_stride(a.dims[l]) + a.dims[l + 1];  // W_l, b_l
-    n += a.minibatch * odd_stride(a.dims[l]);                                         // h_l
+    n += a.minibatch * odd_stride(a.dims[l]);                                          // h_l
     widest = std::max<int64_t>(widest, odd_stride(a.dims[l + 1]));
   }
   n += a.minibatch;               // the value
@@ -287,10 +289,10 @@ bool launch_fit(const std::vector<at::Tensor>& params, const std::vector<at::Ten
   return true;
 }
 
-at::Tensor mlp_fit_adam_cuda(at::TensorList params_list, at::TensorList exp_avgs_list,
-                             at::TensorList exp_avg_sqs_list, const at::Tensor& inputs, const at::Tensor& targets,
-                             const at::Tensor& order, int64_t minibatch_size, c10::string_view activation_view,
-                             double coeff, double lr, double beta1, double beta2, double eps, int64_t step) {
+at::Tensor mlp_fit_adam_cuda(at::TensorList params_list, at::TensorList exp_avgs_list, at::TensorList exp_avg_sqs_list,
+                             const at::Tensor& inputs, const at::Tensor& targets, const at::Tensor& order,
+                             int64_t minibatch_size, c10::string_view activation_view, double coeff, double lr,
+                             double beta1, double beta2, double eps, int64_t step) {
   const MlpFitArgs args = mlp_fit_unpack(params_list, exp_avgs_list, exp_avg_sqs_list, inputs, targets, order,
                                          minibatch_size, activation_view, step);
   const auto& [params, exp_avgs, exp_avg_sqs, activation, num_losses] = args;
@@ -303,21 +305,22 @@ at::Tensor mlp_fit_adam_cuda(at::TensorList params_list, at::TensorList exp_avgs
     const at::Tensor x = inputs.contiguous(), y = targets.contiguous(), o = order.contiguous();
     const bool tanh = activation == "tanh";
     at::NoGradGuard no_grad;
-    const bool launched =
-        x.scalar_type() == at::kFloat
-            ? launch_fit<float>(params, exp_avgs, exp_avg_sqs, x, y, o, minibatch_size, tanh, coeff, lr, beta1,
-                                beta2, eps, step, losses)
-            : launch_fit<double>(params, exp_avgs, exp_avg_sqs, x, y, o, minibatch_size, tanh, coeff, lr, beta1,
-                                 beta2, eps, step, losses);
+    const bool launched = x.scalar_type() == at::kFloat
+                              ? launch_fit<float>(params, exp_avgs, exp_avg_sqs, x, y, o, minibatch_size, tanh, coeff,
+                                                  lr, beta1, beta2, eps, step, losses)
+                              : launch_fit<double>(params, exp_avgs, exp_avg_sqs, x, y, o, minibatch_size, tanh, coeff,
+                                                   lr, beta1, beta2, eps, step, losses);
     if (launched) return losses;
   }
   // too big for one block (or nothing to fit): the ATen-composed kernel
-  return mlp_fit_adam_composite(params_list, exp_avgs_list, exp_avg_sqs_list, inputs, targets, order,
-                                minibatch_size, activation_view, coeff, lr, beta1, beta2, eps, step);
+  return mlp_fit_adam_composite(params_list, exp_avgs_list, exp_avg_sqs_list, inputs, targets, order, minibatch_size,
+                                activation_view, coeff, lr, beta1, beta2, eps, step);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(trpo_torchrl, CUDA, m) { m.impl("mlp_fit_adam", &mlp_fit_adam_cuda); }
+TORCH_LIBRARY_IMPL(trpo_torchrl, CUDA, m) {
+  m.impl("mlp_fit_adam", &mlp_fit_adam_cuda);
+}
 
 }  // namespace trpo_torchrl

@@ -50,7 +50,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         for name in ("final.pt", "last.pt"):
             if (path / CHECKPOINT_DIR / name).is_file():
                 return path / CHECKPOINT_DIR / name
-        raise CheckpointError(f"no checkpoint in run directory {str(path)!r} (looked for {CHECKPOINT_DIR}/final.pt, last.pt)")
+        raise CheckpointError(
+            f"no checkpoint in run directory {str(path)!r} (looked for {CHECKPOINT_DIR}/final.pt, last.pt)"
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     return path
@@ -63,11 +65,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         # the file holds numpy RNG states and plain Python objects besides tensors
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # truncated, not a torch file, wrong pickle...
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a checkpoint: {type(err).__name__}: {err}") from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt or not a checkpoint: {type(err).__name__}: {err}"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a trpo_torchrl checkpoint")
     if state.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {str(path)!r} has version {state.get('version')}, this trpo_torchrl reads {VERSION}")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has version {state.get('version')}, this trpo_torchrl reads {VERSION}"
+        )
     missing = [key for key in ("config", "actor") if not isinstance(state.get(key), dict)]
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} lacks {', '.join(missing)}: it is incomplete or was edited")

@@ -1,9 +1,9 @@
 """``trpo-torchrl``: train, evaluate and plot from the command line.
 
-    trpo-torchrl train [--env ENV] [--preset NAME] [--total-frames N] [--seed S] [--config FILE] ...
-    trpo-torchrl train --resume RUN_DIR_OR_CHECKPOINT [--total-frames N]
-    trpo-torchrl eval --checkpoint PATH [--episodes N] [--video DIR] [--json]
-    trpo-torchrl plot RUN_DIR... [--out FILE]
+trpo-torchrl train [--env ENV] [--preset NAME] [--total-frames N] [--seed S] [--config FILE] ...
+trpo-torchrl train --resume RUN_DIR_OR_CHECKPOINT [--total-frames N]
+trpo-torchrl eval --checkpoint PATH [--episodes N] [--video DIR] [--json]
+trpo-torchrl plot RUN_DIR... [--out FILE]
 """
 
 from __future__ import annotations
@@ -30,7 +30,11 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
     parser.add_argument("--config", dest="_config", default=None, metavar="FILE", help="YAML file of config keys")
     parser.add_argument(
-        "--resume", dest="_resume", default=None, metavar="PATH", help="continue the run saved in this checkpoint or run directory"
+        "--resume",
+        dest="_resume",
+        default=None,
+        metavar="PATH",
+        help="continue the run saved in this checkpoint or run directory",
     )
 
 
@@ -38,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trpo-torchrl", description="TRPO for TorchRL: train, evaluate, plot.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
-        "train", help="train a policy", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "train",
+        help="train a policy",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description=(
             "Each setting comes from, lowest first: the defaults shown below, the environment's preset "
             "(its rl-zoo3 hyperparameters, or --preset NAME), a --config YAML file, then the flags given "
@@ -94,8 +100,12 @@ def _train(args: argparse.Namespace) -> int:
     curve = curve_after_training([result.run_dir], result.run_dir / "curve.png")
     print(f"done: {result.frames} frames in {result.iterations} iterations")
     if result.eval_mean is not None:
-        print(f"evaluation: mean_return={result.eval_mean:.2f} std_return={result.eval_std:.2f} episodes={trainer.config.eval_episodes}")
-    print(f"logs:       {result.run_dir / 'progress.csv'} (and {trainer.config.logger} logs in {result.run_dir / 'logs'})")
+        print(
+            f"evaluation: mean_return={result.eval_mean:.2f} std_return={result.eval_std:.2f} episodes={trainer.config.eval_episodes}"
+        )
+    print(
+        f"logs:       {result.run_dir / 'progress.csv'} (and {trainer.config.logger} logs in {result.run_dir / 'logs'})"
+    )
     print(f"checkpoint: {result.checkpoint}")
     print(f"curve:      {curve}")
     return 0
@@ -136,7 +146,17 @@ def _eval(args: argparse.Namespace) -> int:
         record_video(actor, config.env, gif, seed=args.seed, device=config.device)
         print(f"video: {gif}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"mean_return": mean, "std_return": std, "episodes": len(returns), "returns": returns, "env": config.env}))
+        print(
+            json.dumps(
+                {
+                    "mean_return": mean,
+                    "std_return": std,
+                    "episodes": len(returns),
+                    "returns": returns,
+                    "env": config.env,
+                }
+            )
+        )
     else:
         print(f"mean_return={mean:.4f} std_return={std:.4f} episodes={len(returns)}")
     return 0

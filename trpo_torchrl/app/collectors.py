@@ -9,8 +9,9 @@ out of reach, and a resumed run restarts them with the restored policy.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from tensordict import TensorDictBase

@@ -157,7 +157,7 @@ class TrainConfig:
         d["hidden_sizes"] = list(self.hidden_sizes)
         return d
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Checks ranges and choices; returns self."""
         checks = [
             ("total_frames", self.total_frames >= 1, "must be >= 1"),
@@ -181,13 +181,25 @@ class TrainConfig:
             ("critic_eps", self.critic_eps > 0, "must be > 0"),
             ("critic_epochs", self.critic_epochs >= 0, "must be >= 0"),
             ("critic_minibatch", self.critic_minibatch >= 1, "must be >= 1"),
-            ("hidden_sizes", len(self.hidden_sizes) >= 1 and all(h >= 1 for h in self.hidden_sizes), "must be positive widths"),
+            (
+                "hidden_sizes",
+                len(self.hidden_sizes) >= 1 and all(h >= 1 for h in self.hidden_sizes),
+                "must be positive widths",
+            ),
             ("activation", self.activation in ("tanh", "relu"), "must be 'tanh' or 'relu'"),
             ("eval_episodes", self.eval_episodes >= 0, "must be >= 0"),
             ("eval_every", self.eval_every >= 0, "must be >= 0"),
             ("checkpoint_every", self.checkpoint_every >= 0, "must be >= 0"),
-            ("logger", self.logger in ("csv", "tensorboard", "wandb", "none"), "must be csv, tensorboard, wandb or none"),
-            ("collector", self.collector in ("direct", "sync", "multisync", "ray"), "must be 'direct', 'sync', 'multisync' or 'ray'"),
+            (
+                "logger",
+                self.logger in ("csv", "tensorboard", "wandb", "none"),
+                "must be csv, tensorboard, wandb or none",
+            ),
+            (
+                "collector",
+                self.collector in ("direct", "sync", "multisync", "ray"),
+                "must be 'direct', 'sync', 'multisync' or 'ray'",
+            ),
             ("device", re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None, "must be 'cpu', 'cuda' or 'cuda:N'"),
         ]
         for name, ok, why in checks:
@@ -325,7 +337,9 @@ def build_config(
     preset = cli.get("preset", file_values.get("preset", config.preset))
     if base is None:
         config = apply_overrides(config, {"env": env, "preset": preset}, "arguments")
-        config = apply_overrides(config, preset_overrides(config.preset, config.env), f"preset {config.preset or config.env}")
+        config = apply_overrides(
+            config, preset_overrides(config.preset, config.env), f"preset {config.preset or config.env}"
+        )
     config = apply_overrides(config, file_values, str(config_file))
     config = apply_overrides(config, cli, "the command line")
     return config.validate()

@@ -151,7 +151,9 @@ def _torchrl_info_silenced():
         logger.setLevel(level)
 
 
-def make_env(env_id: str, num_envs: int, seed: int, *, clip_actions: bool = True, device: str = "cpu") -> TransformedEnv:
+def make_env(
+    env_id: str, num_envs: int, seed: int, *, clip_actions: bool = True, device: str = "cpu"
+) -> TransformedEnv:
     """A TorchRL env of batch size ``[num_envs]`` over a synchronous Gymnasium vector env.
 
     Adds ``episode_reward`` (the running undiscounted return, reported at episode ends). Inside each

@@ -12,7 +12,9 @@ MAX_PARALLEL = 16
 
 
 @torch.no_grad()
-def evaluate_actor(actor, env_id: str, episodes: int, *, seed: int, device="cpu", max_steps: int = 100_000) -> list[float]:
+def evaluate_actor(
+    actor, env_id: str, episodes: int, *, seed: int, device="cpu", max_steps: int = 100_000
+) -> list[float]:
     """Undiscounted returns of ``episodes`` episodes, run up to MAX_PARALLEL at a time.
 
     Each environment contributes its first episode only, so the set of episodes (and the result)
@@ -53,8 +55,8 @@ def _first_episodes(actor, env, max_steps: int) -> list[float]:
 @torch.no_grad()
 def record_video(actor, env_id: str, path, *, seed: int, device="cpu", max_steps: int = 10_000, fps: int = 30) -> float:
     """Renders one deterministic episode to ``path`` (a GIF); returns its return."""
-    import imageio.v2 as imageio
     import gymnasium as gym
+    import imageio.v2 as imageio
     from tensordict import TensorDict
 
     try:

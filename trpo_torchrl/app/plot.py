@@ -48,7 +48,9 @@ def read_curve(run: Path, column: str = "train_return") -> tuple[np.ndarray, np.
             try:
                 number, frame = float(value), float(row["frames"])
             except (TypeError, ValueError):
-                raise PlotError(f"plot: {str(path)!r} line {line}: {column}={value!r}, frames={row['frames']!r} are not numbers") from None
+                raise PlotError(
+                    f"plot: {str(path)!r} line {line}: {column}={value!r}, frames={row['frames']!r} are not numbers"
+                ) from None
             if math.isfinite(number):
                 frames.append(frame)
                 values.append(number)

@@ -103,8 +103,11 @@ class PopulationTrainer:
                     trainer.record(row, batch.numel(), dt / len(self.members), frames / dt)
                 if config.progress:
                     mean = sum(r["train_return"] for r in rows) / len(rows)
-                    print(f"iteration {self.members[0].iteration}/{total}: mean train return {mean:.1f}, "
-                          f"accepted {sum(r['step_accepted'] for r in rows):.0f}/{len(rows)}", flush=True)
+                    print(
+                        f"iteration {self.members[0].iteration}/{total}: mean train return {mean:.1f}, "
+                        f"accepted {sum(r['step_accepted'] for r in rows):.0f}/{len(rows)}",
+                        flush=True,
+                    )
         except KeyboardInterrupt:
             return [trainer.stop_interrupted() for trainer in self.members]
         return [trainer.finish() for trainer in self.members]
@@ -113,8 +116,10 @@ class PopulationTrainer:
 def train_population(config: TrainConfig) -> int:
     """The ``train --seeds M`` command: trains, plots the group, prints where everything is."""
     trainer = PopulationTrainer(config)
-    print(f"training {config.env} with {config.seeds} seeds ({config.seed}..{config.seed + config.seeds - 1}) "
-          f"for {config.frames_note()} each -> {trainer.group_dir}")
+    print(
+        f"training {config.env} with {config.seeds} seeds ({config.seed}..{config.seed + config.seeds - 1}) "
+        f"for {config.frames_note()} each -> {trainer.group_dir}"
+    )
     results = trainer.train()
     if any(r.interrupted for r in results):
         print(f"\ninterrupted: checkpoints written under {trainer.group_dir}")

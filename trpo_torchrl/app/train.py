@@ -144,8 +144,13 @@ class Trainer:
             else None
         )
         self.collection = make_collector(
-            config, make, self.env, self.actor,
-            steps_per_shard=self.steps_per_shard, rank_seed=self.rank_seed, device=self.device,
+            config,
+            make,
+            self.env,
+            self.actor,
+            steps_per_shard=self.steps_per_shard,
+            rank_seed=self.rank_seed,
+            device=self.device,
         )
         self.iteration = 0
         self.frames = 0
@@ -310,8 +315,15 @@ class Trainer:
         eval_mean = eval_std = None
         if self.ranks.is_main and self.config.eval_episodes:
             eval_mean, eval_std = self.evaluate()
-            self.progress.write({"iteration": self.iteration, "frames": self.frames, "time_s": self.elapsed,
-                                 "eval_return": eval_mean, "eval_return_std": eval_std})
+            self.progress.write(
+                {
+                    "iteration": self.iteration,
+                    "frames": self.frames,
+                    "time_s": self.elapsed,
+                    "eval_return": eval_mean,
+                    "eval_return_std": eval_std,
+                }
+            )
         return RunResult(self.run_dir, checkpoint, self.frames, self.iteration, eval_mean, eval_std)
 
     def stop_interrupted(self) -> RunResult:
@@ -320,8 +332,9 @@ class Trainer:
         if self.ranks.group is None:
             self.save("last.pt")
         self.shutdown()
-        return RunResult(self.run_dir, self.run_dir / CHECKPOINT_DIR / "last.pt", self.frames, self.iteration,
-                         None, None, True)
+        return RunResult(
+            self.run_dir, self.run_dir / CHECKPOINT_DIR / "last.pt", self.frames, self.iteration, None, None, True
+        )
 
     def train(self) -> RunResult:
         """Trains until ``total_frames``; checkpoints periodically, at the end and on Ctrl-C."""
@@ -354,7 +367,9 @@ class Trainer:
             bar.close()
             result = self.stop_interrupted()
             if self.ranks.group is None:
-                print(f"\ninterrupted: checkpoint written to {result.checkpoint} (continue with --resume {result.checkpoint})")
+                print(
+                    f"\ninterrupted: checkpoint written to {result.checkpoint} (continue with --resume {result.checkpoint})"
+                )
             elif main:
                 print(f"\ninterrupted: continue from the last periodic checkpoint in {self.run_dir / CHECKPOINT_DIR}")
             return result

@@ -59,8 +59,15 @@ class PolicyBackends:
     """
 
     def __init__(
-        self, loss_module: TRPOLoss, layout: ParameterLayout, *, fvp: str, damping: float, fvp_subsample: float,
-        generator: torch.Generator | None, fast_mlp: bool,
+        self,
+        loss_module: TRPOLoss,
+        layout: ParameterLayout,
+        *,
+        fvp: str,
+        damping: float,
+        fvp_subsample: float,
+        generator: torch.Generator | None,
+        fast_mlp: bool,
     ):
         self.functional = FunctionalBackend(
             loss_module, layout, fvp=fvp, damping=damping, fvp_subsample=fvp_subsample, generator=generator

@@ -9,7 +9,7 @@ tested single-vector products of :mod:`trpo_torchrl.fisher` apply unchanged.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -19,7 +19,9 @@ from ..loss import PolicyBatch, TRPOLoss, distribution_family, distribution_para
 __all__ = ["FunctionalBackend", "subsample"]
 
 
-def subsample(batch: PolicyBatch, fraction: float, generator: torch.Generator | None, members: int | None) -> PolicyBatch:
+def subsample(
+    batch: PolicyBatch, fraction: float, generator: torch.Generator | None, members: int | None
+) -> PolicyBatch:
     """The states the Fisher is averaged over: a random ``fraction`` of the batch (``[N]`` fields),
     or of each member's own states (``[M, N]`` fields; ``members=M``), drawn from ``generator``."""
     device = batch.advantage.device
@@ -42,7 +44,9 @@ class FunctionalBackend:
         self.fvp_subsample = fvp_subsample
         self.generator = generator
 
-    def evaluate(self, batch: PolicyBatch, theta_old: torch.Tensor, buffers: dict[str, torch.Tensor]) -> "FunctionalEvaluation":
+    def evaluate(
+        self, batch: PolicyBatch, theta_old: torch.Tensor, buffers: dict[str, torch.Tensor]
+    ) -> FunctionalEvaluation:
         return FunctionalEvaluation(self, batch, theta_old, buffers)
 
     # ---------------------------------------------------------------- per-member functions
@@ -121,7 +125,9 @@ class FunctionalBackend:
         else:
             # the Hessian of Σ_m KL_m(θ_m) is exactly diag(F_1, ..., F_M)
             product = kl_fisher_vector_product(
-                lambda flat: self.per_member(self._kl, unstack(flat), batch, buffers).sum(), flat_theta, damping=self.damping
+                lambda flat: self.per_member(self._kl, unstack(flat), batch, buffers).sum(),
+                flat_theta,
+                damping=self.damping,
             )
         if not lead:
             return product
@@ -129,7 +135,9 @@ class FunctionalBackend:
         def fvp(v: torch.Tensor) -> torch.Tensor:
             if not isinstance(v, torch.Tensor) or v.shape != theta_old.shape:
                 shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-                raise ValueError(f"{type(self).__name__}: v must be {list(theta_old.shape)} (one vector per member), got {shape}")
+                raise ValueError(
+                    f"{type(self).__name__}: v must be {list(theta_old.shape)} (one vector per member), got {shape}"
+                )
             return product(v.reshape(-1)).view(*lead, n)
 
         return fvp

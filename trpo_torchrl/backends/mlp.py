@@ -23,7 +23,7 @@ distribution keyword arguments, trainable parameters outside the MLP, forward ho
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tensordict import TensorDict
@@ -32,8 +32,8 @@ from torch import nn
 from torchrl.modules import IndependentNormal, OneHotCategorical
 
 from ..fisher import check_product_vector
-from ..modules import NotPlain, describe_mlp, has_forward_hooks, sequential_leaves
 from ..loss import PolicyBatch
+from ..modules import NotPlain, describe_mlp, has_forward_hooks, sequential_leaves
 from ..ops import tanh_ as fast_tanh_
 from ..policies import StateIndependentScale
 from .functional import subsample
@@ -69,13 +69,13 @@ class MLPPolicyPlan:
         self.out_keys = out_keys  # the distribution's arguments -> the entries that hold them
 
     @classmethod
-    def build(cls, actor, names: list[str], numels: list[int]) -> "MLPPolicyPlan | None":
+    def build(cls, actor, names: list[str], numels: list[int]) -> MLPPolicyPlan | None:
         """The plan for ``actor``, or ``None`` when it is not a plain MLP policy (see the module doc)."""
         plan = cls.describe(actor, names, numels)
         return plan if isinstance(plan, MLPPolicyPlan) else None
 
     @classmethod
-    def describe(cls, actor, names: list[str], numels: list[int]) -> "MLPPolicyPlan | NotPlain":
+    def describe(cls, actor, names: list[str], numels: list[int]) -> MLPPolicyPlan | NotPlain:
         """The plan for ``actor``, or :class:`~trpo_torchrl.modules.NotPlain` saying why there is none."""
         try:
             td_module, prob = actor.module[0], actor.module[-1]
@@ -106,7 +106,8 @@ class MLPPolicyPlan:
         if (family == "normal") != (head is not None):
             return NotPlain(
                 "a Gaussian needs a StateIndependentScale head (a state-dependent scale is not an explicit product here)"
-                if family == "normal" else "a categorical's network ends in a scale head"
+                if family == "normal"
+                else "a categorical's network ends in a scale head"
             )
         linears = description.linears
         if head is not None and tuple(head.log_std.shape) != (linears[-1].out_features,):
@@ -195,14 +196,16 @@ class MLPPolicyPlan:
         return loss.dist_terms(batch, self.distribution(entries), batch_dims=batch_dims)
 
     @torch.no_grad()
-    def candidate_terms(self, loss, batch, features: torch.Tensor, thetas: torch.Tensor, batch_dims: int) -> torch.Tensor:
+    def candidate_terms(
+        self, loss, batch, features: torch.Tensor, thetas: torch.Tensor, batch_dims: int
+    ) -> torch.Tensor:
         """``[3, ...]``: objective, surrogate and KL of the parameter vectors ``thetas`` (leading
         ``batch_dims`` dimensions, e.g. ``[K]`` candidates or ``[K, M]`` for a population)."""
         terms = self.terms(loss, batch, self.distribution_parameters(features, thetas), batch_dims)
         return torch.stack([terms.objective, terms.surrogate, terms.kl])
 
     @torch.no_grad()
-    def linearize(self, features: torch.Tensor, theta: torch.Tensor) -> "Linearization":
+    def linearize(self, features: torch.Tensor, theta: torch.Tensor) -> Linearization:
         """The forward pass at ``theta`` over ``features [N, in]``, kept for products with its Jacobian;
         or, for a population, at ``theta [M, n]`` over ``features [M, N, in]`` (member by member)."""
         return Linearization(self, features, theta)
@@ -442,7 +445,7 @@ class MLPBackend:
         self.plan = plan
         self.functional = functional  # its settings, and the products the plan has no form for
 
-    def evaluate(self, batch: PolicyBatch, theta_old: torch.Tensor, buffers: dict[str, torch.Tensor]) -> "MLPEvaluation":
+    def evaluate(self, batch: PolicyBatch, theta_old: torch.Tensor, buffers: dict[str, torch.Tensor]) -> MLPEvaluation:
         return MLPEvaluation(self, batch, theta_old, buffers)
 
     def features(self, batch: PolicyBatch, buffers: dict[str, torch.Tensor], members: bool) -> torch.Tensor:
@@ -459,7 +462,9 @@ class MLPBackend:
         rows = self.CANDIDATE_ROWS_CUDA if features.is_cuda else self.CANDIDATE_ROWS
         chunk = max(1, rows // (num_candidates * features.shape[1]))
         values = [
-            self.plan.candidate_terms(loss, PolicyBatch(*(field[part] for field in batch)), features[part], candidates[:, part], 2)
+            self.plan.candidate_terms(
+                loss, PolicyBatch(*(field[part] for field in batch)), features[part], candidates[:, part], 2
+            )
             for part in (slice(start, start + chunk) for start in range(0, members, chunk))
         ]
         return torch.cat(values, dim=-1)

@@ -8,8 +8,9 @@ captured in a CUDA graph and many systems can be solved in one batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from numbers import Real
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -43,8 +44,17 @@ def _in_slices(step, limit: int):
     def sliced(x, r, p, Ap, rdotr, iterations, converged, breakdown, tol):
         for start in range(0, x.shape[0], limit):
             rows = slice(start, start + limit)
-            step(x[rows], r[rows], p[rows], Ap[rows].contiguous(), rdotr[rows], iterations[rows],
-                 converged[rows], breakdown[rows], tol)
+            step(
+                x[rows],
+                r[rows],
+                p[rows],
+                Ap[rows].contiguous(),
+                rdotr[rows],
+                iterations[rows],
+                converged[rows],
+                breakdown[rows],
+                tol,
+            )
 
     return sliced
 

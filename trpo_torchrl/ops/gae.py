@@ -45,9 +45,7 @@ def _check_and_normalize(gamma, lmbda, state_value, next_state_value, reward, do
                 f"generalized_advantage_estimate: {name} has dtype {t.dtype} but state_value has dtype {dtype}"
             )
         if t.device != device:
-            raise ValueError(
-                f"generalized_advantage_estimate: {name} is on {t.device} but state_value is on {device}"
-            )
+            raise ValueError(f"generalized_advantage_estimate: {name} is on {t.device} but state_value is on {device}")
     if terminated is None:
         terminated = done
     flags = {}
@@ -80,7 +78,9 @@ def _check_and_normalize(gamma, lmbda, state_value, next_state_value, reward, do
             if c.is_complex():
                 raise ValueError(f"generalized_advantage_estimate: {name} must be real, got dtype {c.dtype}")
             if c.numel() != 1 and c.device != device:
-                raise ValueError(f"generalized_advantage_estimate: {name} is on {c.device} but state_value is on {device}")
+                raise ValueError(
+                    f"generalized_advantage_estimate: {name} is on {c.device} but state_value is on {device}"
+                )
             try:
                 c = torch.broadcast_to(c.to(device=device, dtype=dtype), shape)
             except RuntimeError:
@@ -93,7 +93,9 @@ def _check_and_normalize(gamma, lmbda, state_value, next_state_value, reward, do
                 raise ValueError(f"generalized_advantage_estimate: {name} must be in [0, 1], got {c!r}")
             c = torch.full((), float(c), dtype=dtype, device=device).expand(shape)
         else:
-            raise TypeError(f"generalized_advantage_estimate: {name} must be a float or a tensor, got {type(c).__name__}")
+            raise TypeError(
+                f"generalized_advantage_estimate: {name} must be a float or a tensor, got {type(c).__name__}"
+            )
         coeffs.append(c)
     return coeffs[0], coeffs[1], flags["done"], flags["terminated"], time_dim % ndim
 

@@ -61,13 +61,29 @@ def mlp_fit_adam(
     if not (isinstance(step, int) and step >= 0):
         raise ValueError(f"mlp_fit_adam: step must be an int >= 0, got {step!r}")
     # torch.optim.Adam's own ranges, finite besides
-    for name, value, low, high in (("lr", lr, 0.0, math.inf), ("eps", eps, 0.0, math.inf),
-                                   ("betas[0]", betas[0], 0.0, 1.0), ("betas[1]", betas[1], 0.0, 1.0)):
+    for name, value, low, high in (
+        ("lr", lr, 0.0, math.inf),
+        ("eps", eps, 0.0, math.inf),
+        ("betas[0]", betas[0], 0.0, 1.0),
+        ("betas[1]", betas[1], 0.0, 1.0),
+    ):
         if not (isinstance(value, Real) and math.isfinite(value) and low <= value < high):
             raise ValueError(f"mlp_fit_adam: {name} must be a finite number in [{low}, {high}), got {value!r}")
     args = (
-        list(params), list(exp_avgs), list(exp_avg_sqs), inputs, targets, order, minibatch_size, activation,
-        float(coeff), float(lr), float(betas[0]), float(betas[1]), float(eps), step,
+        list(params),
+        list(exp_avgs),
+        list(exp_avg_sqs),
+        inputs,
+        targets,
+        order,
+        minibatch_size,
+        activation,
+        float(coeff),
+        float(lr),
+        float(betas[0]),
+        float(betas[1]),
+        float(eps),
+        step,
     )
     op = compiled_op("mlp_fit_adam", inputs.device, "mlp_fit_adam")
     if op is not None:
@@ -87,7 +103,9 @@ def _check_reference_args(params, exp_avgs, exp_avg_sqs, inputs, targets, order)
     if len(params) == 0 or len(params) % 2 or len(exp_avgs) != len(params) or len(exp_avg_sqs) != len(params):
         raise ValueError("mlp_fit_adam: params must be [weight_0, bias_0, ...] with one Adam moment each")
     if inputs.dim() != 2 or targets.shape != inputs.shape[:1]:
-        raise ValueError(f"mlp_fit_adam: inputs must be [N, features] and targets [N], got {tuple(inputs.shape)}, {tuple(targets.shape)}")
+        raise ValueError(
+            f"mlp_fit_adam: inputs must be [N, features] and targets [N], got {tuple(inputs.shape)}, {tuple(targets.shape)}"
+        )
     if order.dim() != 2 or order.shape[1] != inputs.shape[0] or order.dtype != torch.int64:
         raise ValueError(f"mlp_fit_adam: order must be int64 [epochs, N], got {order.dtype} {tuple(order.shape)}")
     if params[-2].shape[0] != 1:
@@ -100,8 +118,22 @@ def _check_reference_args(params, exp_avgs, exp_avg_sqs, inputs, targets, order)
 
 
 @register_fake("mlp_fit_adam")
-def _mlp_fit_adam_fake(params, exp_avgs, exp_avg_sqs, inputs, targets, order, minibatch_size, activation,
-                       coeff, lr, beta1, beta2, eps, step):
+def _mlp_fit_adam_fake(
+    params,
+    exp_avgs,
+    exp_avg_sqs,
+    inputs,
+    targets,
+    order,
+    minibatch_size,
+    activation,
+    coeff,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    step,
+):
     if minibatch_size < 1:
         raise ValueError(f"mlp_fit_adam: minibatch_size must be >= 1, got {minibatch_size}")
     per_epoch = -(-inputs.shape[0] // minibatch_size)
