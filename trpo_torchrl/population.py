@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-from .backends import ParameterLayout, PolicyBackends
+from .backends import PolicyBackends
 from .distributed import global_mean_std, resolve_process_group
 from .engine import TrustRegionSettings, trust_region_step
 from .loss import PolicyBatch, TRPOLoss
@@ -152,16 +152,8 @@ class PopulationTrustRegionUpdate:
         self.num_members = num_members
         self.max_kl = radii
         self.process_group = resolve_process_group(process_group)
-        self.layout = ParameterLayout(loss_module.actor_network)
-        self.backends = PolicyBackends(
-            loss_module,
-            self.layout,
-            fvp=fvp,
-            damping=self.settings.damping,
-            fvp_subsample=self.settings.fvp_subsample,
-            generator=generator,
-            fast_mlp=fast_mlp,
-        )
+        self.backends = PolicyBackends(loss_module, self.settings, generator=self.generator, fast_mlp=fast_mlp)
+        self.layout = self.backends.layout
         self._leaves = []
         for name, shape in zip(self.layout.names, self.layout.shapes):
             leaf = params.get(tuple(name.split(".")), None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDictBase
 
-from .backends import MLPPolicyPlan, ParameterLayout, PolicyBackends
+from .backends import MLPPolicyPlan, PolicyBackends
 from .distributed import resolve_process_group
 from .engine import TrustRegionSettings, step_metrics, trust_region_step
 from .loss import PolicyBatch, TRPOLoss, _trainable_parameters
@@ -108,18 +108,8 @@ class TrustRegionUpdate:
         )
         self.generator = check_generator("TrustRegionUpdate", "generator", generator)
         self.process_group = resolve_process_group(process_group)
-        # the layout of θ is fixed here; the Parameter objects themselves are looked up at each call
-        # (they are the actor's own, shared with the collector's policy, wherever they have moved)
-        self.layout = ParameterLayout(loss_module.actor_network)
-        self.backends = PolicyBackends(
-            loss_module,
-            self.layout,
-            fvp=fvp,
-            damping=self.settings.damping,
-            fvp_subsample=self.settings.fvp_subsample,
-            generator=generator,
-            fast_mlp=fast_mlp,
-        )
+        self.backends = PolicyBackends(loss_module, self.settings, generator=self.generator, fast_mlp=fast_mlp)
+        self.layout = self.backends.layout
 
     @property
     def _params(self) -> list[torch.nn.Parameter]:

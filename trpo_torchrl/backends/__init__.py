@@ -52,29 +52,20 @@ class PolicyBackends:
     """The backends of one actor: the explicit-MLP one when it applies to a batch, else ``torch.func``.
 
     Args:
-        loss_module: the loss whose actor is evaluated.
-        layout: θ's layout over the actor's trainable parameters.
-        fvp, damping, fvp_subsample, generator: as for :class:`~trpo_torchrl.TrustRegionUpdate`.
-        fast_mlp: look for a plain MLP policy at all.
+        loss_module: the loss whose actor is evaluated; θ's layout (:attr:`layout`) is over its
+            trainable parameters.
+        settings (TrustRegionSettings): the step's settings (the FVP form, damping, subsample).
+        generator, fast_mlp: as for :class:`~trpo_torchrl.TrustRegionUpdate`.
     """
 
-    def __init__(
-        self,
-        loss_module: TRPOLoss,
-        layout: ParameterLayout,
-        *,
-        fvp: str,
-        damping: float,
-        fvp_subsample: float,
-        generator: torch.Generator | None,
-        fast_mlp: bool,
-    ):
-        self.functional = FunctionalBackend(
-            loss_module, layout, fvp=fvp, damping=damping, fvp_subsample=fvp_subsample, generator=generator
-        )
+    def __init__(self, loss_module: TRPOLoss, settings, *, generator: torch.Generator | None, fast_mlp: bool):
+        # the layout of θ is fixed here; the Parameter objects themselves are looked up at each call
+        # (they are the actor's own, shared with the collector's policy, wherever they have moved)
+        self.layout = ParameterLayout(loss_module.actor_network)
+        self.functional = FunctionalBackend(loss_module, self.layout, settings, generator)
         self.mlp = None
         if fast_mlp:
-            plan = MLPPolicyPlan.describe(loss_module.actor_network, layout.names, layout.numels)
+            plan = MLPPolicyPlan.describe(loss_module.actor_network, self.layout.names, self.layout.numels)
             if plan:
                 self.mlp = MLPBackend(plan, self.functional)
             else:

@@ -36,12 +36,10 @@ def subsample(
 class FunctionalBackend:
     """Evaluates the actor of ``loss_module`` through ``torch.func``; see the module doc."""
 
-    def __init__(self, loss_module: TRPOLoss, layout, *, fvp: str, damping: float, fvp_subsample: float, generator):
+    def __init__(self, loss_module: TRPOLoss, layout, settings, generator: torch.Generator | None):
         self.loss_module = loss_module
         self.layout = layout
-        self.fvp = fvp
-        self.damping = damping
-        self.fvp_subsample = fvp_subsample
+        self.fvp, self.damping, self.fvp_subsample = settings.fvp, settings.damping, settings.fvp_subsample
         self.generator = generator
 
     def evaluate(
