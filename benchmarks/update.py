@@ -17,10 +17,25 @@ collection, so every repetition is the same first iteration (a peer whose line s
 batch would backtrack more, which is not what we want to time). Warm-up repetitions are excluded.
 The peer is skipped when sb3_contrib is not importable (e.g. on the GPU machine).
 
+``--modules`` adds the same networks built from TorchRL's standard modules, as a TorchRL user writes
+them, with the loss, update and critic fit built on them by hand with the preset's settings:
+
+  * torchrl:     a ``ValueOperator(MLP)`` critic and ``MLP`` + ``AddStateIndependentNormalScale`` actor
+                 (a state-independent scale, like ours), against ours;
+  * torchrl-nsd: the actor's scale from the network through ``NormalParamExtractor`` (state-dependent),
+                 against the same network built with our factory (``gaussian_actor(...,
+                 state_dependent_scale=True)``, row ``ours-nsd``).
+
+They start from our networks' weights (the scale rows of a state-dependent head at zero, a scale of 1,
+as ours starts) and time the iteration on the same batch, its observations normalised as our networks'
+first module does and its log-probabilities those of each side's own actor.
+
     python benchmarks/update.py                       # 15 interleaved repetitions, CPU
     python benchmarks/update.py --quick               # 3 repetitions
     python benchmarks/update.py --device cuda         # ours on the GPU (the peer stays on CPU)
     python benchmarks/update.py --out bench_out/update.json
+    python benchmarks/update.py --modules torchrl      # + TorchRL's modules (state-independent scale)
+    python benchmarks/update.py --modules all          # ours, torchrl, ours-nsd, torchrl-nsd, sb3-contrib
 """
 
 from __future__ import annotations
@@ -80,7 +95,156 @@ class Ours:
             "total_s": gae.seconds + actor.seconds + critic.seconds,
             "accepted": bool(metrics["step_accepted"]),
             "backtracks": int(metrics["backtrack_steps"]),
+            "kl": float(metrics["kl"]),
         }
+
+
+class Built:
+    """One iteration of TRPO built by hand, as a user of the library would, on ``actor`` and
+    ``critic`` with ``config``'s settings, on a copy of ``batch`` whose observations ``normalize``
+    maps as our networks' first module does."""
+
+    def __init__(self, config, batch, normalize, actor, critic, device):
+        from trpo_torchrl import CriticFit, TRPOLoss, TrustRegionUpdate
+
+        self.cuda = device.type == "cuda"
+        self.actor, self.critic = actor.to(device), critic.to(device)
+        self.loss = TRPOLoss(
+            actor,
+            critic,
+            entropy_coeff=config.entropy_coeff,
+            normalize_advantage=config.normalize_advantage,
+            kl_reduction=config.kl_reduction,
+        ).make_value_estimator(gamma=config.gamma, lmbda=config.gae_lambda)
+        seed = config.seed
+        self.actor_step = TrustRegionUpdate(
+            self.loss,
+            **config.trust_region_kwargs(),
+            generator=torch.Generator(device=device).manual_seed(seed + 1),
+        )
+        self.critic_fit = CriticFit(
+            self.loss,
+            lr=config.critic_lr,
+            eps=config.critic_eps,
+            epochs=config.critic_epochs,
+            minibatch_size=config.critic_minibatch,
+            generator=torch.Generator().manual_seed(seed + 2),
+        )
+        batch = batch.clone()
+        with torch.no_grad():
+            for key in ("observation", ("next", "observation")):
+                batch[key] = normalize(batch[key])
+            # π_old as this side's actor gives it (the same policy as ours, up to rounding)
+            dist = actor.get_dist(batch)
+            batch[self.loss.tensor_keys.sample_log_prob] = dist.log_prob(batch["action"])
+        self.batch = batch
+        self.state = copy.deepcopy(
+            {
+                "actor": actor.state_dict(),
+                "critic": critic.state_dict(),
+                "optim": self.critic_fit.optimizer.state_dict(),
+            }
+        )
+
+    def reset(self):
+        self.actor.load_state_dict(self.state["actor"])
+        self.critic.load_state_dict(self.state["critic"])
+        self.critic_fit.optimizer.load_state_dict(copy.deepcopy(self.state["optim"]))
+        return self.batch.clone()
+
+    def run(self) -> dict[str, float]:
+        batch = self.reset()
+        gae, actor, critic = Stopwatch(self.cuda), Stopwatch(self.cuda), Stopwatch(self.cuda)
+        with gae, torch.no_grad():
+            self.loss.value_estimator(batch)
+        with actor:
+            metrics = self.actor_step(batch)
+        with critic:
+            self.critic_fit(batch)
+        return {
+            "gae_s": gae.seconds,
+            "actor_s": actor.seconds,
+            "critic_s": critic.seconds,
+            "total_s": gae.seconds + actor.seconds + critic.seconds,
+            "accepted": bool(metrics["step_accepted"]),
+            "backtracks": int(metrics["backtrack_steps"]),
+            "kl": float(metrics["kl"]),
+        }
+
+
+def linears(module: torch.nn.Module) -> list[torch.nn.Linear]:
+    return [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+
+
+@torch.no_grad()
+def copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """``target``'s Linear layers take ``source``'s, in order; a wider last layer (a state-dependent
+    head: loc rows, then scale rows) keeps zeros in its extra rows."""
+    src, dst = linears(source), linears(target)
+    assert len(src) == len(dst), (source, target)
+    for a, b in zip(src, dst):
+        b.weight.zero_()
+        b.bias.zero_()
+        b.weight[: a.out_features].copy_(a.weight)
+        b.bias[: a.out_features].copy_(a.bias)
+
+
+def module_sides(ours: Ours, kinds: list[str]) -> dict[str, Built]:
+    """The sides built from TorchRL's modules (and ``ours-nsd`` from our factory) on ours' batch."""
+    from tensordict.nn import AddStateIndependentNormalScale, NormalParamExtractor, TensorDictModule
+    from torchrl.envs import ExplorationType
+    from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor, ValueOperator
+
+    from trpo_torchrl import gaussian_actor
+    from trpo_torchrl.app.models import mlp
+    from trpo_torchrl.policies import StateIndependentScale
+
+    t, config = ours.trainer, ours.trainer.config
+    obs_dim = ours.batch["observation"].shape[-1]
+    action_dim = ours.batch["action"].shape[-1]
+    hidden = list(config.hidden_sizes)
+    activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[config.activation]
+    (log_std,) = [m.log_std for m in t.actor.modules() if isinstance(m, StateIndependentScale)]
+
+    def torchrl_mlp(out: int) -> torch.nn.Module:
+        return MLP(in_features=obs_dim, out_features=out, num_cells=hidden, activation_class=activation)
+
+    def torchrl_actor(net: torch.nn.Module) -> ProbabilisticActor:
+        return ProbabilisticActor(
+            TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"]),
+            in_keys=["loc", "scale"],
+            distribution_class=IndependentNormal,
+            return_log_prob=True,
+            default_interaction_type=ExplorationType.RANDOM,
+        )
+
+    def critic(kind: str) -> torch.nn.Module:
+        if kind.startswith("torchrl"):
+            net = torchrl_mlp(1)
+            copy_weights(t.critic, net)
+            return ValueOperator(net, in_keys=["observation"])
+        net = mlp(obs_dim, 1, tuple(hidden), config.activation, out_gain=1.0)
+        copy_weights(t.critic, net)
+        return TensorDictModule(net, in_keys=["observation"], out_keys=["state_value"])
+
+    def actor(kind: str) -> torch.nn.Module:
+        if kind == "torchrl":
+            net = torchrl_mlp(action_dim)
+            copy_weights(t.actor, net)
+            scale = AddStateIndependentNormalScale(action_dim, scale_mapping="exp")
+            with torch.no_grad():
+                scale.state_independent_scale.copy_(log_std)  # exp mapping: the same log-std
+            return torchrl_actor(torch.nn.Sequential(net, scale))
+        if kind == "torchrl-nsd":
+            net = torchrl_mlp(2 * action_dim)
+            copy_weights(t.actor, net)
+            return torchrl_actor(torch.nn.Sequential(net, NormalParamExtractor()))
+        # ours-nsd: the same state-dependent network from our factory
+        net = mlp(obs_dim, 2 * action_dim, tuple(hidden), config.activation, out_gain=0.01)
+        copy_weights(t.actor, net)
+        return gaussian_actor(net, action_dim, state_dependent_scale=True)
+
+    return {kind: Built(config, ours.batch, t.normalizer, actor(kind), critic(kind), t.device) for kind in kinds}
 
 
 class Peer:
@@ -132,6 +296,13 @@ class Peer:
         }
 
 
+def print_row(name: str, med: dict[str, float], note: str = "") -> None:
+    print(
+        f"{name:12} {med['gae_s'] * 1e3:>8.2f} {med['actor_s'] * 1e3:>9.1f} "
+        f"{med['critic_s'] * 1e3:>10.1f} {med['total_s'] * 1e3:>9.1f}{note}"
+    )
+
+
 def summarize(rows: list[dict], keys: list[str]) -> dict[str, float]:
     return {k: median([r[k] for r in rows]) for k in keys}
 
@@ -143,7 +314,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="3 repetitions")
     ap.add_argument("--tiny", action="store_true", help="tiny sizes (2 x 64 steps, 2 critic epochs): smoke test only")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where our update runs")
-    ap.add_argument("--no-peer", action="store_true", help="time ours only")
+    ap.add_argument("--no-peer", action="store_true", help="leave sb3-contrib out")
+    ap.add_argument(
+        "--modules",
+        default="ours",
+        choices=["ours", "torchrl", "torchrl-nsd", "all"],
+        help="networks: ours (our factories, the app's), torchrl (+ TorchRL's ValueOperator(MLP) and MLP + "
+        "AddStateIndependentNormalScale), torchrl-nsd (+ MLP + NormalParamExtractor, and ours-nsd: the same "
+        "network from our factory), all",
+    )
     ap.add_argument(
         "--threads",
         type=int,
@@ -168,13 +347,24 @@ def main(argv=None) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         ours = Ours(config, Path(tmp))
+        kinds = {
+            "ours": [],
+            "torchrl": ["torchrl"],
+            "torchrl-nsd": ["ours-nsd", "torchrl-nsd"],
+            "all": ["torchrl", "ours-nsd", "torchrl-nsd"],
+        }[args.modules]
+        sides = module_sides(ours, kinds)
         peer = Peer(config) if with_peer else None
         ours_rows, peer_rows = [], []
+        side_rows = {kind: [] for kind in sides}
         for i in range(warmup + reps):
             o = ours.run()
+            s = {kind: side.run() for kind, side in sides.items()}
             p = peer.run() if peer else None
             if i >= warmup:
                 ours_rows.append(o)
+                for kind, row in s.items():
+                    side_rows[kind].append(row)
                 if p:
                     peer_rows.append(p)
 
@@ -193,11 +383,16 @@ def main(argv=None) -> dict:
         f"cg {config.cg_iters}, damping {config.damping}, critic {config.critic_epochs} x {config.critic_minibatch}, "
         f"max_kl {config.max_kl}; median of {reps} (ours on {args.device})"
     )
-    print(f"{'':10} {'GAE ms':>8} {'actor ms':>9} {'critic ms':>10} {'total ms':>9}")
-    print(
-        f"{'ours':10} {ours_med['gae_s'] * 1e3:>8.2f} {ours_med['actor_s'] * 1e3:>9.1f} "
-        f"{ours_med['critic_s'] * 1e3:>10.1f} {ours_med['total_s'] * 1e3:>9.1f}"
-    )
+    print(f"{'':12} {'GAE ms':>8} {'actor ms':>9} {'critic ms':>10} {'total ms':>9}")
+    print_row("ours", ours_med)
+    # TorchRL's modules against the same network from our factories, paired per repetition
+    baseline = {"torchrl": ours_rows, "ours-nsd": ours_rows, "torchrl-nsd": side_rows.get("ours-nsd")}
+    for kind, rows in side_rows.items():
+        med = summarize(rows, ["gae_s", "actor_s", "critic_s", "total_s"])
+        against = "ours" if baseline[kind] is ours_rows else "ours-nsd"
+        ratios = [r["total_s"] / b["total_s"] for r, b in zip(rows, baseline[kind])]
+        result[kind] = {**med, "rows": rows, "vs": against, "ratio_median": median(ratios)}
+        print_row(kind, med, f"  {median(ratios):.2f}x {against} (median of paired ratios)")
     if peer_rows:
         peer_med = summarize(peer_rows, ["gae_s", "actor_s", "critic_s", "train_s", "total_s"])
         # per-repetition ratios: both sides of a pair ran back to back under the same load
@@ -208,12 +403,9 @@ def main(argv=None) -> dict:
             speedup_median=median(ratios),
             speedup_of_medians=peer_med["total_s"] / ours_med["total_s"],
         )
+        print_row("sb3-contrib", peer_med)
         print(
-            f"{'sb3-contrib':10} {peer_med['gae_s'] * 1e3:>8.2f} {peer_med['actor_s'] * 1e3:>9.1f} "
-            f"{peer_med['critic_s'] * 1e3:>10.1f} {peer_med['total_s'] * 1e3:>9.1f}"
-        )
-        print(
-            f"{'ratio':10} {peer_med['gae_s'] / ours_med['gae_s']:>8.2f} {peer_med['actor_s'] / ours_med['actor_s']:>9.2f} "
+            f"{'sb3 / ours':12} {peer_med['gae_s'] / ours_med['gae_s']:>8.2f} {peer_med['actor_s'] / ours_med['actor_s']:>9.2f} "
             f"{peer_med['critic_s'] / ours_med['critic_s']:>10.2f} {peer_med['total_s'] / ours_med['total_s']:>9.2f}"
         )
         print(

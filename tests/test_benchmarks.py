@@ -39,6 +39,23 @@ def test_update_benchmark_tiny(tmp_path):
         assert saved["speedup_of_medians"] > 0
 
 
+def test_update_benchmark_tiny_with_torchrl_modules(tmp_path):
+    pytest.importorskip("mujoco")
+    out = tmp_path / "update.json"
+    result = load("update").main(["--tiny", "--threads", "1", "--modules", "all", "--no-peer", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    for kind, against in [("torchrl", "ours"), ("ours-nsd", "ours"), ("torchrl-nsd", "ours-nsd")]:
+        assert saved[kind]["total_s"] > 0 and saved[kind]["vs"] == against and saved[kind]["ratio_median"] > 0
+    # like for like: TorchRL's modules hold the same networks and take the same step as our factories'
+    ours_step = result["ours_rows"][0]
+    for kind, same_as in [("torchrl", ours_step), ("torchrl-nsd", result["ours-nsd"]["rows"][0])]:
+        step = result[kind]["rows"][0]
+        assert step["accepted"] == same_as["accepted"] and step["backtracks"] == same_as["backtracks"]
+        assert step["kl"] == pytest.approx(same_as["kl"], rel=1e-4)
+    only = load("update").main(["--tiny", "--threads", "1", "--modules", "torchrl", "--no-peer"])
+    assert "torchrl" in only and "torchrl-nsd" not in only and "ours-nsd" not in only
+
+
 def test_critic_fit_benchmark_quick(tmp_path):
     from trpo_torchrl.ops import extension_loaded
 
