@@ -154,3 +154,53 @@ def test_a_hook_on_the_critic_module_is_not_skipped():
         finals.append([p.detach().clone() for p in critic.parameters()])
     for a, b in zip(*finals):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def _value_operator_mlp(dtype=torch.float64):
+    from torchrl.modules import MLP, ValueOperator
+
+    torch.manual_seed(0)
+    return ValueOperator(MLP(in_features=3, out_features=1, num_cells=[16, 16])).to(dtype)
+
+
+def test_a_value_operator_mlp_takes_the_fused_path_and_equals_the_eager_fit():
+    # TorchRL's ValueOperator adds only default keys to TensorDictModule and MLP's default layers
+    # are Linear/Tanh: the fused op and the tensor path apply, and give the eager loop's numbers
+    actor = make_actor("gaussian", dtype=torch.float64)
+    td = collect(actor, num_states=200, dtype=torch.float64)
+    results = []
+    for fused in (True, False):
+        critic = _value_operator_mlp()
+        fit = CriticFit(
+            TRPOLoss(actor, critic),
+            lr=1e-2,
+            epochs=3,
+            minibatch_size=64,
+            generator=torch.Generator().manual_seed(1),
+            fused=fused,
+        )
+        if not fused:
+            assert fit._tensor_minibatch_loss(td.reshape(-1)) is not None
+            fit._tensor_minibatch_loss = lambda data: None  # the TensorDict loop: the reference
+        metrics = fit(td)
+        results.append(([p.detach().clone() for p in critic.parameters()], metrics["loss_critic"]))
+    (fused_params, fused_loss), (eager_params, eager_loss) = results
+    for a, b in zip(fused_params, eager_params):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fused_loss, eager_loss, rtol=1e-10, atol=1e-12)
+
+
+def test_a_value_operator_subclass_with_its_own_call_is_fitted_as_itself():
+    from torchrl.modules import MLP, ValueOperator
+
+    class Halved(ValueOperator):
+        def _call_module(self, tensors, **kwargs):
+            return super()._call_module(tensors, **kwargs) / 2
+
+    actor = make_actor("gaussian", dtype=torch.float64)
+    td = collect(actor, num_states=64, dtype=torch.float64)
+    critic = Halved(MLP(in_features=3, out_features=1, num_cells=[8])).double()
+    fit = CriticFit(TRPOLoss(actor, critic))
+    assert fit._tensor_minibatch_loss(td) is None
+    with pytest.raises(ValueError, match="Halved overrides _call_module"):
+        CriticFit(TRPOLoss(actor, critic), fused=True)(td)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import TensorDictModule
 from torchrl.objectives.utils import distance_loss
 
 from .distributed import all_reduce_mean, resolve_process_group
 from .loss import TRPOLoss
-from .modules import describe_mlp, has_forward_hooks
+from .modules import describe_mlp, has_forward_hooks, plain_tensordict_module
 from .ops import mlp_fit_adam
 from .validation import check_choice, check_count, check_generator, check_number
 
@@ -104,7 +103,7 @@ class CriticFit:
         """
         loss = self.loss_module
         net = loss.critic_network
-        if type(net) is not TensorDictModule or list(net.out_keys) != [loss.tensor_keys.value]:
+        if not plain_tensordict_module(net) or list(net.out_keys) != [loss.tensor_keys.value]:
             return None
         if has_forward_hooks(net):  # hooks on the TensorDictModule would be skipped
             return None
@@ -212,8 +211,14 @@ class _FusedPlan:
             return "it does not average gradients over a process group or clip them"
         if loss.loss_critic_type != "l2":
             return f"it fits the l2 loss, not {loss.loss_critic_type!r}"
-        if type(net) is not TensorDictModule or list(net.out_keys) != [loss.tensor_keys.value] or len(net.in_keys) != 1:
-            return "the critic must be a TensorDictModule with one input and the value as its output"
+        plain = plain_tensordict_module(net)
+        if not plain:
+            return f"the critic must run TensorDictModule's own forward: {plain.reason}"
+        if list(net.out_keys) != [loss.tensor_keys.value] or len(net.in_keys) != 1:
+            return (
+                f"the critic must read one input and write the value {loss.tensor_keys.value!r}; "
+                f"it reads {list(net.in_keys)} and writes {list(net.out_keys)}"
+            )
         if has_forward_hooks(net):
             return "the critic has forward hooks, which the fused op would skip"
         mlp = describe_mlp(net.module)
