@@ -22,6 +22,10 @@ class CriticFit:
     estimator wrote. The Adam state lives in this object, so it carries over from one iteration to
     the next like in any training loop.
 
+    A padded batch (TorchRL's ``split_trajs=True``) is fitted on its valid steps only: when the batch
+    holds the mask ``("collector", "mask")`` (or the loss's ``mask`` key), the fit is the fit on the
+    states it marks, in order, without the padding.
+
     Args:
         loss_module (TRPOLoss): its ``critic_loss`` is minimised (``critic_coeff`` scales it).
 
@@ -142,12 +146,46 @@ class CriticFit:
                 last_epoch.append(loss.detach())
         return torch.stack(last_epoch)
 
+    def _valid_states(self, data: TensorDictBase) -> TensorDictBase:
+        """The flattened batch without its padding: the states its mask marks valid, in order.
+
+        Selecting them once, before the epochs, makes the fit exactly the fit on the valid states
+        alone (the same permutations, minibatches and Adam steps); padding never reaches a mean.
+        """
+        key = _mask_key(self.loss_module)
+        mask = data.get(key, None)
+        if mask is None:
+            return data
+        if mask.dtype != torch.bool:
+            raise TypeError(
+                f"CriticFit: the mask {key!r} must be a boolean tensor (True on valid steps), got {mask.dtype}"
+            )
+        if mask.numel() != data.numel():
+            raise ValueError(
+                f"CriticFit: the mask {key!r} has shape {tuple(mask.shape)}, expected one value per state "
+                f"of the batch ({data.numel()} states)"
+            )
+        mask = mask.reshape(-1)
+        if self.process_group is not None:
+            # ranks with different numbers of valid steps would run different numbers of Adam
+            # steps and wait for each other in a collective: every rank learns whether any has padding
+            padded = all_reduce_mean((~mask.all()).to(torch.float32).reshape(1), self.process_group)[0] > 0
+            if padded:
+                raise ValueError(
+                    f"CriticFit: with a process_group every rank needs the same number of valid steps; the "
+                    f"batch is padded (mask {key!r}); collect without split_trajs=True for a data-parallel fit"
+                )
+            return data
+        if not mask.any():
+            raise ValueError(f"CriticFit: the mask {key!r} marks no valid step in the batch")
+        return data[mask]
+
     def __call__(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Runs the fit; returns the mean critic loss of the last epoch and the explained variance after."""
         key = self.loss_module.tensor_keys.value_target
         if tensordict.get(key, None) is None:
             raise KeyError(f"CriticFit: the batch has no value target {key!r}; run loss.value_estimator(batch) first")
-        data = tensordict.reshape(-1)
+        data = self._valid_states(tensordict.reshape(-1))
         num_states = data.numel()
         target = data.get(key)
         if not target.is_floating_point():
@@ -174,6 +212,12 @@ class CriticFit:
             {"loss_critic": last_epoch.mean(), "explained_variance": explained},
             batch_size=[],
         )
+
+
+def _mask_key(loss: TRPOLoss):
+    """The batch entry marking valid (unpadded) steps: the loss's ``mask`` key when it has one,
+    else TorchRL's ``split_trajs`` mask."""
+    return getattr(loss.tensor_keys, "mask", ("collector", "mask"))
 
 
 class _TensorMinibatchLoss:
