@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives.utils import distance_loss
@@ -21,6 +24,12 @@ class CriticFit:
     TRPO constrains only the actor; the critic is plain regression on the λ-returns the value
     estimator wrote. The Adam state lives in this object, so it carries over from one iteration to
     the next like in any training loop.
+
+    Only the critic's own parameters are fitted. Parameters the actor also uses (a shared torso, as
+    in TorchRL's ``ActorValueOperator``) belong to the trust-region step: moving them here would move
+    the policy outside its trust region unchecked. They are left out of Adam (and get no gradient
+    during the fit), with one ``UserWarning`` at construction naming them; a critic whose trainable
+    parameters are all the actor's is refused with a ``ValueError``.
 
     A padded batch (TorchRL's ``split_trajs=True``) is fitted on its valid steps only: when the batch
     holds the mask ``("collector", "mask")`` (or the loss's ``mask`` key), the fit is the fit on the
@@ -84,7 +93,7 @@ class CriticFit:
         self.generator = check_generator(where, "generator", generator)
         self.fused = check_choice(where, "fused", fused, (None, True, False))
         self.process_group = resolve_process_group(process_group)
-        self.parameters = [p for p in loss_module.critic_network.parameters() if p.requires_grad]
+        self.parameters, self.shared_parameters = _own_and_shared_parameters(loss_module)
         self.optimizer = torch.optim.Adam(self.parameters, lr=lr, eps=eps)
 
     def _average_gradients(self) -> None:
@@ -202,7 +211,8 @@ class CriticFit:
             if self.fused:
                 raise ValueError(f"CriticFit(fused=True): the fused fit does not apply here: {plan}")
             plan = None
-        last_epoch = self._fit_eager(data) if plan is None else self._fit_fused(plan, num_states)
+        with _frozen(self.shared_parameters):
+            last_epoch = self._fit_eager(data) if plan is None else self._fit_fused(plan, num_states)
         with torch.no_grad():
             target = data.get(key).reshape(num_states)
             value = self.loss_module.critic_network(data.select(*self.loss_module.critic_network.in_keys).copy())
@@ -212,6 +222,62 @@ class CriticFit:
             {"loss_critic": last_epoch.mean(), "explained_variance": explained},
             batch_size=[],
         )
+
+
+def _storage(p: torch.Tensor):
+    """Where a tensor's memory lives (for parameters tied through views), or None when it has none."""
+    storage = p.untyped_storage()
+    return (p.device, storage.data_ptr()) if storage.nbytes() and p.device.type != "meta" else None
+
+
+def _own_and_shared_parameters(loss: TRPOLoss) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """The critic's trainable parameters, split into its own and those the actor also uses.
+
+    The actor's parameters belong to the trust-region step: a critic fit that moved them (a shared
+    torso, as in TorchRL's ``ActorValueOperator``) would move the policy outside its trust region
+    with no check. They are left out of the fit, said once here; a critic with nothing of its own
+    to fit is refused.
+    """
+    actor = list(loss.actor_network.parameters())
+    actor_ids = {id(p) for p in actor}
+    actor_storage = {_storage(p) for p in actor} - {None}
+    own, shared, shared_names = [], [], []
+    for name, p in loss.critic_network.named_parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) in actor_ids or _storage(p) in actor_storage:
+            shared.append(p)
+            shared_names.append(name)
+        else:
+            own.append(p)
+    names = ", ".join(shared_names)
+    if shared and not own:
+        raise ValueError(
+            f"CriticFit: every trainable parameter of the critic ({names}) is the actor's, which only the "
+            "trust-region step may move; give the critic a head of its own (e.g. ActorValueOperator's "
+            "value head) or freeze the shared ones"
+        )
+    if shared:
+        warnings.warn(
+            f"CriticFit: the critic shares {len(shared)} parameters with the actor ({names}); the critic fit "
+            "leaves them to the actor's trust-region step and fits only the critic's own parameters",
+            UserWarning,
+            stacklevel=3,
+        )
+    return own, shared
+
+
+@contextlib.contextmanager
+def _frozen(parameters: list[torch.nn.Parameter]):
+    """``requires_grad`` off for ``parameters`` while the fit runs: no gradient reaches them (and
+    none is left in their ``.grad``), and the backward pass stops at them."""
+    for p in parameters:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in parameters:
+            p.requires_grad_(True)
 
 
 def _mask_key(loss: TRPOLoss):
