@@ -56,7 +56,8 @@ class CriticFit:
             C++; the same minibatches as the eager loop and the same parameters up to rounding:
             the CPU kernel fuses the work between the matrix products and uses its own float32
             tanh, within 2.25 ulp). It
-            applies to the usual TRPO critic: a ``TensorDictModule`` over a plain MLP as
+            applies to the usual TRPO critic: a ``TensorDictModule`` (or torchrl's ``ValueOperator``,
+            which only sets its default keys) over a plain MLP as
             :func:`~trpo_torchrl.modules.describe_mlp` recognises one (parameter-free preprocessing,
             e.g. an observation normaliser, then ``Linear``/``Tanh`` or ``Linear``/``ReLU`` layers
             ending in one output, in an exact ``nn.Sequential`` or torchrl ``MLP``, no forward
