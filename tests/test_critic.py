@@ -154,3 +154,101 @@ def test_a_hook_on_the_critic_module_is_not_skipped():
         finals.append([p.detach().clone() for p in critic.parameters()])
     for a, b in zip(*finals):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def _value_operator_mlp(dtype=torch.float64):
+    from torchrl.modules import MLP, ValueOperator
+
+    torch.manual_seed(0)
+    return ValueOperator(MLP(in_features=3, out_features=1, num_cells=[16, 16])).to(dtype)
+
+
+def test_a_value_operator_mlp_takes_the_fused_path_and_equals_the_eager_fit():
+    # TorchRL's ValueOperator adds only default keys to TensorDictModule and MLP's default layers
+    # are Linear/Tanh: the fused op and the tensor path apply, and give the eager loop's numbers
+    actor = make_actor("gaussian", dtype=torch.float64)
+    td = collect(actor, num_states=200, dtype=torch.float64)
+    results = []
+    for fused in (True, False):
+        critic = _value_operator_mlp()
+        fit = CriticFit(
+            TRPOLoss(actor, critic),
+            lr=1e-2,
+            epochs=3,
+            minibatch_size=64,
+            generator=torch.Generator().manual_seed(1),
+            fused=fused,
+        )
+        if not fused:
+            assert fit._tensor_minibatch_loss(td.reshape(-1)) is not None
+            fit._tensor_minibatch_loss = lambda data: None  # the TensorDict loop: the reference
+        metrics = fit(td)
+        results.append(([p.detach().clone() for p in critic.parameters()], metrics["loss_critic"]))
+    (fused_params, fused_loss), (eager_params, eager_loss) = results
+    for a, b in zip(fused_params, eager_params):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fused_loss, eager_loss, rtol=1e-10, atol=1e-12)
+
+
+def test_a_value_operator_subclass_with_its_own_call_is_fitted_as_itself():
+    from torchrl.modules import MLP, ValueOperator
+
+    class Halved(ValueOperator):
+        def _call_module(self, tensors, **kwargs):
+            return super()._call_module(tensors, **kwargs) / 2
+
+    actor = make_actor("gaussian", dtype=torch.float64)
+    td = collect(actor, num_states=64, dtype=torch.float64)
+    critic = Halved(MLP(in_features=3, out_features=1, num_cells=[8])).double()
+    fit = CriticFit(TRPOLoss(actor, critic))
+    assert fit._tensor_minibatch_loss(td) is None
+    with pytest.raises(ValueError, match="Halved overrides _call_module"):
+        CriticFit(TRPOLoss(actor, critic), fused=True)(td)
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_a_padded_batch_fits_the_critic_on_its_valid_steps_only(fused):
+    # split_trajs=True pads trajectories to [n_traj, max_len] and marks the real steps in
+    # ("collector", "mask"); the fit must equal the fit on the valid states alone
+    actor = make_actor("gaussian", dtype=torch.float64)
+    lengths = [7, 3, 10, 5]
+    flat = collect(actor, num_states=sum(lengths), dtype=torch.float64)
+    padded = flat[:1].expand(len(lengths), max(lengths)).clone()
+    padded["value_target"].fill_(1e6)  # padding that would dominate an unmasked fit
+    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.bool)
+    start = 0
+    for i, n in enumerate(lengths):
+        padded[i, :n] = flat[start : start + n]
+        mask[i, :n] = True
+        start += n
+    padded["collector", "mask"] = mask
+    results = []
+    for batch in (padded, flat):
+        critic = make_critic(dtype=torch.float64)
+        fit = CriticFit(
+            TRPOLoss(actor, critic),
+            lr=1e-2,
+            epochs=3,
+            minibatch_size=8,
+            generator=torch.Generator().manual_seed(1),
+            fused=fused,
+        )
+        metrics = fit(batch)
+        results.append(([p.detach().clone() for p in critic.parameters()], metrics))
+    (masked_params, masked), (ref_params, ref) = results
+    for a, b in zip(masked_params, ref_params):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for key in ("loss_critic", "explained_variance"):
+        torch.testing.assert_close(masked[key], ref[key], rtol=0, atol=0)
+
+
+def test_a_mask_that_is_not_boolean_or_not_one_per_state_is_refused():
+    actor = make_actor("gaussian")
+    td = collect(actor, num_states=32)
+    fit = CriticFit(TRPOLoss(actor, make_critic()))
+    with pytest.raises(TypeError, match=r"mask \('collector', 'mask'\) must be a boolean"):
+        fit(td.clone().set(("collector", "mask"), torch.ones(32)))
+    with pytest.raises(ValueError, match=r"mask \('collector', 'mask'\) .* one value per state"):
+        fit(td.clone().set(("collector", "mask"), torch.ones(32, 2, dtype=torch.bool)))
+    with pytest.raises(ValueError, match="no valid step"):
+        fit(td.clone().set(("collector", "mask"), torch.zeros(32, dtype=torch.bool)))

@@ -161,3 +161,61 @@ def test_the_opened_modules_compute_the_described_function():
         if i < len(description.activations):
             h = {"tanh": torch.tanh, "relu": torch.relu}[description.activations[i]](h)
     torch.testing.assert_close(h, net(x), rtol=0, atol=0)
+
+
+def test_a_tensordict_module_is_plain_when_its_class_adds_only_defaults():
+    from tensordict.nn import TensorDictModule
+    from torchrl.modules import ValueOperator
+
+    from trpo_torchrl.modules import plain_tensordict_module
+
+    class OwnForward(ValueOperator):
+        def forward(self, tensordict):
+            return super().forward(tensordict)
+
+    class OwnWrite(TensorDictModule):
+        def _write_to_tensordict(self, *args, **kwargs):
+            return super()._write_to_tensordict(*args, **kwargs)
+
+    class OwnKeys(TensorDictModule):
+        out_keys = property(lambda self: ["other"], lambda self, value: None)
+
+    net = MLP(in_features=5, out_features=1, num_cells=[8])
+    assert plain_tensordict_module(TensorDictModule(net, ["observation"], ["state_value"]))
+    assert plain_tensordict_module(ValueOperator(net))
+    assert "OwnForward overrides forward" in plain_tensordict_module(OwnForward(net)).reason
+    assert "OwnWrite overrides _write_to_tensordict" in plain_tensordict_module(OwnWrite(net, ["x"], ["y"])).reason
+    assert "OwnKeys overrides out_keys" in plain_tensordict_module(OwnKeys(net, ["x"], ["y"])).reason
+    replaced = ValueOperator(net)
+    replaced.forward = lambda td: td
+    assert "forward set on the instance" in plain_tensordict_module(replaced).reason
+    assert "not a TensorDictModule" in plain_tensordict_module(net).reason
+
+
+def test_torchrl_mlp_defaults_are_a_tanh_mlp_and_its_variants_are_named():
+    # MLP(out_features=1, num_cells=[64, 64]): Linear/Tanh/Linear/Tanh/Linear, every Linear biased
+    description = describe_mlp(MLP(in_features=5, out_features=1, num_cells=[64, 64]))
+    assert description.activations == ("tanh", "tanh")
+    assert description.shapes == ((64, 5), (64, 64), (1, 64))
+    assert (
+        "ends in Tanh"
+        in describe_mlp(MLP(in_features=5, out_features=1, num_cells=[8], activate_last_layer=True)).reason
+    )
+    assert (
+        "Linear 1 has no bias"
+        in describe_mlp(MLP(in_features=5, out_features=1, num_cells=[8], bias_last_layer=False)).reason
+    )
+    assert "Dropout" in describe_mlp(MLP(in_features=5, out_features=1, num_cells=[8], dropout=0.1)).reason
+    assert (
+        "LayerNorm"
+        in describe_mlp(
+            MLP(
+                in_features=5,
+                out_features=1,
+                num_cells=[8],
+                norm_class=nn.LayerNorm,
+                norm_kwargs={"normalized_shape": 8},
+            )
+        ).reason
+    )
+    assert not describe_mlp(MLP(out_features=1, num_cells=[8]))  # lazy: its shapes are not known yet

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import torch
 from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import TensorDictModule
 from torchrl.objectives.utils import distance_loss
 
 from .distributed import all_reduce_mean, resolve_process_group
 from .loss import TRPOLoss
-from .modules import describe_mlp, has_forward_hooks
+from .modules import describe_mlp, has_forward_hooks, plain_tensordict_module
 from .ops import mlp_fit_adam
 from .validation import check_choice, check_count, check_generator, check_number
 
@@ -22,6 +24,16 @@ class CriticFit:
     TRPO constrains only the actor; the critic is plain regression on the λ-returns the value
     estimator wrote. The Adam state lives in this object, so it carries over from one iteration to
     the next like in any training loop.
+
+    Only the critic's own parameters are fitted. Parameters the actor also uses (a shared torso, as
+    in TorchRL's ``ActorValueOperator``) belong to the trust-region step: moving them here would move
+    the policy outside its trust region unchecked. They are left out of Adam (and get no gradient
+    during the fit), with one ``UserWarning`` at construction naming them; a critic whose trainable
+    parameters are all the actor's is refused with a ``ValueError``.
+
+    A padded batch (TorchRL's ``split_trajs=True``) is fitted on its valid steps only: when the batch
+    holds the mask ``("collector", "mask")`` (or the loss's ``mask`` key), the fit is the fit on the
+    states it marks, in order, without the padding.
 
     Args:
         loss_module (TRPOLoss): its ``critic_loss`` is minimised (``critic_coeff`` scales it).
@@ -44,7 +56,8 @@ class CriticFit:
             C++; the same minibatches as the eager loop and the same parameters up to rounding:
             the CPU kernel fuses the work between the matrix products and uses its own float32
             tanh, within 2.25 ulp). It
-            applies to the usual TRPO critic: a ``TensorDictModule`` over a plain MLP as
+            applies to the usual TRPO critic: a ``TensorDictModule`` (or torchrl's ``ValueOperator``,
+            which only sets its default keys) over a plain MLP as
             :func:`~trpo_torchrl.modules.describe_mlp` recognises one (parameter-free preprocessing,
             e.g. an observation normaliser, then ``Linear``/``Tanh`` or ``Linear``/``ReLU`` layers
             ending in one output, in an exact ``nn.Sequential`` or torchrl ``MLP``, no forward
@@ -81,7 +94,7 @@ class CriticFit:
         self.generator = check_generator(where, "generator", generator)
         self.fused = check_choice(where, "fused", fused, (None, True, False))
         self.process_group = resolve_process_group(process_group)
-        self.parameters = [p for p in loss_module.critic_network.parameters() if p.requires_grad]
+        self.parameters, self.shared_parameters = _own_and_shared_parameters(loss_module)
         self.optimizer = torch.optim.Adam(self.parameters, lr=lr, eps=eps)
 
     def _average_gradients(self) -> None:
@@ -104,7 +117,7 @@ class CriticFit:
         """
         loss = self.loss_module
         net = loss.critic_network
-        if type(net) is not TensorDictModule or list(net.out_keys) != [loss.tensor_keys.value]:
+        if not plain_tensordict_module(net) or list(net.out_keys) != [loss.tensor_keys.value]:
             return None
         if has_forward_hooks(net):  # hooks on the TensorDictModule would be skipped
             return None
@@ -143,12 +156,46 @@ class CriticFit:
                 last_epoch.append(loss.detach())
         return torch.stack(last_epoch)
 
+    def _valid_states(self, data: TensorDictBase) -> TensorDictBase:
+        """The flattened batch without its padding: the states its mask marks valid, in order.
+
+        Selecting them once, before the epochs, makes the fit exactly the fit on the valid states
+        alone (the same permutations, minibatches and Adam steps); padding never reaches a mean.
+        """
+        key = _mask_key(self.loss_module)
+        mask = data.get(key, None)
+        if mask is None:
+            return data
+        if mask.dtype != torch.bool:
+            raise TypeError(
+                f"CriticFit: the mask {key!r} must be a boolean tensor (True on valid steps), got {mask.dtype}"
+            )
+        if mask.numel() != data.numel():
+            raise ValueError(
+                f"CriticFit: the mask {key!r} has shape {tuple(mask.shape)}, expected one value per state "
+                f"of the batch ({data.numel()} states)"
+            )
+        mask = mask.reshape(-1)
+        if self.process_group is not None:
+            # ranks with different numbers of valid steps would run different numbers of Adam
+            # steps and wait for each other in a collective: every rank learns whether any has padding
+            padded = all_reduce_mean((~mask.all()).to(torch.float32).reshape(1), self.process_group)[0] > 0
+            if padded:
+                raise ValueError(
+                    f"CriticFit: with a process_group every rank needs the same number of valid steps; the "
+                    f"batch is padded (mask {key!r}); collect without split_trajs=True for a data-parallel fit"
+                )
+            return data
+        if not mask.any():
+            raise ValueError(f"CriticFit: the mask {key!r} marks no valid step in the batch")
+        return data[mask]
+
     def __call__(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Runs the fit; returns the mean critic loss of the last epoch and the explained variance after."""
         key = self.loss_module.tensor_keys.value_target
         if tensordict.get(key, None) is None:
             raise KeyError(f"CriticFit: the batch has no value target {key!r}; run loss.value_estimator(batch) first")
-        data = tensordict.reshape(-1)
+        data = self._valid_states(tensordict.reshape(-1))
         num_states = data.numel()
         target = data.get(key)
         if not target.is_floating_point():
@@ -165,7 +212,8 @@ class CriticFit:
             if self.fused:
                 raise ValueError(f"CriticFit(fused=True): the fused fit does not apply here: {plan}")
             plan = None
-        last_epoch = self._fit_eager(data) if plan is None else self._fit_fused(plan, num_states)
+        with _frozen(self.shared_parameters):
+            last_epoch = self._fit_eager(data) if plan is None else self._fit_fused(plan, num_states)
         with torch.no_grad():
             target = data.get(key).reshape(num_states)
             value = self.loss_module.critic_network(data.select(*self.loss_module.critic_network.in_keys).copy())
@@ -175,6 +223,68 @@ class CriticFit:
             {"loss_critic": last_epoch.mean(), "explained_variance": explained},
             batch_size=[],
         )
+
+
+def _storage(p: torch.Tensor):
+    """Where a tensor's memory lives (for parameters tied through views), or None when it has none."""
+    storage = p.untyped_storage()
+    return (p.device, storage.data_ptr()) if storage.nbytes() and p.device.type != "meta" else None
+
+
+def _own_and_shared_parameters(loss: TRPOLoss) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """The critic's trainable parameters, split into its own and those the actor also uses.
+
+    The actor's parameters belong to the trust-region step: a critic fit that moved them (a shared
+    torso, as in TorchRL's ``ActorValueOperator``) would move the policy outside its trust region
+    with no check. They are left out of the fit, said once here; a critic with nothing of its own
+    to fit is refused.
+    """
+    actor = list(loss.actor_network.parameters())
+    actor_ids = {id(p) for p in actor}
+    actor_storage = {_storage(p) for p in actor} - {None}
+    own, shared, shared_names = [], [], []
+    for name, p in loss.critic_network.named_parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) in actor_ids or _storage(p) in actor_storage:
+            shared.append(p)
+            shared_names.append(name)
+        else:
+            own.append(p)
+    names = ", ".join(shared_names)
+    if shared and not own:
+        raise ValueError(
+            f"CriticFit: every trainable parameter of the critic ({names}) is the actor's, which only the "
+            "trust-region step may move; give the critic a head of its own (e.g. ActorValueOperator's "
+            "value head) or freeze the shared ones"
+        )
+    if shared:
+        warnings.warn(
+            f"CriticFit: the critic shares {len(shared)} parameters with the actor ({names}); the critic fit "
+            "leaves them to the actor's trust-region step and fits only the critic's own parameters",
+            UserWarning,
+            stacklevel=3,
+        )
+    return own, shared
+
+
+@contextlib.contextmanager
+def _frozen(parameters: list[torch.nn.Parameter]):
+    """``requires_grad`` off for ``parameters`` while the fit runs: no gradient reaches them (and
+    none is left in their ``.grad``), and the backward pass stops at them."""
+    for p in parameters:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in parameters:
+            p.requires_grad_(True)
+
+
+def _mask_key(loss: TRPOLoss):
+    """The batch entry marking valid (unpadded) steps: the loss's ``mask`` key when it has one,
+    else TorchRL's ``split_trajs`` mask."""
+    return getattr(loss.tensor_keys, "mask", ("collector", "mask"))
 
 
 class _TensorMinibatchLoss:
@@ -212,8 +322,14 @@ class _FusedPlan:
             return "it does not average gradients over a process group or clip them"
         if loss.loss_critic_type != "l2":
             return f"it fits the l2 loss, not {loss.loss_critic_type!r}"
-        if type(net) is not TensorDictModule or list(net.out_keys) != [loss.tensor_keys.value] or len(net.in_keys) != 1:
-            return "the critic must be a TensorDictModule with one input and the value as its output"
+        plain = plain_tensordict_module(net)
+        if not plain:
+            return f"the critic must run TensorDictModule's own forward: {plain.reason}"
+        if list(net.out_keys) != [loss.tensor_keys.value] or len(net.in_keys) != 1:
+            return (
+                f"the critic must read one input and write the value {loss.tensor_keys.value!r}; "
+                f"it reads {list(net.in_keys)} and writes {list(net.out_keys)}"
+            )
         if has_forward_hooks(net):
             return "the critic has forward hooks, which the fused op would skip"
         mlp = describe_mlp(net.module)

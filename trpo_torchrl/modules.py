@@ -19,10 +19,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.modules import MLP
 
-__all__ = ["MLPDescription", "NotPlain", "describe_mlp", "has_forward_hooks", "sequential_leaves", "ACTIVATIONS"]
+__all__ = [
+    "MLPDescription",
+    "NotPlain",
+    "describe_mlp",
+    "has_forward_hooks",
+    "plain_tensordict_module",
+    "sequential_leaves",
+    "ACTIVATIONS",
+]
 
 # the hidden activations the fast paths compute themselves, by exact type
 ACTIVATIONS: dict[type, str] = {nn.Tanh: "tanh", nn.ReLU: "relu"}
@@ -111,6 +120,29 @@ class NotPlain:
 
     def __str__(self) -> str:
         return self.reason
+
+
+# what a TensorDictModule subclass may define and still run TensorDictModule's own call: a
+# constructor (e.g. ValueOperator's default keys) and the class's plain data
+_CLASS_DATA = {"__init__", "__module__", "__qualname__", "__doc__", "__firstlineno__", "__static_attributes__"}
+
+
+def plain_tensordict_module(module: nn.Module) -> bool | NotPlain:
+    """True when ``module`` computes ``module.module(*inputs)`` and writes it to its ``out_keys``,
+    exactly as :class:`~tensordict.nn.TensorDictModule` does: the class itself, or a subclass that
+    adds only a constructor (torchrl's ``ValueOperator``). Otherwise :class:`NotPlain` with the
+    reason. Hooks are not looked at (see :func:`has_forward_hooks`)."""
+    if not isinstance(module, TensorDictModule):
+        return NotPlain(f"{type(module).__name__} is not a TensorDictModule")
+    if "forward" in vars(module):
+        return NotPlain(f"{type(module).__name__} has a forward set on the instance")
+    for cls in type(module).__mro__:
+        if cls is TensorDictModule:
+            break
+        extra = sorted(name for name in vars(cls) if name not in _CLASS_DATA)
+        if extra:
+            return NotPlain(f"{cls.__name__} overrides {', '.join(extra)} of TensorDictModule")
+    return True
 
 
 def _opaque(m: nn.Module) -> str:
