@@ -19,11 +19,11 @@ from torchrl.objectives.utils import (
     dispatch_value_estimator,
     distance_loss,
 )
-from torchrl.objectives.value import ValueEstimatorBase
+from torchrl.objectives.value import TD0Estimator, ValueEstimatorBase
 
 from .distributed import global_mean_std
 from .validation import check_choice, check_number
-from .value import FusedGAE
+from .value import FusedGAE, check_time_order
 
 __all__ = ["TRPOLoss", "PolicyBatch", "distribution_family"]
 
@@ -456,9 +456,28 @@ class TRPOLoss(LossModule):
         return batch
 
     def _estimate_advantage(self, data: TensorDictBase) -> None:
-        """Runs the value estimator on ``data`` in place."""
+        """Runs the value estimator on ``data`` in place, after checking that a multi-step estimator
+        sees its steps in time order and that none would read across padding."""
+        estimator = self.value_estimator
+        if not isinstance(estimator, TD0Estimator):  # one-step targets need no order
+            if data.get(self.tensor_keys.mask, None) is not None and not isinstance(estimator, FusedGAE):
+                raise ValueError(
+                    f"TRPOLoss: the batch carries a mask {self.tensor_keys.mask!r} (a padded batch), which "
+                    f"{type(estimator).__name__} does not read; use the default GAE (make_value_estimator("
+                    "ValueEstimators.GAE)) or compute the advantages before padding"
+                )
+            try:
+                check_time_order(
+                    data,
+                    time_dim=estimator._get_time_dim(None, data),
+                    done_key=("next", self.tensor_keys.done),
+                    observation_keys=self.critic_network.in_keys,
+                    mask_key=self.tensor_keys.mask,
+                )
+            except ValueError as err:
+                raise ValueError(f"TRPOLoss: {err}") from None
         with torch.no_grad():
-            self.value_estimator(data)
+            estimator(data)
 
     def _valid_steps(self, data: TensorDictBase, process_group) -> TensorDictBase:
         """The flat batch ``data`` without its padding, when it carries a mask (one host sync)."""

@@ -16,7 +16,7 @@ from torchrl.objectives.value.advantages import _self_set_grad_enabled, _self_se
 from .ops import generalized_advantage_estimate
 from .validation import check_number
 
-__all__ = ["FusedGAE"]
+__all__ = ["FusedGAE", "check_time_order"]
 
 
 class FusedGAE(GAE):
@@ -209,3 +209,69 @@ class FusedGAE(GAE):
         if mask is not None:
             value_target = value_target.masked_fill(~self._expand_to_match(mask, value_target), 0)
         return value_target
+
+
+def check_time_order(
+    tensordict: TensorDictBase,
+    *,
+    time_dim: int,
+    done_key: NestedKey = ("next", "done"),
+    observation_keys=(),
+    mask_key: NestedKey | None = None,
+) -> None:
+    """Raises a ValueError when ``tensordict`` is visibly not in time order along ``time_dim``.
+
+    Within an episode (``done`` false at step t, both steps valid under the mask) step t + 1 must
+    continue step t: the same ``("collector", "traj_ids")``, ``step_count`` one more (it equals
+    ``("next", "step_count")`` at t), and each observation equal to ``("next", observation)`` at t.
+    The observations are compared only on a batch that carries a collector's trajectory ids or a step
+    count, so a hand-built batch with unrelated next observations is taken as it is. One host sync.
+    """
+    done = tensordict.get(done_key, None)
+    if done is None or tensordict.batch_size[time_dim] < 2:
+        return
+    time_dim = time_dim % tensordict.batch_dims
+
+    def now(x):
+        return x.narrow(time_dim, 0, x.shape[time_dim] - 1)
+
+    def after(x):
+        return x.narrow(time_dim, 1, x.shape[time_dim] - 1)
+
+    def per_step(x):  # reduce feature dimensions to one flag per step
+        return x.reshape(*x.shape[: tensordict.batch_dims], -1).any(-1)
+
+    continues = ~per_step(now(done))
+    mask = None if mask_key is None else tensordict.get(mask_key, None)
+    if mask is not None:
+        continues = continues & now(mask) & after(mask)
+    pairs = []
+    traj_ids = tensordict.get(("collector", "traj_ids"), None)
+    if traj_ids is not None:
+        pairs.append(("('collector', 'traj_ids')", now(traj_ids), after(traj_ids)))
+    step_count = tensordict.get("step_count", None)
+    next_step_count = tensordict.get(("next", "step_count"), None)
+    if step_count is not None and next_step_count is not None:
+        pairs.append(("step_count", now(next_step_count), after(step_count)))
+    if traj_ids is not None or step_count is not None:
+        for key in observation_keys:
+            current, following = (
+                tensordict.get(key, None),
+                tensordict.get(("next", key) if isinstance(key, str) else ("next", *key), None),
+            )
+            if current is not None and following is not None:
+                pairs.append((f"{key!r} against ('next', {key!r})", now(following), after(current)))
+    for what, expected, found in pairs:
+        same = (
+            (expected == found) | (expected.isnan() & found.isnan())
+            if expected.is_floating_point()
+            else expected == found
+        )
+        broken = continues & per_step(~same)
+        if bool(broken.any()):
+            raise ValueError(
+                f"the batch is not in time order: within an episode, {what} does not continue from one step "
+                f"to the next (along dim {time_dim}), as in a shuffled replay-buffer sample; GAE would run over "
+                "unrelated steps. Compute the advantages (loss.value_estimator(batch)) on the collected batch "
+                "before sampling or shuffling it"
+            )
