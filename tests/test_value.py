@@ -98,3 +98,46 @@ def test_fused_gae_refuses_discounts_outside_0_1(kwargs):
 
 def test_fused_gae_is_a_torchrl_gae():
     assert issubclass(FusedGAE, GAE)
+
+
+@pytest.fixture(scope="module")
+def padded_batch():
+    """A ``Collector(split_trajs=True)`` batch: ``[n_traj, max_len]`` with ``("collector", "mask")``;
+    its last row is cut by the batch end (not done), the others end with an episode end."""
+    from torchrl.collectors import Collector
+
+    torch.manual_seed(0)
+    collector = Collector(lambda: GymEnv("CartPole-v1"), None, frames_per_batch=150, total_frames=150, split_trajs=True)
+    collector.set_seed(0)
+    batch = next(iter(collector))
+    collector.shutdown()
+    mask = batch["collector", "mask"]
+    last = mask.sum(-1) - 1
+    done_at_last = batch["next", "done"].squeeze(-1).gather(-1, last[:, None]).squeeze(-1)
+    assert (~mask).any() and done_at_last.any() and not done_at_last.all()
+    return batch
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"shifted": True}])
+def test_fused_gae_on_a_padded_batch_equals_each_trajectory_alone(padded_batch, value_net, kwargs):
+    gae = FusedGAE(gamma=0.99, lmbda=0.95, value_network=value_net, **kwargs)
+    out = gae(padded_batch.clone())
+    mask = padded_batch["collector", "mask"]
+    for row, length in enumerate(mask.sum(-1).tolist()):
+        alone = gae(padded_batch[row : row + 1, :length].exclude("collector").clone())
+        torch.testing.assert_close(out["advantage"][row, :length], alone["advantage"][0])
+        torch.testing.assert_close(out["value_target"][row, :length], alone["value_target"][0])
+    # the padding is zero, never a value that a mean could pick up
+    assert (out["advantage"][~mask] == 0).all() and (out["value_target"][~mask] == 0).all()
+
+
+def test_fused_gae_mask_key_is_renamable_and_average_gae_uses_valid_steps(padded_batch, value_net):
+    td = padded_batch.clone()
+    td["valid"] = td["collector", "mask"]
+    del td["collector", "mask"]
+    gae = FusedGAE(gamma=0.99, lmbda=0.95, value_network=value_net, average_gae=True)
+    gae.set_keys(mask="valid")
+    out = gae(td)
+    mask = td["valid"]
+    raw = FusedGAE(gamma=0.99, lmbda=0.95, value_network=value_net)(padded_batch.clone())["advantage"][mask]
+    torch.testing.assert_close(out["advantage"][mask], (raw - raw.mean()) / raw.std(correction=0), rtol=1e-4, atol=1e-4)

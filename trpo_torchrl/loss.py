@@ -19,11 +19,11 @@ from torchrl.objectives.utils import (
     dispatch_value_estimator,
     distance_loss,
 )
-from torchrl.objectives.value import ValueEstimatorBase
+from torchrl.objectives.value import TD0Estimator, ValueEstimatorBase
 
 from .distributed import global_mean_std
 from .validation import check_choice, check_number
-from .value import FusedGAE
+from .value import FusedGAE, check_time_order
 
 __all__ = ["TRPOLoss", "PolicyBatch", "distribution_family"]
 
@@ -198,6 +198,9 @@ class TRPOLoss(LossModule):
                 else ``"action_log_prob"``.
             action (NestedKey): the stored action. Defaults to the actor's sample key, else ``"action"``.
             reward, done, terminated (NestedKey): forwarded to the value estimator.
+            mask (NestedKey): which steps of a padded batch are real (``True``) and which are padding,
+                as ``Collector(split_trajs=True)`` writes it. When the batch carries it, every mean is
+                over the valid steps only. Defaults to ``("collector", "mask")``.
         """
 
         advantage: NestedKey = "advantage"
@@ -208,6 +211,7 @@ class TRPOLoss(LossModule):
         reward: NestedKey = "reward"
         done: NestedKey = "done"
         terminated: NestedKey = "terminated"
+        mask: NestedKey = ("collector", "mask")
 
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
@@ -305,6 +309,10 @@ class TRPOLoss(LossModule):
             ("next", self.tensor_keys.done),
             ("next", self.tensor_keys.terminated),
             *[("next", k) if isinstance(k, str) else ("next", *k) for k in self.critic_network.in_keys],
+            # optional: present when the caller computed them, or when the batch is padded
+            self.tensor_keys.advantage,
+            self.tensor_keys.value_target,
+            self.tensor_keys.mask,
         ):
             if key not in keys:
                 keys.append(key)
@@ -333,6 +341,8 @@ class TRPOLoss(LossModule):
                 done=self.tensor_keys.done,
                 terminated=self.tensor_keys.terminated,
             )
+            if "mask" in self._value_estimator.tensor_keys.__dataclass_fields__:
+                self._value_estimator.set_keys(mask=self.tensor_keys.mask)
         self._set_in_keys()
 
     def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams) -> TRPOLoss:
@@ -371,12 +381,10 @@ class TRPOLoss(LossModule):
         rank at the same point instead of leaving the others waiting in a collective.
         """
         data = tensordict.clone(False)
-        advantage = data.get(self.tensor_keys.advantage, None)
-        if advantage is None:
-            with torch.no_grad():
-                self.value_estimator(data)
-            advantage = data.get(self.tensor_keys.advantage)
-        data = data.reshape(-1)
+        if data.get(self.tensor_keys.advantage, None) is None:
+            self._estimate_advantage(data)
+        data = self._valid_steps(data.reshape(-1), process_group)
+        advantage = data.get(self.tensor_keys.advantage)
         num_states = data.numel()
         old_log_prob = data.get(self.tensor_keys.sample_log_prob, None)
         if old_log_prob is None:
@@ -446,6 +454,54 @@ class TRPOLoss(LossModule):
                 f"{num_states} states, but the actor's distribution gives actions of shape {expected}"
             )
         return batch
+
+    def _estimate_advantage(self, data: TensorDictBase) -> None:
+        """Runs the value estimator on ``data`` in place, after checking that a multi-step estimator
+        sees its steps in time order and that none would read across padding."""
+        estimator = self.value_estimator
+        if not isinstance(estimator, TD0Estimator):  # one-step targets need no order
+            if data.get(self.tensor_keys.mask, None) is not None and not isinstance(estimator, FusedGAE):
+                raise ValueError(
+                    f"TRPOLoss: the batch carries a mask {self.tensor_keys.mask!r} (a padded batch), which "
+                    f"{type(estimator).__name__} does not read; use the default GAE (make_value_estimator("
+                    "ValueEstimators.GAE)) or compute the advantages before padding"
+                )
+            try:
+                check_time_order(
+                    data,
+                    time_dim=estimator._get_time_dim(None, data),
+                    done_key=("next", self.tensor_keys.done),
+                    observation_keys=self.critic_network.in_keys,
+                    mask_key=self.tensor_keys.mask,
+                )
+            except ValueError as err:
+                raise ValueError(f"TRPOLoss: {err}") from None
+        with torch.no_grad():
+            estimator(data)
+
+    def _valid_steps(self, data: TensorDictBase, process_group) -> TensorDictBase:
+        """The flat batch ``data`` without its padding, when it carries a mask (one host sync)."""
+        key = self.tensor_keys.mask
+        mask = data.get(key, None)
+        if mask is None:
+            return data
+        if process_group is not None:
+            raise ValueError(
+                f"TRPOLoss: the batch carries a mask {key!r}, but with a process group every rank's shard must "
+                "hold the same number of states; remove the padding before sharding (batch[mask]) or collect "
+                "without split_trajs"
+            )
+        if mask.dtype != torch.bool:
+            raise TypeError(f"TRPOLoss: the mask {key!r} must be boolean (True on valid steps), got {mask.dtype}")
+        if mask.numel() != data.numel():
+            raise ValueError(
+                f"TRPOLoss: the mask {key!r} has shape {tuple(mask.shape)}, expected one value per state "
+                f"({data.numel()})"
+            )
+        data = data[mask.reshape(-1)]
+        if data.batch_size[0] == 0:
+            raise ValueError(f"TRPOLoss: the mask {key!r} marks no valid step in the batch")
+        return data
 
     # ---------------------------------------------------------------- the policy terms
     def policy_dist(self, batch: PolicyBatch, params: dict[str, torch.Tensor] | None = None) -> D.Distribution:

@@ -220,6 +220,13 @@ class PopulationTrustRegionUpdate:
                 f"dimension; got batch size {size} for a population of M={self.num_members}"
             )
         loss = self.loss_module
+        if tensordict.get(loss.tensor_keys.mask, None) is not None:
+            # the members' valid states would differ in number, and the step is batched over [M, N]
+            raise ValueError(
+                f"{where}: the batch carries a mask {loss.tensor_keys.mask!r} (a padded batch); the members "
+                "need the same number of states: collect without split_trajs, or run a TrustRegionUpdate "
+                "per member, which takes masked batches"
+            )
         key = loss.tensor_keys.advantage
         if tensordict.get(key, None) is None:
             tensordict = tensordict.clone(False)
