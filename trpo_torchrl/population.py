@@ -230,8 +230,7 @@ class PopulationTrustRegionUpdate:
         key = loss.tensor_keys.advantage
         if tensordict.get(key, None) is None:
             tensordict = tensordict.clone(False)
-            with torch.no_grad():
-                loss.value_estimator(tensordict)
+            loss._estimate_advantage(tensordict)  # with the loss's time-order check
         # the loss's checks, on every state (and on every rank together)
         flat = loss.policy_batch(tensordict.reshape(-1), process_group=self.process_group)
         members, per_member = self.num_members, flat.advantage.shape[0] // self.num_members
