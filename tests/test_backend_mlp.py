@@ -76,11 +76,19 @@ def torchrl_actor(
     return actor.to(dtype)
 
 
+def _factory_on_torchrl_mlp(dtype):
+    """Our StateIndependentScale over torchrl's MLP (ReLU)."""
+    torch.manual_seed(6)
+    body = MLP(in_features=OBS_DIM, out_features=ACT_DIM, num_cells=[12, 10], activation_class=nn.ReLU)
+    return gaussian_actor(body, ACT_DIM, init_log_std=-0.2).to(dtype)
+
+
 # TorchRL's Gaussian heads, over each mapping the explicit products compute; the lower bounds of the
 # "clamped" ones hold part of the scales (the derivative is zero there). The bounds stay well above
 # zero: a scale near zero makes the Fisher so ill-conditioned that 10 CG iterations turn products
 # equal to 1e-14 into steps 1e-3 apart (checked with one dense matrix against itself perturbed)
 TORCHRL_ACTORS = {
+    "torchrl_mlp_gaussian": lambda dtype: _factory_on_torchrl_mlp(dtype),
     "gaussian_state_scale": lambda dtype: make_actor("gaussian_state_scale", dtype=dtype),
     "extractor_gaussian": lambda dtype: torchrl_actor("extractor", dtype),
     "extractor_softplus_gaussian": lambda dtype: torchrl_actor("extractor", dtype, scale_mapping="softplus"),
@@ -301,6 +309,7 @@ def test_line_search_candidates_equal_torch_func(name):
         ("deep_gaussian", {"loss_kwargs": {"entropy_coeff": 0.05, "kl_reduction": "mean"}}),
         ("deep_categorical", {"loss_kwargs": {"entropy_coeff": 0.05}}),
         ("gaussian_state_scale", {}),
+        ("torchrl_mlp_gaussian", {}),
         ("extractor_gaussian", {"max_kl": 0.05}),
         ("extractor_softplus_gaussian", {"fvp_subsample": 0.5}),
         ("extractor_exp_clamped_gaussian", {}),
