@@ -9,7 +9,8 @@ forward pass. The Gaussian's scale comes from its network's head, as
 :func:`~trpo_torchrl.modules.describe_scale_head` describes it: our ``StateIndependentScale``,
 tensordict's ``AddStateIndependentNormalScale`` (a learned scale through a positive mapping and a
 lower bound) or ``NormalParamExtractor`` (the last Linear's output split into the mean and a
-state-dependent scale through a mapping and a lower bound). :class:`MLPPolicyPlan` recognises such an actor and computes:
+state-dependent scale through a mapping and a lower bound). :class:`MLPPolicyPlan` recognises
+such an actor and computes:
 
 * :meth:`Linearization.fisher_vector_product`: ``v ↦ (kl_scale · Jᵀ M J / N + damping·I) v`` —
   the Gauss-Newton product of :func:`~trpo_torchrl.fisher.gauss_newton_fisher_vector_product`,
@@ -149,7 +150,7 @@ class MLPPolicyPlan:
                         f"AddStateIndependentNormalScale's scale has shape {tuple(head.parameter.shape)}, "
                         f"not the action size ({width},)"
                     )
-        # θ's layout: exactly the Linears' weights and biases and the log-std, each once
+        # θ's layout: exactly the Linears' weights and biases and the state-independent scale, each once
         offsets, start = {}, 0
         for name, numel in zip(names, numels):
             offsets[name] = slice(start, start + numel)
