@@ -7,12 +7,12 @@ import logging
 import pytest
 import torch
 from tensordict import TensorDict
-from tensordict.nn import TensorDictModule
+from tensordict.nn import AddStateIndependentNormalScale, InteractionType, NormalParamExtractor, TensorDictModule
 from torch import nn
 from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor
 
-from tests._trpo_batches import OBS_DIM, assert_same_step, collect, make_actor, make_critic
-from trpo_torchrl import TRPOLoss, TrustRegionUpdate, gaussian_actor
+from tests._trpo_batches import ACT_DIM, OBS_DIM, assert_same_step, collect, make_actor, make_critic
+from trpo_torchrl import PopulationTrustRegionUpdate, TRPOLoss, TrustRegionUpdate, gaussian_actor
 from trpo_torchrl.fisher import gauss_newton_fisher_vector_product
 from trpo_torchrl.loss import distribution_parameters
 from trpo_torchrl.policies import StateIndependentScale, categorical_actor
@@ -42,12 +42,81 @@ def deep_actor(kind: str, dtype=torch.float64, seed: int = 3):
     return actor.to(dtype)
 
 
+def torchrl_actor(
+    head: str,
+    dtype=torch.float64,
+    *,
+    seed: int = 4,
+    activation=nn.Tanh,
+    scale_mapping: str | None = None,
+    scale_lb: float = 1e-4,
+    scale_init=None,
+):
+    """A Gaussian actor as a TorchRL user builds it: torchrl's MLP, then tensordict's
+    NormalParamExtractor (``head="extractor"``) or AddStateIndependentNormalScale (``"independent"``)."""
+    torch.manual_seed(seed)
+    out = 2 * ACT_DIM if head == "extractor" else ACT_DIM
+    body = MLP(in_features=OBS_DIM, out_features=out, num_cells=[12, 10], activation_class=activation)
+    mapping = {} if scale_mapping is None else {"scale_mapping": scale_mapping}
+    if head == "extractor":
+        scale = NormalParamExtractor(**mapping, scale_lb=scale_lb)
+    else:
+        scale = AddStateIndependentNormalScale(ACT_DIM, **mapping, scale_lb=scale_lb, init_value=-0.4)
+        if scale_init is not None:
+            with torch.no_grad():
+                scale.state_independent_scale.copy_(torch.tensor(scale_init))
+    module = TensorDictModule(nn.Sequential(body, scale), in_keys=["observation"], out_keys=["loc", "scale"])
+    actor = ProbabilisticActor(
+        module,
+        in_keys=["loc", "scale"],
+        distribution_class=IndependentNormal,
+        return_log_prob=True,
+        default_interaction_type=InteractionType.RANDOM,
+    )
+    return actor.to(dtype)
+
+
+def _factory_on_torchrl_mlp(dtype):
+    """Our StateIndependentScale over torchrl's MLP (ReLU)."""
+    torch.manual_seed(6)
+    body = MLP(in_features=OBS_DIM, out_features=ACT_DIM, num_cells=[12, 10], activation_class=nn.ReLU)
+    return gaussian_actor(body, ACT_DIM, init_log_std=-0.2).to(dtype)
+
+
+# TorchRL's Gaussian heads, over each mapping the explicit products compute; the lower bounds of the
+# "clamped" ones hold part of the scales (the derivative is zero there). The bounds stay well above
+# zero: a scale near zero makes the Fisher so ill-conditioned that 10 CG iterations turn products
+# equal to 1e-14 into steps 1e-3 apart (checked with one dense matrix against itself perturbed)
+TORCHRL_ACTORS = {
+    "torchrl_mlp_gaussian": lambda dtype: _factory_on_torchrl_mlp(dtype),
+    "gaussian_state_scale": lambda dtype: make_actor("gaussian_state_scale", dtype=dtype),
+    "extractor_gaussian": lambda dtype: torchrl_actor("extractor", dtype),
+    "extractor_softplus_gaussian": lambda dtype: torchrl_actor("extractor", dtype, scale_mapping="softplus"),
+    "extractor_exp_clamped_gaussian": lambda dtype: torchrl_actor(
+        "extractor", dtype, scale_mapping="exp", scale_lb=0.95, activation=nn.ReLU
+    ),
+    "extractor_biased_gaussian": lambda dtype: torchrl_actor(
+        "extractor", dtype, scale_mapping="biased_softplus_0.5_0.05"
+    ),
+    "extractor_relu_clamped_gaussian": lambda dtype: torchrl_actor(
+        "extractor", dtype, scale_mapping="relu", scale_lb=0.2
+    ),
+    "independent_gaussian": lambda dtype: torchrl_actor("independent", dtype),
+    "independent_softplus_gaussian": lambda dtype: torchrl_actor(
+        "independent", dtype, scale_mapping="biased_softplus_1.0", scale_init=[-0.3, 0.8]
+    ),
+    "independent_relu_clamped_gaussian": lambda dtype: torchrl_actor(
+        "independent", dtype, scale_mapping="relu", scale_lb=0.5, scale_init=[0.9, 0.2]
+    ),
+}
+
 ACTORS = {
     "gaussian": lambda dtype: make_actor("gaussian", dtype=dtype),
     "categorical": lambda dtype: make_actor("categorical", dtype=dtype),
     "categorical_index": lambda dtype: make_actor("categorical_index", dtype=dtype),
     "deep_gaussian": lambda dtype: deep_actor("gaussian", dtype),
     "deep_categorical": lambda dtype: deep_actor("categorical", dtype),
+    **TORCHRL_ACTORS,
 }
 
 
@@ -85,7 +154,10 @@ def _gaussian_with(net, **kwargs):
 @pytest.mark.parametrize(
     "why,actor",
     [
-        ("state-dependent scale", lambda: make_actor("gaussian_state_scale")),
+        ("an unknown scale mapping", lambda: torchrl_actor("extractor", torch.float32, scale_mapping="expln")),
+        ("a scale without a mapping", lambda: torchrl_actor("extractor", torch.float32, scale_mapping="none")),
+        ("a scale that is a buffer", lambda: _independent_buffer_scale()),
+        ("an odd output split in two", lambda: _odd_extractor()),
         ("trained preprocessing", lambda: _gaussian_with(nn.Sequential(nn.LayerNorm(OBS_DIM), nn.Linear(OBS_DIM, 2)))),
         ("random preprocessing", lambda: _gaussian_with(nn.Sequential(nn.Dropout(0.1), nn.Linear(OBS_DIM, 2)))),
         ("unknown activation", lambda: _gaussian_with(nn.Sequential(nn.Linear(OBS_DIM, 8), nn.ELU(), nn.Linear(8, 2)))),
@@ -123,6 +195,22 @@ def test_other_actors_keep_the_torch_func_path(why, actor, caplog):
     # the path taken, and why, is said once
     lines = [r.getMessage() for r in caplog.records if "torch.func" in r.getMessage()]
     assert len(lines) == 1 and len(lines[0]) > len("the actor step evaluates the policy through torch.func: "), lines
+
+
+def _independent_buffer_scale():
+    actor = torchrl_actor("independent", torch.float32)
+    head = actor.module[0].module[-1]
+    del head.state_independent_scale
+    head.state_independent_scale = torch.nn.Buffer(torch.zeros(ACT_DIM))
+    return actor
+
+
+def _odd_extractor():
+    torch.manual_seed(0)
+    module = TensorDictModule(
+        nn.Sequential(nn.Linear(OBS_DIM, 3), NormalParamExtractor()), in_keys=["observation"], out_keys=["loc", "scale"]
+    )
+    return ProbabilisticActor(module, in_keys=["loc", "scale"], distribution_class=IndependentNormal)
 
 
 def _with_instance_forward():
@@ -220,6 +308,17 @@ def test_line_search_candidates_equal_torch_func(name):
         ("gaussian", {"accept_ratio": 1e6}),  # every candidate rejected
         ("deep_gaussian", {"loss_kwargs": {"entropy_coeff": 0.05, "kl_reduction": "mean"}}),
         ("deep_categorical", {"loss_kwargs": {"entropy_coeff": 0.05}}),
+        ("gaussian_state_scale", {}),
+        ("torchrl_mlp_gaussian", {}),
+        ("extractor_gaussian", {"max_kl": 0.05}),
+        ("extractor_softplus_gaussian", {"fvp_subsample": 0.5}),
+        ("extractor_exp_clamped_gaussian", {}),
+        ("extractor_biased_gaussian", {"loss_kwargs": {"entropy_coeff": 0.05, "kl_reduction": "mean"}}),
+        ("extractor_relu_clamped_gaussian", {}),
+        ("extractor_gaussian", {"fvp": "kl_hessian"}),
+        ("independent_gaussian", {"max_kl": 0.05}),
+        ("independent_softplus_gaussian", {"loss_kwargs": {"entropy_coeff": 0.05}}),
+        ("independent_relu_clamped_gaussian", {"fvp_subsample": 0.5}),
     ],
 )
 def test_whole_update_equals_the_torch_func_path(name, options):
@@ -300,3 +399,54 @@ def test_the_plan_product_checks_its_vector():
         fvp(torch.zeros(theta.numel(), dtype=torch.float32))
     with pytest.raises(TypeError, match="torch.Tensor"):
         fvp([0.0])
+
+
+@pytest.mark.parametrize("name", ["extractor_exp_clamped_gaussian", "independent_relu_clamped_gaussian"])
+def test_the_lower_bound_holds_some_scales_in_the_clamped_cases(name):
+    # the clamped cases test the zero derivative only if the bound really holds some scales
+    actor = TORCHRL_ACTORS[name](torch.float64)
+    td = collect(actor, 200, dtype=torch.float64)
+    lower_bound = actor.module[0].module[-1].scale_lb
+    held = td["scale"] == lower_bound
+    assert held.any() and not held.all()
+
+
+def test_a_head_changed_after_the_plan_sends_the_update_back_to_torch_func():
+    actor, loss, td, update = _setup("extractor_gaussian")
+    assert update.plan is not None
+    actor.module[0].module[-1].scale_lb = 0.5  # the plan was built for 1e-4
+    assert update.plan is None
+    actor.module[0].module[-1].scale_lb = 1e-4
+    assert update.plan is not None
+
+
+def _population(name, members, **options):
+    actors = [TORCHRL_ACTORS[name](torch.float64) for _ in range(members)]
+    for m, actor in enumerate(actors):  # members differ: perturbed copies of one architecture
+        with torch.no_grad():
+            for p in actor.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(10 + m), dtype=p.dtype))
+    batches = [collect(a, 64, seed=20 + m, dtype=torch.float64) for m, a in enumerate(actors)]
+    params = TensorDict.from_modules(*actors, as_module=True)
+    loss = TRPOLoss(TORCHRL_ACTORS[name](torch.float64), make_critic(dtype=torch.float64))
+    return batches, PopulationTrustRegionUpdate(loss, params, **options)
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("extractor_gaussian", {}),
+        ("extractor_exp_clamped_gaussian", {"max_kl": [0.01, 1e-9, 0.02], "damping": 0.3}),
+        ("independent_gaussian", {"fvp_subsample": 0.5}),
+        ("independent_relu_clamped_gaussian", {}),
+    ],
+)
+def test_populations_of_torchrl_heads_equal_the_torch_func_path(name, options):
+    results = []
+    for fast in (True, False):
+        batches, update = _population(name, 3, fast_mlp=fast, generator=torch.Generator().manual_seed(3), **options)
+        backend = update.backends.for_batch(update.population_batch(torch.stack(batches)), members=True)
+        assert (backend is update.backends.mlp) == fast
+        metrics = update(torch.stack(batches))
+        results.append((update.flat_parameters(), metrics))
+    assert_same_step(*results)

@@ -3,10 +3,20 @@ for those that are not."""
 
 import pytest
 import torch
+from tensordict.nn import AddStateIndependentNormalScale, NormalParamExtractor
 from torch import nn
 from torchrl.modules import MLP
 
-from trpo_torchrl.modules import MLPDescription, NotPlain, describe_mlp, has_forward_hooks, sequential_leaves
+from trpo_torchrl.modules import (
+    MLPDescription,
+    NotPlain,
+    ScaleHead,
+    describe_mlp,
+    describe_scale_head,
+    gaussian_heads,
+    has_forward_hooks,
+    sequential_leaves,
+)
 from trpo_torchrl.policies import StateIndependentScale
 
 
@@ -219,3 +229,79 @@ def test_torchrl_mlp_defaults_are_a_tanh_mlp_and_its_variants_are_named():
         ).reason
     )
     assert not describe_mlp(MLP(out_features=1, num_cells=[8]))  # lazy: its shapes are not known yet
+
+
+MAPPINGS = ["exp", "softplus", "relu", "biased_softplus", "biased_softplus_1.0", "biased_softplus_0.5_0.05"]
+
+
+def _mapping_inputs():
+    # both sides of the lower bound, relu's kink, and softplus's threshold (torch returns x above 20)
+    x = torch.linspace(-6.0, 25.0, 311, dtype=torch.float64)
+    return torch.cat([x, torch.tensor([0.0, 19.99, 20.0, 20.01], dtype=torch.float64)])
+
+
+@pytest.mark.parametrize("name", MAPPINGS)
+def test_a_state_dependent_head_is_tensordicts_extractor_exactly(name):
+    extractor = NormalParamExtractor(scale_mapping=name, scale_lb=0.3)
+    head = describe_scale_head(extractor)
+    assert isinstance(head, ScaleHead) and head.kind == "state_dependent" and head.lower_bound == 0.3
+    x = _mapping_inputs().requires_grad_(True)
+    loc, scale = extractor(torch.cat([torch.zeros_like(x), x]))
+    assert torch.equal(head.scale(x.detach()), scale.detach())  # the same operations, bit for bit
+    held = scale.detach() == 0.3
+    assert held.any() and not held.all()
+    (slope,) = torch.autograd.grad(scale.sum(), x)  # the oracle: torch's own derivative
+    torch.testing.assert_close(head.slope(x.detach()), slope, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("name", MAPPINGS)
+def test_a_state_independent_head_is_tensordicts_exactly(name):
+    values = _mapping_inputs()
+    module = AddStateIndependentNormalScale(values.numel(), scale_mapping=name, scale_lb=0.3).double()
+    with torch.no_grad():
+        module.state_independent_scale.copy_(values)
+    head = describe_scale_head(module)
+    assert head.kind == "state_independent" and head.parameter is module.state_independent_scale
+    loc, scale = module(torch.zeros(3, values.numel(), dtype=torch.float64))
+    assert torch.equal(head.scale(values).expand_as(scale), scale.detach())
+    (slope,) = torch.autograd.grad(scale[0].sum(), module.state_independent_scale)
+    torch.testing.assert_close(head.slope(values), slope, rtol=1e-14, atol=0)
+
+
+def test_our_scale_is_a_log_std_head():
+    scale = StateIndependentScale(3)
+    head = describe_scale_head(scale)
+    assert head.kind == "log_std" and head.parameter is scale.log_std
+    assert StateIndependentScale in gaussian_heads()
+
+
+def _instance_forward_softplus():
+    extractor = NormalParamExtractor()
+    extractor.scale_mapping.forward = lambda x: x
+    return extractor
+
+
+@pytest.mark.parametrize(
+    "make,reason",
+    [
+        (lambda: NormalParamExtractor(scale_mapping="expln"), "NormalParamExtractor's scale_mapping expln is not one"),
+        (lambda: NormalParamExtractor(scale_mapping="none"), "scale_mapping <lambda> is not one"),
+        (lambda: NormalParamExtractor(scale_lb=torch.tensor(0.1)), "scale_lb is a Tensor, not a number"),
+        (_instance_forward_softplus, "biased_softplus has its own forward"),
+        (lambda: AddStateIndependentNormalScale(2, scale_mapping="expln"), "scale_mapping expln is not one"),
+        (lambda: AddStateIndependentNormalScale(2, scale_mapping="nope"), "'nope' is not one of tensordict's"),
+        (lambda: nn.Tanh(), "Tanh is not a scale head the fast paths know"),
+    ],
+)
+def test_scale_heads_the_fast_paths_cannot_compute_and_why(make, reason):
+    head = describe_scale_head(make())
+    assert isinstance(head, NotPlain) and reason in head.reason, head
+
+
+def test_torchrl_heads_end_a_described_mlp():
+    body = MLP(in_features=5, out_features=4, num_cells=[8], activation_class=nn.Tanh)
+    extractor = NormalParamExtractor()
+    description = describe_mlp(nn.Sequential(body, extractor), head_types=gaussian_heads())
+    assert description.head is extractor and description.shapes == ((8, 5), (4, 8))
+    added = AddStateIndependentNormalScale(4)
+    assert describe_mlp(nn.Sequential(body, added), head_types=gaussian_heads()).head is added

@@ -4,10 +4,18 @@ with the same random draws, and follows the actor's parameters."""
 import pytest
 import torch
 from tensordict import TensorDict
-from tensordict.nn import InteractionType, set_interaction_type
+from tensordict.nn import (
+    AddStateIndependentNormalScale,
+    InteractionType,
+    NormalParamExtractor,
+    TensorDictModule,
+    set_interaction_type,
+)
 from torch import nn
+from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor
 
 from tests._trpo_batches import make_actor
+from trpo_torchrl.collectors import _FrozenForward
 from trpo_torchrl.policies import GaussianSampler, StateIndependentScale, collection_policy, gaussian_actor
 
 
@@ -46,10 +54,62 @@ def test_sampler_follows_the_actors_parameters_and_the_interaction_type():
     assert torch.equal(out["action"], expected_loc)
 
 
-@pytest.mark.parametrize("kind", ["categorical", "gaussian_state_scale"])
+@pytest.mark.parametrize("kind", ["categorical"])
 def test_other_actors_collect_through_themselves(kind):
     actor = make_actor(kind)
     assert collection_policy(actor) is actor
+
+
+def _torchrl_actor(head: nn.Module, out: int) -> ProbabilisticActor:
+    torch.manual_seed(0)
+    net = nn.Sequential(MLP(in_features=5, out_features=out, num_cells=[16], activation_class=nn.Tanh), head)
+    return ProbabilisticActor(
+        TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        distribution_class=IndependentNormal,
+        return_log_prob=True,
+        default_interaction_type=InteractionType.RANDOM,
+    )
+
+
+TORCHRL_HEADS = {
+    "extractor": lambda: _torchrl_actor(NormalParamExtractor(), 6),
+    "extractor_exp_clamped": lambda: _torchrl_actor(NormalParamExtractor("exp", scale_lb=0.9), 6),
+    "independent": lambda: _torchrl_actor(AddStateIndependentNormalScale(3, init_value=-0.5), 3),
+    "independent_softplus": lambda: _torchrl_actor(
+        AddStateIndependentNormalScale(3, scale_mapping="biased_softplus_1.0", scale_lb=0.2), 3
+    ),
+    "factory_state_scale": lambda: make_actor("gaussian_state_scale"),
+}
+
+
+@pytest.mark.parametrize("name", list(TORCHRL_HEADS))
+def test_torchrl_heads_get_the_sampler_and_draw_what_the_actor_draws(name):
+    actor = TORCHRL_HEADS[name]()
+    sampler = collection_policy(actor)
+    assert isinstance(sampler, GaussianSampler)
+    obs_dim = actor.module[0].module[0][0].in_features
+    td = TensorDict({"observation": torch.randn(7, 2, obs_dim)}, [7, 2])
+    torch.manual_seed(11)
+    expected = actor(td.copy())
+    torch.manual_seed(11)
+    got = sampler(td.copy())
+    assert set(got.keys()) == set(expected.keys())
+    for key in expected.keys():
+        assert torch.equal(got[key], expected[key]), key
+
+
+@pytest.mark.parametrize("name", list(TORCHRL_HEADS))
+def test_the_collectors_frozen_forward_runs_torchrl_heads_exactly(name):
+    net = TORCHRL_HEADS[name]().module[0].module
+    frozen = _FrozenForward.freeze(net, torch.float32)
+    assert frozen is not None
+    x = torch.randn(9, net[0][0].in_features) * 3
+    with torch.no_grad():
+        want, got = net(x), frozen(x)
+    assert len(want) == len(got) == 2
+    for w, g in zip(want, got):
+        assert torch.equal(w, g)
 
 
 def test_hooks_on_the_actor_are_not_skipped():

@@ -37,7 +37,7 @@ from torchrl.collectors import BaseCollector
 from torchrl.envs import Compose, DoubleToFloat, EnvBase, GymWrapper, RewardSum, TransformedEnv, VecGymEnvTransform
 from torchrl.modules import IndependentNormal, OneHotCategorical
 
-from trpo_torchrl.modules import describe_mlp
+from trpo_torchrl.modules import describe_mlp, gaussian_heads
 from trpo_torchrl.policies import StateIndependentScale
 
 __all__ = ["DirectCollector", "gym_vector_env"]
@@ -75,15 +75,16 @@ class _FrozenForward:
     collected (normaliser statistics, the state-independent scale) computed once
     (``benchmarks/throughput.py`` measures collection). It runs only a network that
     :func:`~trpo_torchrl.modules.describe_mlp` calls a plain MLP, with the same operations as the
-    modules' own forward passes; for any other network :meth:`freeze` returns ``None`` and the
-    collector calls the network itself."""
+    modules' own forward passes; a tensordict scale head (``NormalParamExtractor``,
+    ``AddStateIndependentNormalScale``) is called as it is. For any other network :meth:`freeze`
+    returns ``None`` and the collector calls the network itself."""
 
     @staticmethod
     def freeze(net: torch.nn.Module, dtype: torch.dtype):
         """The per-step function for the network's current structure, parameters and statistics, or
         ``None``. Described anew for each batch, so modules swapped or hooks added since the last one
         are seen."""
-        description = describe_mlp(net, head_types=(StateIndependentScale,))
+        description = describe_mlp(net, head_types=gaussian_heads())
         if not description:
             return None
         steps: list[tuple] = []
@@ -95,7 +96,10 @@ class _FrozenForward:
             steps.append(("linear", linear.weight.detach(), linear.bias.detach()))
             if i < len(description.activations):
                 steps.append((description.activations[i],))
-        scale = None if description.head is None else description.head.log_std.detach().exp()
+        head = description.head
+        scale = head.log_std.detach().exp() if type(head) is StateIndependentScale else None
+        # tensordict's heads map the output (or their parameter) at each call: run as they are
+        call_head = head if head is not None and scale is None else None
 
         def forward(x: torch.Tensor):
             for step in steps:
@@ -108,6 +112,8 @@ class _FrozenForward:
                     x = torch.relu(x)
                 else:
                     x = step[1](x)
+            if call_head is not None:
+                return call_head(x)
             return x if scale is None else (x, scale.expand_as(x))
 
         return forward

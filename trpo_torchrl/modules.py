@@ -9,6 +9,9 @@ question here, :func:`describe_mlp`, and take the general path whenever the answ
 What counts as plain: an optional parameter-free preprocessing prefix (e.g. an observation
 normaliser), then ``Linear (activation Linear)*`` with every ``Linear`` biased and every hidden
 activation ``Tanh`` or ``ReLU``, then optionally one head module of a type the caller names.
+A Gaussian actor's head (:func:`gaussian_heads`: our ``StateIndependentScale``, tensordict's
+``NormalParamExtractor`` and ``AddStateIndependentNormalScale``) is described further by
+:func:`describe_scale_head`: which scale it makes, through which of tensordict's mappings.
 Containers are opened only when their forward pass is known to be "run the children in order":
 an exact ``nn.Sequential`` and torchrl's ``MLP`` with an integer output size. A subclass with its
 own ``forward``, a forward set on one instance, or forward hooks anywhere make a module opaque.
@@ -17,20 +20,27 @@ own ``forward``, a forward set on one instance, or forward hooks anywhere make a
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from numbers import Real
 
-from tensordict.nn import TensorDictModule
+import torch
+from tensordict.nn import AddStateIndependentNormalScale, NormalParamExtractor, TensorDictModule
+from tensordict.nn.utils import biased_softplus, mappings
 from torch import nn
 from torchrl.modules import MLP
 
 __all__ = [
+    "ACTIVATIONS",
     "MLPDescription",
     "NotPlain",
+    "ScaleHead",
+    "ScaleMapping",
     "describe_mlp",
+    "describe_scale_head",
+    "gaussian_heads",
     "has_forward_hooks",
     "plain_tensordict_module",
     "sequential_leaves",
-    "ACTIVATIONS",
 ]
 
 # the hidden activations the fast paths compute themselves, by exact type
@@ -206,3 +216,135 @@ def describe_mlp(module: nn.Module, *, head_types: tuple[type, ...] = ()) -> MLP
         head=head,
         leaves=tuple(leaves),
     )
+
+
+# -- the scale heads of Gaussian actors -----------------------------------------------------------
+
+# torch's softplus returns its input above this threshold (beta = 1), and its derivative is then 1
+_SOFTPLUS_THRESHOLD = 20.0
+
+
+@dataclass(frozen=True)
+class ScaleMapping:
+    """One of tensordict's positive scale mappings, computed with the same operations:
+    ``exp(x)``, ``relu(x)``, ``softplus(x)``, or ``softplus(x + shift) + floor`` (``biased_softplus``)."""
+
+    kind: str  # "exp", "relu", "softplus" or "biased_softplus"
+    shift: float = 0.0
+    floor: float = 0.0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "exp":
+            return torch.exp(x)
+        if self.kind == "relu":
+            return torch.relu(x)
+        if self.kind == "softplus":
+            return nn.functional.softplus(x)
+        return nn.functional.softplus(x + self.shift) + self.floor
+
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+        """The mapping's derivative at ``x``, as torch's autograd takes it (relu: 0 at 0; softplus:
+        1 above its threshold)."""
+        if self.kind == "exp":
+            return torch.exp(x)
+        if self.kind == "relu":
+            return (x > 0).to(x.dtype)
+        if self.kind == "biased_softplus":
+            x = x + self.shift
+        return torch.where(x > _SOFTPLUS_THRESHOLD, torch.ones_like(x), torch.sigmoid(x))
+
+
+@dataclass(frozen=True)
+class ScaleHead:
+    """A Gaussian actor's head after its last Linear ``[.., width]``, as it maps that output to ``(loc, scale)``:
+
+    * ``"log_std"`` (``StateIndependentScale``): ``loc``, ``exp(log_std)``;
+    * ``"state_independent"`` (``AddStateIndependentNormalScale``): ``loc``,
+      ``mapping(parameter).clamp_min(lower_bound)``;
+    * ``"state_dependent"`` (``NormalParamExtractor``): the output's halves ``loc, x``, and
+      ``mapping(x).clamp_min(lower_bound)``.
+
+    ``parameter`` is the state-independent scale's tensor (``None`` for a state-dependent one).
+    """
+
+    module: nn.Module
+    kind: str
+    mapping: ScaleMapping | None = None
+    lower_bound: float = 0.0
+    parameter: torch.Tensor | None = field(default=None, compare=False)
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """The scale from the mapping's input ``x`` (not for ``"log_std"``)."""
+        return self.mapping(x).clamp_min(self.lower_bound)
+
+    def slope(self, x: torch.Tensor) -> torch.Tensor:
+        """``d scale / d x`` for ``scale = self.scale(x)``: zero where the lower bound holds it (torch's
+        ``clamp_min`` passes the gradient where ``mapping(x) >= lower_bound``)."""
+        mapped_through = self.mapping(x) >= self.lower_bound
+        return self.mapping.derivative(x) * mapped_through.to(x.dtype)
+
+    @property
+    def signature(self) -> tuple:
+        """What the fast paths rely on, to notice a head changed since it was described."""
+        return (id(self.module), self.kind, self.mapping, self.lower_bound, id(self.parameter))
+
+
+def gaussian_heads() -> tuple[type, ...]:
+    """The head types a Gaussian actor's network may end in on the fast paths (``head_types`` of
+    :func:`describe_mlp`)."""
+    from .policies import StateIndependentScale  # policies builds on this module
+
+    return (StateIndependentScale, NormalParamExtractor, AddStateIndependentNormalScale)
+
+
+_SUPPORTED_MAPPINGS = "exp, softplus, relu or biased_softplus_<bias>[_<min_val>]"
+
+
+def _describe_mapping(owner: str, mapping) -> ScaleMapping | NotPlain:
+    """``mapping`` (a callable tensordict's ``mappings`` returned) as a :class:`ScaleMapping`."""
+    if mapping is torch.exp:
+        return ScaleMapping("exp")
+    if mapping is torch.relu:
+        return ScaleMapping("relu")
+    if mapping is nn.functional.softplus:
+        return ScaleMapping("softplus")
+    if type(mapping) is biased_softplus:
+        if "forward" in vars(mapping) or has_forward_hooks(mapping):
+            return NotPlain(f"{owner}'s biased_softplus has its own forward or hooks")
+        shift, floor = mapping.bias, mapping.min_val
+        if not all(isinstance(v, Real) and not isinstance(v, bool) for v in (shift, floor)):
+            return NotPlain(f"{owner}'s biased_softplus has a tensor bias or min_val, not numbers")
+        return ScaleMapping("biased_softplus", float(shift), float(floor))
+    name = getattr(mapping, "__name__", type(mapping).__name__)
+    return NotPlain(f"{owner}'s scale_mapping {name} is not one the fast paths compute ({_SUPPORTED_MAPPINGS})")
+
+
+def describe_scale_head(head: nn.Module) -> ScaleHead | NotPlain:
+    """``head`` (one of :func:`gaussian_heads`) as a :class:`ScaleHead`, or :class:`NotPlain` saying why not."""
+    from .policies import StateIndependentScale
+
+    kind = type(head)
+    name = kind.__name__
+    if "forward" in vars(head):
+        return NotPlain(f"{name} has a forward set on the instance")
+    if kind is StateIndependentScale:
+        return ScaleHead(head, "log_std", parameter=head.log_std)
+    if kind not in (NormalParamExtractor, AddStateIndependentNormalScale):
+        known = ", ".join(t.__name__ for t in gaussian_heads())
+        return NotPlain(f"{name} is not a scale head the fast paths know ({known})")
+    lower_bound = head.scale_lb
+    if not isinstance(lower_bound, Real) or isinstance(lower_bound, bool):
+        return NotPlain(f"{name}'s scale_lb is a {type(lower_bound).__name__}, not a number")
+    if kind is NormalParamExtractor:
+        mapping = _describe_mapping(name, head.scale_mapping)
+        if not mapping:
+            return mapping
+        return ScaleHead(head, "state_dependent", mapping, float(lower_bound))
+    try:  # the mapping is named by a string and looked up by tensordict at each call
+        resolved = mappings(head.scale_mapping)
+    except Exception as error:  # tensordict raises NotImplementedError or ValueError for unknown names
+        return NotPlain(f"{name}'s scale_mapping {head.scale_mapping!r} is not one of tensordict's mappings: {error}")
+    mapping = _describe_mapping(name, resolved)
+    if not mapping:
+        return mapping
+    return ScaleHead(head, "state_independent", mapping, float(lower_bound), head.state_independent_scale)

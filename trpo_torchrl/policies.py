@@ -13,7 +13,7 @@ from torch import nn
 from torch.distributions import Categorical
 from torchrl.modules import IndependentNormal, OneHotCategorical, ProbabilisticActor
 
-from .modules import has_forward_hooks, sequential_leaves
+from .modules import gaussian_heads, has_forward_hooks, sequential_leaves
 from .validation import check_count, check_number
 
 __all__ = ["StateIndependentScale", "gaussian_actor", "categorical_actor", "GaussianSampler", "collection_policy"]
@@ -88,8 +88,9 @@ def categorical_actor(
 
 
 class GaussianSampler(TensorDictModuleBase):
-    """The collection-time form of a :func:`gaussian_actor`: the same network and parameters (shared,
-    not copied), the same entries written (``loc``, ``scale``, the action and its log-probability) and
+    """The collection-time form of a Gaussian actor whose network ends in a scale head (a
+    :func:`gaussian_actor`, or tensordict's ``NormalParamExtractor`` or ``AddStateIndependentNormalScale``):
+    the same network and parameters (shared, not copied), run by its own forward pass, the same entries written (``loc``, ``scale``, the action and its log-probability) and
     the same random draws, without the TensorDict-module machinery a ProbabilisticActor runs per call.
 
     On a small CPU that machinery costs several times the network itself at each environment step
@@ -133,12 +134,15 @@ class GaussianSampler(TensorDictModuleBase):
 
 
 def collection_policy(actor):
-    """A :class:`GaussianSampler` for an actor made by :func:`gaussian_actor` with a state-independent
-    scale, the actor itself for anything else.
+    """A :class:`GaussianSampler` for a ``ProbabilisticActor`` over an ``IndependentNormal`` whose
+    network ends in a scale head (:func:`~trpo_torchrl.modules.gaussian_heads`:
+    :class:`StateIndependentScale`, ``NormalParamExtractor``, ``AddStateIndependentNormalScale``),
+    the actor itself for anything else.
 
-    The network must end in the :class:`StateIndependentScale` by its own forward pass (its last
-    leaf in :func:`~trpo_torchrl.modules.sequential_leaves`): an ``nn.Sequential`` subclass whose
-    ``forward`` differs is not taken for the stack of its children."""
+    The network must end in the head by its own forward pass (its last leaf in
+    :func:`~trpo_torchrl.modules.sequential_leaves`): an ``nn.Sequential`` subclass whose
+    ``forward`` differs is not taken for the stack of its children. The sampler runs the network
+    itself, so any head's scale is the module's own."""
     try:
         module, prob = actor.module[0], actor.module[-1]
         leaves = list(sequential_leaves(module.module)) if type(module) is TensorDictModule else []
@@ -147,7 +151,7 @@ def collection_policy(actor):
             and len(actor.module) == 2
             and type(module) is TensorDictModule
             and bool(leaves)
-            and type(leaves[-1]) is StateIndependentScale
+            and type(leaves[-1]) in gaussian_heads()
             and prob.distribution_class is IndependentNormal
             and prob.return_log_prob
             and not getattr(actor, "safe", False)  # a safe actor projects its samples into the spec

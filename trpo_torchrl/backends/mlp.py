@@ -3,11 +3,16 @@
 TRPO's actor step spends its time in ~26 Fisher-vector products and one line search over K
 candidate parameter vectors. Through ``torch.func`` each product replays a recorded autograd graph
 (a vjp of the vjp), and each candidate is a vmapped ``functional_call``; for the policies TRPO is
-almost always run with (an MLP of Linear and Tanh/ReLU layers, a Gaussian with a state-independent
-scale or a categorical) the same numbers come from a handful of explicit matrix products over the
-activations of one forward pass. :class:`MLPPolicyPlan` recognises such an actor and computes:
+almost always run with (an MLP of Linear and Tanh/ReLU layers, then a Gaussian or a categorical)
+the same numbers come from a handful of explicit matrix products over the activations of one
+forward pass. The Gaussian's scale comes from its network's head, as
+:func:`~trpo_torchrl.modules.describe_scale_head` describes it: our ``StateIndependentScale``,
+tensordict's ``AddStateIndependentNormalScale`` (a learned scale through a positive mapping and a
+lower bound) or ``NormalParamExtractor`` (the last Linear's output split into the mean and a
+state-dependent scale through a mapping and a lower bound). :class:`MLPPolicyPlan` recognises
+such an actor and computes:
 
-* :meth:`~MLPPolicyPlan.fisher_vector_product`: ``v ↦ (kl_scale · Jᵀ M J / N + damping·I) v`` —
+* :meth:`Linearization.fisher_vector_product`: ``v ↦ (kl_scale · Jᵀ M J / N + damping·I) v`` —
   the Gauss-Newton product of :func:`~trpo_torchrl.fisher.gauss_newton_fisher_vector_product`,
   with ``J v`` as a forward pass of tangents (two products per layer, accumulated in place) and
   ``Jᵀ u`` as a backward pass, over cached activations and activation derivatives;
@@ -16,8 +21,9 @@ activations of one forward pass. :class:`MLPPolicyPlan` recognises such an actor
   :func:`trpo_torchrl.ops.tanh_`.
 
 Whether the network is a plain MLP is :func:`trpo_torchrl.modules.describe_mlp`'s answer, the one
-every fast path asks. What is not recognised (another layer type, a state-dependent scale,
-distribution keyword arguments, trainable parameters outside the MLP, forward hooks) keeps the
+every fast path asks. What is not recognised (another layer type, a scale mapping other than exp,
+softplus, biased softplus or relu, distribution keyword arguments, trainable parameters outside the
+MLP and its scale, forward hooks) keeps the
 ``torch.func`` path: :meth:`MLPPolicyPlan.describe` says why.
 """
 
@@ -33,9 +39,16 @@ from torchrl.modules import IndependentNormal, OneHotCategorical
 
 from ..fisher import check_product_vector
 from ..loss import PolicyBatch
-from ..modules import NotPlain, describe_mlp, has_forward_hooks, sequential_leaves
+from ..modules import (
+    NotPlain,
+    ScaleHead,
+    describe_mlp,
+    describe_scale_head,
+    gaussian_heads,
+    has_forward_hooks,
+    sequential_leaves,
+)
 from ..ops import tanh_ as fast_tanh_
-from ..policies import StateIndependentScale
 from .functional import subsample
 
 __all__ = ["MLPBackend", "MLPPolicyPlan"]
@@ -58,13 +71,16 @@ class MLPPolicyPlan:
     of θ's pieces (as :class:`~trpo_torchrl.TrustRegionUpdate` lays θ out).
     """
 
-    def __init__(self, actor, in_key, prefix, layers, log_std: slice | None, family: str, out_keys):
+    def __init__(
+        self, actor, in_key, prefix, layers, head: ScaleHead | None, scale: slice | None, family: str, out_keys
+    ):
         self.actor = actor
         self._structure = _structure(actor)
         self.in_key = in_key
         self.prefix = prefix  # parameter-free modules before the first Linear, run once per batch
         self.layers = layers
-        self.log_std = log_std  # the state-independent log-std's slice of θ (normal family)
+        self.head = head  # the Gaussian's scale head (normal family)
+        self.scale = scale  # the state-independent scale's slice of θ (log-std or pre-mapping scale)
         self.family = family
         self.out_keys = out_keys  # the distribution's arguments -> the entries that hold them
 
@@ -99,36 +115,59 @@ class MLPPolicyPlan:
             return NotPlain(f"the module writes {list(td_module.out_keys)}, not the distribution's {order}")
         if has_forward_hooks(td_module, recurse=False):
             return NotPlain("the TensorDictModule has forward hooks, which the explicit products would skip")
-        description = describe_mlp(td_module.module, head_types=(StateIndependentScale,))
+        description = describe_mlp(td_module.module, head_types=gaussian_heads())
         if not description:
             return description
-        head = description.head
-        if (family == "normal") != (head is not None):
+        if (family == "normal") != (description.head is not None):
             return NotPlain(
-                "a Gaussian needs a StateIndependentScale head (a state-dependent scale is not an explicit product here)"
+                "a Gaussian's network must end in a scale head ("
+                + ", ".join(t.__name__ for t in gaussian_heads())
+                + ")"
                 if family == "normal"
                 else "a categorical's network ends in a scale head"
             )
         linears = description.linears
-        if head is not None and tuple(head.log_std.shape) != (linears[-1].out_features,):
-            return NotPlain("the log-std is broadcast over the action dimensions")
-        # θ's layout: exactly the Linears' weights and biases and the log-std, each once
+        head = None
+        if description.head is not None:
+            head = describe_scale_head(description.head)
+            if not head:
+                return head
+            width = linears[-1].out_features
+            if head.kind == "state_dependent" and width % 2:
+                return NotPlain(
+                    f"NormalParamExtractor splits the last Linear's {width} outputs into loc and scale halves; "
+                    "an odd number does not split"
+                )
+            if head.kind == "log_std" and tuple(head.parameter.shape) != (width,):
+                return NotPlain("the log-std is broadcast over the action dimensions")
+            if head.kind == "state_independent":
+                if not isinstance(head.parameter, nn.Parameter):
+                    return NotPlain(
+                        "AddStateIndependentNormalScale's scale is a buffer (make_param=False), not a trained parameter"
+                    )
+                if tuple(head.parameter.shape) != (width,):
+                    return NotPlain(
+                        f"AddStateIndependentNormalScale's scale has shape {tuple(head.parameter.shape)}, "
+                        f"not the action size ({width},)"
+                    )
+        # θ's layout: exactly the Linears' weights and biases and the state-independent scale, each once
         offsets, start = {}, 0
         for name, numel in zip(names, numels):
             offsets[name] = slice(start, start + numel)
             start += numel
         named = dict(actor.named_parameters())
         by_id = {id(named[name]): offsets[name] for name in names}
-        wanted = [*description.parameters] + ([head.log_std] if head is not None else [])
+        scale = head.parameter if head is not None else None
+        wanted = [*description.parameters] + ([scale] if scale is not None else [])
         if len(wanted) != len(names) or any(id(p) not in by_id for p in wanted):
             return NotPlain("the actor has trainable parameters outside its MLP and scale")
         layers = []
         for i, m in enumerate(linears):
             activation = description.activations[i] if i < len(description.activations) else None
             layers.append(_Layer(by_id[id(m.weight)], by_id[id(m.bias)], tuple(m.weight.shape), activation))
-        log_std = by_id[id(head.log_std)] if head is not None else None
+        scale_slice = by_id[id(scale)] if scale is not None else None
         out_keys = {name: feeds[name] for name in order}
-        return cls(actor, td_module.in_keys[0], list(description.prefix), layers, log_std, family, out_keys)
+        return cls(actor, td_module.in_keys[0], list(description.prefix), layers, head, scale_slice, family, out_keys)
 
     # ------------------------------------------------------------------------------------------
     def applies(self) -> bool:
@@ -151,13 +190,26 @@ class MLPPolicyPlan:
         return x
 
     def _dist_out(self, out: torch.Tensor, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The distribution's arguments from the MLP's output ``[..., N, d]``."""
+        """The distribution's arguments from the MLP's output ``[..., N, D]``."""
         if self.family == "categorical":
             return {"logits": out}
-        # StateIndependentScale: exp(log_std) on every state. Materialised, not an expanded view:
-        # torch's log (in the log-density, KL and entropy) is several times slower on a stride-0 input
-        scale = theta[..., self.log_std].exp()
+        kind = self.head.kind
+        if kind == "state_dependent":
+            loc, x = out.chunk(2, -1)  # NormalParamExtractor's split
+            return {"loc": loc.contiguous(), "scale": self.head.scale(x)}
+        # a state-independent scale on every state. Materialised, not an expanded view: torch's log
+        # (in the log-density, KL and entropy) is several times slower on a stride-0 input
+        scale = theta[..., self.scale].exp() if kind == "log_std" else self.head.scale(theta[..., self.scale])
         return {"loc": out, "scale": scale.unsqueeze(-2).expand_as(out).contiguous()}
+
+    def _scale_slope(self, out: torch.Tensor, theta: torch.Tensor) -> torch.Tensor | None:
+        """``d scale / d x`` for the mapping's input ``x``: ``[.., N, d]`` for a state-dependent scale,
+        ``[.., d]`` for a state-independent one; ``None`` for the log-std (its slope is the scale)."""
+        if self.family == "categorical" or self.head.kind == "log_std":
+            return None
+        if self.head.kind == "state_dependent":
+            return self.head.slope(out.chunk(2, -1)[1])
+        return self.head.slope(theta[..., self.scale])
 
     @torch.no_grad()
     def distribution_parameters(self, features: torch.Tensor, thetas: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -235,12 +287,15 @@ class _Holder(nn.Module):
 
 
 def _structure(actor) -> tuple:
-    """The identity and type of every module the plan relies on, to notice swapped modules."""
+    """The identity and type of every module the plan relies on, and what its scale head computes
+    (mapping, lower bound, parameter), to notice swapped or changed modules."""
     try:
-        modules = [actor.module[0], actor.module[-1], *sequential_leaves(actor.module[0].module)]
+        leaves = list(sequential_leaves(actor.module[0].module))
+        modules = [actor.module[0], actor.module[-1], *leaves]
     except (AttributeError, IndexError, TypeError):
         return ()
-    return tuple((id(m), type(m)) for m in modules)
+    head = describe_scale_head(leaves[-1]) if leaves and type(leaves[-1]) in gaussian_heads() else None
+    return (*((id(m), type(m)) for m in modules), head.signature if head else head)
 
 
 def _activate(z: torch.Tensor, activation: str) -> torch.Tensor:
@@ -308,6 +363,8 @@ class Linearization:
                 h = _activate(_affine(bias, h, w), layer.activation)
                 self.slopes.append(1.0 - h * h if layer.activation == "tanh" else (h > 0).to(h.dtype))
         self.args = plan._dist_out(h, theta)  # the distribution's arguments, e.g. loc and scale
+        # the scale's derivative in its mapping's input (zero where the lower bound holds it)
+        self.scale_slope = plan._scale_slope(h, theta)
 
     @property
     def outputs(self) -> dict[str, torch.Tensor]:
@@ -373,38 +430,66 @@ class Linearization:
         each ``[.., N, d]``; a missing one counts as zero)."""
         plan = self.plan
         out = torch.zeros_like(self.theta)
+        kind = plan.head.kind if plan.family == "normal" else None
+        c_scale = cotangents.get("scale") if kind is not None else None
+        if kind == "state_dependent":
+            # the network's output is [loc, x] with scale = mapping(x): the cotangent of x is c_scale · slope
+            c_loc = cotangents.get("loc")
+            if c_loc is None and c_scale is None:
+                return out
+            c_loc = torch.zeros_like(self.args["loc"]) if c_loc is None else c_loc
+            c_x = torch.zeros_like(self.args["scale"]) if c_scale is None else c_scale * self.scale_slope
+            self._backward(torch.cat([c_loc, c_x], dim=-1), out)
+            return out
         main = "loc" if plan.family == "normal" else "logits"
         if cotangents.get(main) is not None:
             self._backward(cotangents[main], out)
-        if plan.family == "normal" and cotangents.get("scale") is not None:
+        if kind == "log_std" and c_scale is not None:
             # scale = exp(log_std) on every state: d/d log_std = Σ_states c_scale · scale
-            out[..., plan.log_std] = (cotangents["scale"] * self.args["scale"]).sum(-2)
+            out[..., plan.scale] = (c_scale * self.args["scale"]).sum(-2)
+        elif kind == "state_independent" and c_scale is not None:
+            # scale = mapping(p) on every state: d/dp = Σ_states c_scale · slope
+            out[..., plan.scale] = (c_scale * self.scale_slope.unsqueeze(-2)).sum(-2)
         return out
 
     def fisher_vector_product(self, *, kl_scale: float, damping: float) -> Callable[[torch.Tensor], torch.Tensor]:
         """``v ↦ (kl_scale · Jᵀ M J / N + damping·I) v`` over the N states (``v``: ``[n]`` or
         ``[B, n]``; for a population ``[M, n]``, one vector per member); M is the distribution's
         Fisher in its arguments (``1/σ²`` for the mean and ``2/σ²`` for the standard deviation of a
-        Gaussian, ``diag(p) − p pᵀ`` for a categorical's logits), as in
-        :func:`~trpo_torchrl.fisher.gauss_newton_fisher_vector_product`."""
+        Gaussian, per state, ``diag(p) − p pᵀ`` for a categorical's logits), as in
+        :func:`~trpo_torchrl.fisher.gauss_newton_fisher_vector_product`. The scale's own Jacobian is
+        diagonal (``σ'`` of its mapping's input), so its block is ``2σ'²/σ²`` per entry."""
         plan = self.plan
-        if plan.family == "normal":
+        kind = plan.head.kind if plan.family == "normal" else None
+        scale_block = None
+        if kind == "log_std":
             # the same for every state (the scale is state-independent); the log-std block is 2·kl_scale·I
-            metric = ((kl_scale / self.n_states) * torch.exp(-2.0 * self.theta[..., plan.log_std])).unsqueeze(-2)
+            metric = ((kl_scale / self.n_states) * torch.exp(-2.0 * self.theta[..., plan.scale])).unsqueeze(-2)
+        elif kind == "state_independent":
+            sigma = self.args["scale"][..., 0, :]
+            metric = ((kl_scale / self.n_states) / sigma.square()).unsqueeze(-2)
+            # Σ over the N states of (kl_scale / N) · 2σ'²/σ²: the states cancel the 1/N
+            scale_block = (2.0 * kl_scale) * self.scale_slope.square() / sigma.square()
+        elif kind == "state_dependent":
+            # per state: 1/σ² on the loc half of the output, 2σ'²/σ² on the scale's input half
+            loc_metric = (kl_scale / self.n_states) / self.args["scale"].square()
+            metric = torch.cat([loc_metric, 2.0 * loc_metric * self.scale_slope.square()], dim=-1)
         else:
             probs = torch.softmax(self.args["logits"], dim=-1)
             metric = kl_scale / self.n_states
 
         def single(v: torch.Tensor, out: torch.Tensor) -> None:
             t = self._forward_tangent(v)
-            if plan.family == "normal":
+            if kind is not None:
                 u = t.mul_(metric)
             else:
                 pu = probs * t
                 u = (pu - probs * pu.sum(-1, keepdim=True)).mul_(metric)
             self._backward(u, out)
-            if plan.family == "normal":
-                torch.mul(v[..., plan.log_std], 2.0 * kl_scale, out=out[..., plan.log_std])
+            if kind == "log_std":
+                torch.mul(v[..., plan.scale], 2.0 * kl_scale, out=out[..., plan.scale])
+            elif kind == "state_independent":
+                torch.mul(v[..., plan.scale], scale_block, out=out[..., plan.scale])
 
         def fvp(v: torch.Tensor) -> torch.Tensor:
             if self.lead:
