@@ -57,8 +57,8 @@ class TrustRegionUpdate:
         fvp_subsample (float): fraction of the batch states the Fisher is averaged over. Defaults to ``1.0``.
         generator (torch.Generator, optional): drives the Fisher subsample.
         fast_mlp (bool): when the actor is a plain MLP policy (Linear and Tanh/ReLU layers after
-            parameter-free preprocessing; a Gaussian with :class:`~trpo_torchrl.policies.StateIndependentScale`
-            or a categorical; see :mod:`trpo_torchrl.backends.mlp`), compute the Gauss-Newton products
+            parameter-free preprocessing; a categorical, or a Gaussian whose network ends in a scale head
+            :func:`~trpo_torchrl.modules.gaussian_heads` names; see :mod:`trpo_torchrl.backends.mlp`), compute the Gauss-Newton products
             and the line-search candidates with explicit matrix products instead of ``torch.func``
             (the same values up to rounding, and faster: ``benchmarks/update.py`` measures the actor
             step on the HalfCheetah preset). Any other actor, or one with forward hooks, takes the ``torch.func`` path either

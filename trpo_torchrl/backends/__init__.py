@@ -8,7 +8,7 @@ behind one interface (:class:`~trpo_torchrl.engine.Evaluation`):
 * :class:`FunctionalBackend` (``torch.func`` through the loss's own policy evaluation): any actor
   and any distribution the loss can take a KL of;
 * :class:`MLPBackend` (explicit matrix products over one forward pass): plain MLP policies, a
-  Gaussian with a state-independent scale or a categorical.
+  Gaussian (a state-independent or a state-dependent scale head) or a categorical.
 
 :class:`PolicyBackends` is the one place that picks between them.
 """
