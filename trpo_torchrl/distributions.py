@@ -25,6 +25,8 @@ from tensordict.nn import CompositeDistribution
 from torch import distributions as D
 from torchrl.modules import IndependentNormal, TanhNormal
 
+from .validation import check_choice
+
 __all__ = [
     "analytic_kl",
     "composite_families",
@@ -219,6 +221,8 @@ def resolve_fvp(where: str, actor, fvp: str | None, kl_estimate: str) -> tuple[s
     Returns ``(fvp, automatic)``: ``automatic`` is True when the distribution is only known once a
     batch is seen (a factory function) and the default may still turn into ``"kl_hessian"`` then.
     """
+    if fvp is not None:
+        check_choice(where, "fvp", fvp, ("gauss_newton", "kl_hessian"))
     prob = _probabilistic_module(actor)
     cls = getattr(prob, "distribution_class", None)
     kwargs = dict(getattr(prob, "distribution_kwargs", None) or {})

@@ -394,7 +394,9 @@ class TRPOLoss(LossModule):
             raise ValueError(
                 f"TRPOLoss: the stored log-probability {self.tensor_keys.sample_log_prob!r} has shape "
                 f"{tuple(old_log_prob.shape)}, expected one value per state of the batch {tuple(tensordict.batch_size)} "
-                "(the joint log-probability of the action, summed over its dimensions)"
+                "(the joint log-probability of the action, summed over its dimensions: use "
+                "torchrl.modules.IndependentNormal for a Gaussian, torch.distributions.Independent(base, 1) "
+                "for any other distribution)"
             )
         batch = PolicyBatch(
             inputs=self._policy_inputs(data),
@@ -441,11 +443,17 @@ class TRPOLoss(LossModule):
         return action
 
     def _policy_inputs(self, data: TensorDictBase) -> TensorDictBase:
-        """The actor's inputs alone: an entry that is also a stored distribution parameter (a
-        nested parameter group, which the actor's in_keys can list) stays out, so that evaluating
-        π_θ never overwrites π_old's parameters."""
+        """The actor's inputs alone. A nested group of distribution parameters that the network
+        writes (a composite's ``params``) is listed among the actor's in_keys too: it stays out,
+        so that evaluating π_θ never overwrites π_old's stored parameters (a plain input the
+        distribution also reads, such as an action mask, stays in)."""
         params = set(self.dist_params_keys)
-        return data.select(*[key for key in self.actor_network.in_keys if key not in params]).detach()
+        keys = [
+            key
+            for key in self.actor_network.in_keys
+            if not (key in params and isinstance(data.get(key, None), TensorDictBase))
+        ]
+        return data.select(*keys).detach()
 
     def _check_action(self, batch: PolicyBatch, num_states: int) -> None:
         # π_old's deterministic action says what an action must look like (event_shape does not:
