@@ -36,6 +36,10 @@ class IndependentBernoulli(D.Independent):
         super().__init__(D.Bernoulli(logits=logits), 1)
 
 
+def _independent_categorical(logits):
+    return D.Independent(D.Categorical(logits=logits), 1)
+
+
 def _actor(module, in_keys, dist_class, out_keys=None, **dist_kwargs):
     kwargs = {"out_keys": out_keys} if out_keys is not None else {}
     return ProbabilisticActor(
@@ -123,6 +127,19 @@ def make(kind: str):
             lambda old, new: D.kl_divergence(D.Categorical(logits=old["logits"]), D.Categorical(logits=new["logits"])),
             extra,
         )
+    if kind == "multicategorical":
+        # MultiDiscrete as one Independent over m categoricals: each keeps its own softmax
+        net = TensorDictModule(
+            nn.Sequential(_mlp(3 * K), nn.Unflatten(-1, (3, K))), in_keys=["observation"], out_keys=["logits"]
+        )
+        actor = _actor(net, ["logits"], _independent_categorical)
+        return (
+            actor,
+            lambda old, new: D.kl_divergence(
+                _independent_categorical(old["logits"]), _independent_categorical(new["logits"])
+            ),
+            extra,
+        )
     if kind == "bernoulli":
         net = TensorDictModule(_mlp(3), in_keys=["observation"], out_keys=["logits"])
         actor = _actor(net, ["logits"], IndependentBernoulli)
@@ -147,7 +164,7 @@ def make(kind: str):
     return actor, oracle, extra
 
 
-KINDS = ["tanh", "tanh_loc", "categorical", "one_hot", "masked", "bernoulli"]
+KINDS = ["tanh", "tanh_loc", "categorical", "one_hot", "masked", "multicategorical", "bernoulli"]
 COMPOSITES = ["multidiscrete", "multidiscrete_nested", "hybrid", "hybrid_nested"]
 
 
@@ -174,7 +191,8 @@ def _setup(kind, aggregate=False):
     with set_composite_lp_aggregate(aggregate):
         actor, oracle, extra = make(kind)
         td = collect(actor, extra, aggregate)
-        loss = TRPOLoss(actor, make_critic(dtype=DT))
+    # the loss is built, and run, outside the flag the actor was built under
+    loss = TRPOLoss(actor, make_critic(dtype=DT))
     return actor, oracle, td, loss
 
 

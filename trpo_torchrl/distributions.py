@@ -28,6 +28,7 @@ from torchrl.modules import IndependentNormal, TanhNormal
 from .validation import check_choice
 
 __all__ = [
+    "actor_keys",
     "analytic_kl",
     "composite_families",
     "distribution_family",
@@ -184,6 +185,19 @@ def _probabilistic_module(actor) -> Any:
     modules = [actor] if isinstance(actor, ProbabilisticTensorDictModule) else []
     modules += [m for m in actor.modules() if isinstance(m, ProbabilisticTensorDictModule)]
     return modules[-1] if modules else None
+
+
+def actor_keys(actor) -> tuple[list, list]:
+    """``(log_prob_keys, dist_sample_keys)`` of ``actor``, read under the log-prob aggregation flag
+    its distribution module was built with (tensordict refuses to answer under the other one)."""
+    from tensordict.nn import set_composite_lp_aggregate
+
+    prob = _probabilistic_module(actor)
+    at_init = getattr(prob, "_composite_lp_aggreate_at_init", None)
+    if at_init is None:
+        return list(getattr(actor, "log_prob_keys", [])), list(getattr(actor, "dist_sample_keys", []))
+    with set_composite_lp_aggregate(at_init):
+        return list(getattr(actor, "log_prob_keys", [])), list(getattr(actor, "dist_sample_keys", []))
 
 
 def _class_kind(cls, kwargs: dict) -> tuple[str, str]:

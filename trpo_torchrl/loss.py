@@ -25,6 +25,7 @@ from .distributed import global_mean_std
 from .distributions import (
     _categorical_kl,  # noqa: F401  (kept importable from here)
     action_dims,
+    actor_keys,
     analytic_kl,
     distribution_family,
     distribution_parameters,
@@ -249,8 +250,7 @@ class TRPOLoss(LossModule):
         self.kl_estimate = kl_estimate
         self.kl_reduction = kl_reduction
         keys = {}
-        log_prob_keys = getattr(actor_network, "log_prob_keys", [])
-        sample_keys = getattr(actor_network, "dist_sample_keys", [])
+        log_prob_keys, sample_keys = actor_keys(actor_network)
         if len(log_prob_keys) == 1:
             keys["sample_log_prob"] = log_prob_keys[0]
         if len(sample_keys) == 1:
