@@ -327,3 +327,29 @@ def test_a_normal_over_several_dimensions_names_independent_normal():
         loss(td)
     with pytest.raises(ValueError, match="IndependentNormal"):
         TrustRegionUpdate(loss)(td)
+
+
+@pytest.mark.parametrize("kind", ["tanh_loc", "bernoulli", "hybrid_nested"])
+def test_population_steps_equal_separate_steps(kind):
+    from trpo_torchrl.population import PopulationTrustRegionUpdate
+
+    actors, batches = [], []
+    for m in range(3):
+        torch.manual_seed(10 + m)
+        actor, _, extra = make(kind)
+        for p in actor.parameters():  # members differ
+            p.data.add_(0.1 * torch.randn_like(p))
+        actors.append(actor)
+        batches.append(collect(actor, extra))
+    params = TensorDict.from_modules(*actors, as_module=True)
+    template = make(kind)[0]
+    update = PopulationTrustRegionUpdate(TRPOLoss(template, make_critic(dtype=DT)), params, max_kl=0.01)
+    assert update.settings.fvp == "gauss_newton"
+    metrics = update(torch.stack(batches))
+    after = update.flat_parameters()
+    for m, (actor, batch) in enumerate(zip(actors, batches)):
+        single = TrustRegionUpdate(TRPOLoss(actor, make_critic(dtype=DT)), max_kl=0.01)
+        expected = single(batch)
+        assert expected["step_accepted"] and metrics["step_accepted"][m]
+        torch.testing.assert_close(after[m], single.flat_parameters(), rtol=0, atol=1e-10)
+        torch.testing.assert_close(metrics["kl"][m], expected["kl"], rtol=1e-8, atol=1e-10)
