@@ -227,6 +227,17 @@ def test_default_product_is_gauss_newton_and_equals_the_dense_kl_hessian(kind, a
     torch.testing.assert_close(fvp(V), V @ H, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("kind", KINDS + COMPOSITES)
+def test_the_kl_hessian_product_agrees(kind):
+    # the double backward through our KLs (masked logits, Bernoulli, composite sums) is finite and exact
+    actor, oracle, td, loss = _setup(kind)
+    update = TrustRegionUpdate(loss, damping=0.0, fvp="kl_hessian")
+    H, theta0 = _dense_kl_hessian(actor, oracle, td, update)
+    V = torch.randn(2, theta0.numel(), dtype=DT, generator=torch.Generator().manual_seed(4))
+    fvp = update.fisher_vector_product(loss.policy_batch(td), theta0)
+    torch.testing.assert_close(fvp(V), V @ H, rtol=1e-8, atol=1e-10)
+
+
 @pytest.mark.parametrize("aggregate", [False, True])
 @pytest.mark.parametrize("kind", KINDS + COMPOSITES)
 def test_loss_kl_log_prob_and_step_against_torch(kind, aggregate):
@@ -303,6 +314,14 @@ def test_a_known_class_without_a_closed_form_is_decided_at_construction(caplog):
     with pytest.raises(ValueError, match="not Gamma; use fvp='kl_hessian'"):
         TrustRegionUpdate(loss, fvp="gauss_newton")
     assert TrustRegionUpdate(loss, fvp="kl_hessian").settings.fvp == "kl_hessian"
+    from trpo_torchrl.population import PopulationTrustRegionUpdate
+
+    params = TensorDict.from_modules(actor, _gamma_actor(D.Gamma), as_module=True)
+    with pytest.raises(ValueError, match="PopulationTrustRegionUpdate: fvp='gauss_newton'.*not Gamma"):
+        PopulationTrustRegionUpdate(loss, params, fvp="gauss_newton")
+    assert PopulationTrustRegionUpdate(loss, params).settings.fvp == "kl_hessian"
+    with pytest.raises(ValueError, match="fvp must be 'gauss_newton' or 'kl_hessian'"):
+        TrustRegionUpdate(loss, fvp="exact")
 
 
 def test_a_distribution_without_any_kl_is_refused_at_construction():
