@@ -21,7 +21,7 @@ import logging
 from typing import Any
 
 import torch
-from tensordict.nn import CompositeDistribution
+from tensordict.nn import CompositeDistribution, ProbabilisticTensorDictModule, set_composite_lp_aggregate
 from torch import distributions as D
 from torchrl.modules import IndependentNormal, TanhNormal
 
@@ -180,8 +180,6 @@ _CLOSED_FORM_CLASSES = (D.Normal, TanhNormal, D.Categorical, D.OneHotCategorical
 
 def _probabilistic_module(actor) -> Any:
     """The ProbabilisticTensorDictModule that builds the actor's distribution, or None."""
-    from tensordict.nn import ProbabilisticTensorDictModule
-
     modules = [actor] if isinstance(actor, ProbabilisticTensorDictModule) else []
     modules += [m for m in actor.modules() if isinstance(m, ProbabilisticTensorDictModule)]
     return modules[-1] if modules else None
@@ -190,8 +188,6 @@ def _probabilistic_module(actor) -> Any:
 def actor_keys(actor) -> tuple[list, list]:
     """``(log_prob_keys, dist_sample_keys)`` of ``actor``, read under the log-prob aggregation flag
     its distribution module was built with (tensordict refuses to answer under the other one)."""
-    from tensordict.nn import set_composite_lp_aggregate
-
     prob = _probabilistic_module(actor)
     at_init = getattr(prob, "_composite_lp_aggreate_at_init", None)
     if at_init is None:
@@ -208,7 +204,9 @@ def _class_kind(cls, kwargs: dict) -> tuple[str, str]:
     if not isinstance(cls, type):
         return "unknown", name
     if issubclass(cls, CompositeDistribution):
-        kinds = [_class_kind(part, {})[0] for part in dict(kwargs.get("distribution_map", {})).values()]
+        parts = [_class_kind(part, {}) for part in dict(kwargs.get("distribution_map", {})).values()]
+        kinds = [kind for kind, _ in parts]
+        name = f"{name}({', '.join(part for _, part in parts)})"  # the refusal names the parts
         for kind in ("unknown", "no_kl", "kl"):
             if kind in kinds:
                 return kind, name

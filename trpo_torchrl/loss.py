@@ -23,7 +23,6 @@ from torchrl.objectives.value import ValueEstimatorBase
 
 from .distributed import global_mean_std
 from .distributions import (
-    _categorical_kl,  # noqa: F401  (kept importable from here)
     action_dims,
     actor_keys,
     analytic_kl,
@@ -36,8 +35,6 @@ from .validation import check_choice, check_number
 from .value import FusedGAE
 
 __all__ = ["TRPOLoss", "PolicyBatch", "distribution_family", "distribution_parameters"]
-
-_analytic_kl = analytic_kl
 
 
 class PolicyBatch(NamedTuple):
