@@ -159,6 +159,10 @@ def test_fisher_argument_errors():
         kl_fisher_vector_product(pol.kl, pol.theta, damping=-1.0)
     with pytest.raises(ValueError, match="family"):
         gauss_newton_fisher_vector_product(pol.dist, pol.theta, "beta")
+    with pytest.raises(ValueError, match="family"):
+        gauss_newton_fisher_vector_product(pol.dist, pol.theta, ("normal", "beta"))
+    with pytest.raises(ValueError, match="tuple of 3 parts"):
+        gauss_newton_fisher_vector_product(pol.dist, pol.theta, ("normal", "categorical", "bernoulli"))
     with pytest.raises(ValueError, match="\\(loc, scale\\)"):
         gauss_newton_fisher_vector_product(lambda th: pol.dist(th)[0], pol.theta, "normal")
     with pytest.raises(ValueError, match="logits \\[N, k\\]"):

@@ -26,10 +26,11 @@ from numbers import Real
 
 import torch
 from torch.func import grad, jvp, linearize, vjp, vmap
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 __all__ = ["gauss_newton_fisher_vector_product", "kl_fisher_vector_product", "subsample_indices"]
 
-FAMILIES = ("normal", "categorical")
+FAMILIES = ("normal", "categorical", "bernoulli")
 
 
 def _check_theta(theta: torch.Tensor, where: str) -> torch.Tensor:
@@ -128,10 +129,13 @@ def _normal_metric(out, where: str, weight: float):
 
 
 def _categorical_metric(out, where: str, weight: float):
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+    if not isinstance(out, torch.Tensor) or out.dim() < 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"{where}: for family 'categorical', dist_fn must return logits [N, k], got {shape}")
+        raise ValueError(
+            f"{where}: for family 'categorical', dist_fn must return logits [N, k] (or [N, m, k] for m categoricals), got {shape}"
+        )
     n_states = out.shape[0]
+    # a masked class (logit -inf) has p = 0: its row and column of the metric vanish
     probs = torch.softmax(out.detach(), dim=-1)
 
     def metric(d_logits):
@@ -140,6 +144,34 @@ def _categorical_metric(out, where: str, weight: float):
         return (pu - probs * pu.sum(-1, keepdim=True)) * (weight / n_states)
 
     return metric
+
+
+def _bernoulli_metric(out, where: str, weight: float):
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{where}: for family 'bernoulli', dist_fn must return logits [N, d], got {shape}")
+    p = torch.sigmoid(out.detach())
+    # Fisher of a Bernoulli in its logit: p (1 - p), per independent dimension
+    w = p * (1 - p) * (weight / out.shape[0])
+
+    def metric(d_logits):
+        return d_logits * w
+
+    return metric
+
+
+_METRICS = {"normal": _normal_metric, "categorical": _categorical_metric, "bernoulli": _bernoulli_metric}
+
+
+def _metric(family, out, where: str, weight: float):
+    """The metric M of one family, or for a tuple of families (a composite) the block-diagonal
+    metric over the tuple of their outputs."""
+    if isinstance(family, str):
+        return _METRICS[family](out, where, weight)
+    if not isinstance(out, (tuple, list)) or len(out) != len(family):
+        raise ValueError(f"{where}: for families {family}, dist_fn must return a tuple of {len(family)} parts")
+    metrics = [_METRICS[f](o, where, weight) for f, o in zip(family, out)]
+    return lambda tangent: tuple(m(t) for m, t in zip(metrics, tangent))
 
 
 def _transpose_of_pullback(pullback, out):
@@ -151,17 +183,16 @@ def _transpose_of_pullback(pullback, out):
     the saved backward graph and reuses the activations of the one forward pass, with no tracing
     up front (``benchmarks/cg.py`` times the product forms). Same J v up to float rounding.
     """
-    single_output = isinstance(out, torch.Tensor)
-    zeros = (torch.zeros_like(out),) if single_output else tuple(torch.zeros_like(o) for o in out)
+    leaves, spec = tree_flatten(out)
+    zeros = tuple(torch.zeros_like(leaf) for leaf in leaves)
 
     def pullback_of(*cotangent):
-        return pullback(cotangent[0] if single_output else tuple(cotangent))[0]
+        return pullback(tree_unflatten(list(cotangent), spec))[0]
 
     _, transpose = vjp(pullback_of, *zeros)
 
     def push(v: torch.Tensor):
-        jv = transpose(v)
-        return jv[0] if single_output else jv
+        return tree_unflatten(list(transpose(v)), spec)
 
     return push
 
@@ -182,9 +213,12 @@ def gauss_newton_fisher_vector_product(
     Args:
         dist_fn: ``theta -> distribution parameters`` over N states: ``(loc, scale)``, each
             ``[N, d]``, for ``family="normal"`` (diagonal Gaussian, scale = standard
-            deviation); ``logits [N, k]`` for ``family="categorical"``.
+            deviation); ``logits [N, ..., k]`` for ``family="categorical"`` (several categoricals
+            per state keep their own class dimension); ``logits [N, d]`` for ``family="bernoulli"``
+            (independent Bernoullis); for a tuple of families (a composite action), the tuple of
+            each part's parameters, whose Fishers add up.
         theta: the flat parameter vector ``[n]`` (theta_old).
-        family: ``"normal"`` or ``"categorical"``.
+        family: ``"normal"``, ``"categorical"``, ``"bernoulli"`` or a tuple of them.
         damping: added multiple of the identity (>= 0).
         kl_scale: the factor the KL (hence its Fisher) is taken with, e.g. ``1/d`` for a KL averaged
             over ``d`` action dimensions (> 0). Default ``1``.
@@ -203,15 +237,16 @@ def gauss_newton_fisher_vector_product(
     where = "gauss_newton_fisher_vector_product"
     theta = _check_theta(theta, where)
     damping = _check_damping(damping, where)
-    if family not in FAMILIES:
-        raise ValueError(f"{where}: family must be one of {FAMILIES}, got {family!r}")
+    families = (family,) if isinstance(family, str) else tuple(family) if isinstance(family, (tuple, list)) else None
+    if not families or any(f not in FAMILIES for f in families):
+        raise ValueError(f"{where}: family must be one of {FAMILIES} or a tuple of them, got {family!r}")
     if not callable(dist_fn):
         raise TypeError(f"{where}: dist_fn must be callable")
     with torch.no_grad():
         out, pullback = vjp(dist_fn, theta)
     if not kl_scale > 0:
         raise ValueError(f"{where}: kl_scale must be > 0, got {kl_scale!r}")
-    metric = (_normal_metric if family == "normal" else _categorical_metric)(out, where, float(kl_scale))
+    metric = _metric(family if isinstance(family, str) else families, out, where, float(kl_scale))
     if use_linearize:
         with torch.no_grad(), warnings.catch_warnings():
             # torch's constant folding inside linearize warns about its own graph bookkeeping on
@@ -221,10 +256,11 @@ def gauss_newton_fisher_vector_product(
     else:
         push = _transpose_of_pullback(pullback, out)
 
+    out_spec = tree_flatten(out)[1]
+
     def single(v: torch.Tensor) -> torch.Tensor:
-        jv = push(v)
-        if family == "normal":
-            jv = tuple(jv)
+        # J v in the structure dist_fn returns (tuples, not the lists linearize may give)
+        jv = tree_unflatten(tree_flatten(push(v))[0], out_spec)
         return pullback(metric(jv))[0]
 
     return _make_fvp(single, theta, damping, where)

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import dispatch
+from tensordict.nn import CompositeDistribution, dispatch
 from tensordict.utils import NestedKey
 from torch import distributions as D
 from torchrl.objectives.common import LossModule
@@ -22,10 +22,19 @@ from torchrl.objectives.utils import (
 from torchrl.objectives.value import TD0Estimator, ValueEstimatorBase
 
 from .distributed import global_mean_std
+from .distributions import (
+    action_dims,
+    actor_keys,
+    analytic_kl,
+    distribution_family,
+    distribution_parameters,
+    joint_log_prob,
+)
+from .distributions import entropy as _entropy
 from .validation import check_choice, check_number
 from .value import FusedGAE, check_time_order
 
-__all__ = ["TRPOLoss", "PolicyBatch", "distribution_family"]
+__all__ = ["TRPOLoss", "PolicyBatch", "distribution_family", "distribution_parameters"]
 
 
 class PolicyBatch(NamedTuple):
@@ -65,51 +74,11 @@ class PolicyTerms(NamedTuple):
     dist: D.Distribution
 
 
-def distribution_family(dist: D.Distribution) -> str | None:
-    """``"normal"``, ``"categorical"`` or ``None``: the families whose Fisher we know in closed form."""
-    if isinstance(dist, D.Independent):
-        dist = dist.base_dist
-    if isinstance(dist, D.Normal):
-        return "normal"
-    if isinstance(dist, (D.Categorical, D.OneHotCategorical)):
-        return "categorical"
-    return None
-
-
-def distribution_parameters(dist: D.Distribution, num_states: int):
-    """The distribution's natural parameters per state: ``(loc, scale)`` as ``[N, d]`` or logits ``[N, k]``."""
-    family = distribution_family(dist)
-    if isinstance(dist, D.Independent):
-        dist = dist.base_dist
-    if family == "normal":
-        return dist.loc.reshape(num_states, -1), dist.scale.reshape(num_states, -1)
-    if family == "categorical":
-        # torch keeps Categorical logits normalised; the Fisher is the same for any logit shift
-        return dist.logits.reshape(num_states, -1)
-    raise TypeError(
-        f"TRPOLoss: no closed-form Fisher for {type(dist).__name__}; use TrustRegionUpdate(..., fvp='kl_hessian')"
-    )
-
-
-def _categorical_kl(old: D.Distribution, new: D.Distribution) -> torch.Tensor:
-    """KL between two categoricals from their normalised logits, written without the boolean-mask
-    indexing torch's own version uses (which vmap cannot batch and which syncs on CUDA)."""
-    old_logp, new_logp = old.logits, new.logits
-    terms = old_logp.exp() * (old_logp - new_logp)
-    # a zero-probability class contributes nothing, even where the new policy also gives it -inf;
-    # a NaN stays NaN (the step is then rejected), never reads as a zero-probability class
-    return torch.where(old_logp == -torch.inf, torch.zeros_like(terms), terms).sum(-1)
-
-
-def _analytic_kl(old: D.Distribution, new: D.Distribution) -> torch.Tensor:
-    if distribution_family(old) == "categorical" and distribution_family(new) == "categorical":
-        return _categorical_kl(old, new)
-    return D.kl_divergence(old, new)
-
-
 def _action_shape(dist: D.Distribution) -> tuple[int, ...] | None:
     """The shape of the actions ``dist`` produces, from its deterministic action; None when the
     distribution has no such action to ask."""
+    if isinstance(dist, CompositeDistribution):
+        return None  # checked part by part (_check_action)
     for name in ("deterministic_sample", "mode"):
         try:
             return tuple(getattr(dist, name).shape)
@@ -282,12 +251,15 @@ class TRPOLoss(LossModule):
         self.kl_estimate = kl_estimate
         self.kl_reduction = kl_reduction
         keys = {}
-        log_prob_keys = getattr(actor_network, "log_prob_keys", [])
-        sample_keys = getattr(actor_network, "dist_sample_keys", [])
+        log_prob_keys, sample_keys = actor_keys(actor_network)
         if len(log_prob_keys) == 1:
             keys["sample_log_prob"] = log_prob_keys[0]
         if len(sample_keys) == 1:
             keys["action"] = sample_keys[0]
+        # a composite action: the parts' samples (and, per part, their log-probabilities) are read
+        # from where the actor wrote them, under their full keys
+        self._action_parts = list(sample_keys) if len(sample_keys) > 1 else None
+        self._log_prob_parts = list(log_prob_keys) if len(log_prob_keys) > 1 else None
         if keys:
             self.set_keys(**keys)
 
@@ -386,12 +358,7 @@ class TRPOLoss(LossModule):
         data = self._valid_steps(data.reshape(-1), process_group)
         advantage = data.get(self.tensor_keys.advantage)
         num_states = data.numel()
-        old_log_prob = data.get(self.tensor_keys.sample_log_prob, None)
-        if old_log_prob is None:
-            raise KeyError(
-                f"TRPOLoss: the batch has no stored log-probability {self.tensor_keys.sample_log_prob!r}; "
-                "collect with an actor built with return_log_prob=True or rename the key with set_keys"
-            )
+        old_log_prob = self._stored_log_prob(data)
         if old_log_prob.requires_grad:
             raise RuntimeError(
                 f"TRPOLoss: the stored {self.tensor_keys.sample_log_prob!r} requires grad; collect under torch.no_grad()"
@@ -402,9 +369,7 @@ class TRPOLoss(LossModule):
                 f"TRPOLoss: the batch lacks the distribution parameters {missing} the actor stored while "
                 "collecting; they are needed to rebuild π_old for the KL"
             )
-        action = data.get(self.tensor_keys.action, None)
-        if action is None:
-            raise KeyError(f"TRPOLoss: the batch has no action {self.tensor_keys.action!r}")
+        action = self._stored_action(data)
         if not advantage.is_floating_point():
             raise TypeError(
                 f"TRPOLoss: the advantage {self.tensor_keys.advantage!r} must be floating-point, got {advantage.dtype}"
@@ -434,25 +399,19 @@ class TRPOLoss(LossModule):
             raise ValueError(
                 f"TRPOLoss: the stored log-probability {self.tensor_keys.sample_log_prob!r} has shape "
                 f"{tuple(old_log_prob.shape)}, expected one value per state of the batch {tuple(tensordict.batch_size)} "
-                "(the joint log-probability of the action, summed over its dimensions)"
+                "(the joint log-probability of the action, summed over its dimensions: use "
+                "torchrl.modules.IndependentNormal for a Gaussian, torch.distributions.Independent(base, 1) "
+                "for any other distribution)"
             )
         batch = PolicyBatch(
-            inputs=data.select(*self.actor_network.in_keys).detach(),
+            inputs=self._policy_inputs(data),
             action=action.detach(),
             old_log_prob=old_log_prob.reshape(num_states),
             old_params=data.select(*self.dist_params_keys).detach(),
             advantage=advantage,
             data=data,
         )
-        # π_old's deterministic action says what an action must look like (event_shape does not:
-        # a one-hot categorical reports none); a mismatched one would broadcast into the
-        # log-probabilities without an error
-        expected = _action_shape(self.old_dist(batch))
-        if expected is not None and tuple(action.shape) != expected:
-            raise ValueError(
-                f"TRPOLoss: the action {self.tensor_keys.action!r} has shape {tuple(action.shape)} per batch of "
-                f"{num_states} states, but the actor's distribution gives actions of shape {expected}"
-            )
+        self._check_action(batch, num_states)
         return batch
 
     def _estimate_advantage(self, data: TensorDictBase) -> None:
@@ -503,6 +462,65 @@ class TRPOLoss(LossModule):
             raise ValueError(f"TRPOLoss: the mask {key!r} marks no valid step in the batch")
         return data
 
+    def _stored_log_prob(self, data: TensorDictBase) -> torch.Tensor:
+        """log π_old(a|s) as collected: the one entry, or the sum of a composite's per-part entries."""
+        key = self.tensor_keys.sample_log_prob
+        old_log_prob = data.get(key, None)
+        if old_log_prob is None and self._log_prob_parts is not None:
+            parts = [data.get(part, None) for part in self._log_prob_parts]
+            if all(part is not None for part in parts):
+                # the joint log-probability of independent parts; a part over several dimensions
+                # (e.g. a Normal without Independent) is summed over them
+                return sum(part.reshape(data.numel(), -1).sum(-1) for part in parts)
+            key = [k for k, part in zip(self._log_prob_parts, parts) if part is None]
+        if old_log_prob is None:
+            raise KeyError(
+                f"TRPOLoss: the batch has no stored log-probability {key!r}; collect with an actor built "
+                "with return_log_prob=True or rename the key with set_keys"
+            )
+        return old_log_prob
+
+    def _stored_action(self, data: TensorDictBase):
+        """The stored action: a tensor, or for a composite the TensorDict of its parts under their keys."""
+        if self._action_parts is not None:
+            missing = [key for key in self._action_parts if data.get(key, None) is None]
+            if missing:
+                raise KeyError(f"TRPOLoss: the batch has no composite action parts {missing}")
+            return data.select(*self._action_parts)
+        action = data.get(self.tensor_keys.action, None)
+        if action is None:
+            raise KeyError(f"TRPOLoss: the batch has no action {self.tensor_keys.action!r}")
+        return action
+
+    def _policy_inputs(self, data: TensorDictBase) -> TensorDictBase:
+        """The actor's inputs alone. A nested group of distribution parameters that the network
+        writes (a composite's ``params``) is listed among the actor's in_keys too: it stays out,
+        so that evaluating π_θ never overwrites π_old's stored parameters (a plain input the
+        distribution also reads, such as an action mask, stays in)."""
+        params = set(self.dist_params_keys)
+        keys = [
+            key
+            for key in self.actor_network.in_keys
+            if not (key in params and isinstance(data.get(key, None), TensorDictBase))
+        ]
+        return data.select(*keys).detach()
+
+    def _check_action(self, batch: PolicyBatch, num_states: int) -> None:
+        # π_old's deterministic action says what an action must look like (event_shape does not:
+        # a one-hot categorical reports none); a mismatched one would broadcast into the
+        # log-probabilities without an error
+        old = self.old_dist(batch)
+        if isinstance(old, CompositeDistribution):
+            pairs = [(key, batch.action.get(key), _action_shape(part)) for key, part in old.dists.items()]
+        else:
+            pairs = [(self.tensor_keys.action, batch.action, _action_shape(old))]
+        for key, action, expected in pairs:
+            if expected is not None and tuple(action.shape) != expected:
+                raise ValueError(
+                    f"TRPOLoss: the action {key!r} has shape {tuple(action.shape)} per batch of "
+                    f"{num_states} states, but the actor's distribution gives actions of shape {expected}"
+                )
+
     # ---------------------------------------------------------------- the policy terms
     def policy_dist(self, batch: PolicyBatch, params: dict[str, torch.Tensor] | None = None) -> D.Distribution:
         """π_θ on the batch states, with the actor's own parameters or with ``params`` (name → tensor,
@@ -521,10 +539,11 @@ class TRPOLoss(LossModule):
 
     def kl_divisor(self, dist: D.Distribution) -> int:
         """What the per-state KL is divided by: 1 under ``kl_reduction="sum"``, else the number of
-        independent action dimensions (the event size; 1 for a categorical, one-hot or not)."""
-        if self.kl_reduction == "sum" or distribution_family(dist) == "categorical":
+        independent action dimensions (the event size; 1 for a categorical, one-hot or not; summed
+        over a composite's parts)."""
+        if self.kl_reduction == "sum":
             return 1
-        return max(1, dist.event_shape.numel())
+        return action_dims(dist)
 
     def mean_kl(self, batch: PolicyBatch, dist: D.Distribution, log_ratio: torch.Tensor) -> torch.Tensor:
         """Mean KL(π_old ‖ π_θ) over the states (reduced over action dimensions by ``kl_reduction``):
@@ -537,7 +556,7 @@ class TRPOLoss(LossModule):
     def _state_kl(self, batch: PolicyBatch, dist: D.Distribution, log_ratio: torch.Tensor) -> torch.Tensor:
         old = self.old_dist(batch)
         try:
-            kl = _analytic_kl(old, dist)
+            kl = analytic_kl(old, dist)
         except NotImplementedError:
             if self.kl_estimate != "sampled":
                 raise NotImplementedError(
@@ -562,12 +581,13 @@ class TRPOLoss(LossModule):
         """
         lead = tuple(dist.batch_shape[:batch_dims])
         n_states = batch.old_log_prob.shape[-1]  # [N], or [M, N] for a population's batch
-        log_prob = dist.log_prob(batch.action)
+        log_prob = joint_log_prob(dist, batch.action)
         if log_prob.shape[:batch_dims] != lead or log_prob[(0,) * batch_dims].numel() != n_states:
             raise ValueError(
                 f"TRPOLoss: {type(dist).__name__}.log_prob gave shape {tuple(log_prob.shape)}, expected one "
-                f"value per state ({n_states}); use a distribution that sums over the action "
-                "dimensions (e.g. torchrl's IndependentNormal)"
+                f"value per state ({n_states}); use a distribution that sums over the action dimensions: "
+                "torchrl.modules.IndependentNormal for a Gaussian, "
+                "torch.distributions.Independent(base, 1) for any other"
             )
         log_prob = log_prob.reshape(*lead, n_states)
         log_ratio = log_prob - batch.old_log_prob
@@ -575,7 +595,7 @@ class TRPOLoss(LossModule):
         surrogate = (ratio * batch.advantage).mean(-1)
         kl = self.mean_kl(batch, dist, log_ratio)
         try:
-            entropy = dist.entropy().reshape(*lead, n_states).mean(-1)
+            entropy = _entropy(dist).reshape(*lead, n_states).mean(-1)
         except NotImplementedError:
             # importance-weighted -log π_θ on the stored actions estimates π_θ's own entropy
             entropy = -(ratio * log_prob).mean(-1)

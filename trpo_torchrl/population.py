@@ -19,6 +19,7 @@ from tensordict import TensorDict, TensorDictBase
 
 from .backends import PolicyBackends
 from .distributed import global_mean_std, resolve_process_group
+from .distributions import resolve_fvp
 from .engine import TrustRegionSettings, trust_region_step
 from .loss import PolicyBatch, TRPOLoss
 from .validation import check_generator, check_number
@@ -111,7 +112,7 @@ class PopulationTrustRegionUpdate:
         backtrack_iters: int = 10,
         backtrack_coeff: float = 0.8,
         accept_ratio: float = 0.0,
-        fvp: str = "gauss_newton",
+        fvp: str | None = None,
         fvp_subsample: float = 1.0,
         generator: torch.Generator | None = None,
         fast_mlp: bool = True,
@@ -135,6 +136,8 @@ class PopulationTrustRegionUpdate:
             raise ValueError(f"{where}: max_kl has {len(radii)} values for {num_members} members")
         radii = [check_number(where, "max_kl", radius, low=0, low_open=True) for radius in radii]
         # the shared options, by the single step's rule; the radii are per member
+        # the product the actor's distribution takes, decided now (refusals name the fix)
+        fvp, automatic_fvp = resolve_fvp(where, loss_module.actor_network, fvp, loss_module.kl_estimate)
         self.settings = TrustRegionSettings.validated(
             where,
             max_kl=min(radii),
@@ -153,6 +156,7 @@ class PopulationTrustRegionUpdate:
         self.max_kl = radii
         self.process_group = resolve_process_group(process_group)
         self.backends = PolicyBackends(loss_module, self.settings, generator=self.generator, fast_mlp=fast_mlp)
+        self.backends.functional.automatic_fvp = automatic_fvp
         self.layout = self.backends.layout
         self._leaves = []
         for name, shape in zip(self.layout.names, self.layout.shapes):

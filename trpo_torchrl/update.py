@@ -9,6 +9,7 @@ from tensordict import TensorDictBase
 
 from .backends import MLPPolicyPlan, PolicyBackends
 from .distributed import resolve_process_group
+from .distributions import resolve_fvp
 from .engine import TrustRegionSettings, step_metrics, trust_region_step
 from .loss import PolicyBatch, TRPOLoss, _trainable_parameters
 from .validation import check_generator
@@ -51,9 +52,12 @@ class TrustRegionUpdate:
         backtrack_coeff (float): the shrink factor β in (0, 1). Defaults to ``0.8``.
         accept_ratio (float): minimal fraction of the expected improvement a candidate must realise.
             Defaults to ``0.0`` (any improvement).
-        fvp (str): ``"gauss_newton"`` (default; ``Jᵀ M J`` with the action distribution's closed-form
-            Fisher ``M``, for Gaussian and categorical policies) or ``"kl_hessian"`` (double backward
-            through the mean KL; any distribution the loss can take a KL of).
+        fvp (str, optional): ``"gauss_newton"`` (``Jᵀ M J`` with the action distribution's closed-form
+            Fisher ``M``: Gaussian, ``TanhNormal`` through its base Normal, categorical, Bernoulli, or a
+            ``CompositeDistribution`` of them) or ``"kl_hessian"`` (double backward through the mean KL;
+            any distribution the loss can take a KL of). Defaults to ``None``: ``"gauss_newton"`` when
+            the distribution has a closed-form Fisher, else ``"kl_hessian"`` (said once in a log line).
+            ``"gauss_newton"`` asked for a distribution without one is a ValueError here.
         fvp_subsample (float): fraction of the batch states the Fisher is averaged over. Defaults to ``1.0``.
         generator (torch.Generator, optional): drives the Fisher subsample.
         fast_mlp (bool): when the actor is a plain MLP policy (Linear and Tanh/ReLU layers after
@@ -86,7 +90,7 @@ class TrustRegionUpdate:
         backtrack_iters: int = 10,
         backtrack_coeff: float = 0.8,
         accept_ratio: float = 0.0,
-        fvp: str = "gauss_newton",
+        fvp: str | None = None,
         fvp_subsample: float = 1.0,
         generator: torch.Generator | None = None,
         fast_mlp: bool = True,
@@ -95,6 +99,8 @@ class TrustRegionUpdate:
         if not isinstance(loss_module, TRPOLoss):
             raise TypeError(f"TrustRegionUpdate: loss_module must be a TRPOLoss, got {type(loss_module).__name__}")
         self.loss_module = loss_module
+        # the product the actor's distribution takes, decided now (refusals name the fix)
+        fvp, automatic_fvp = resolve_fvp("TrustRegionUpdate", loss_module.actor_network, fvp, loss_module.kl_estimate)
         self.settings = TrustRegionSettings.validated(
             "TrustRegionUpdate",
             max_kl=max_kl,
@@ -109,6 +115,7 @@ class TrustRegionUpdate:
         self.generator = check_generator("TrustRegionUpdate", "generator", generator)
         self.process_group = resolve_process_group(process_group)
         self.backends = PolicyBackends(loss_module, self.settings, generator=self.generator, fast_mlp=fast_mlp)
+        self.backends.functional.automatic_fvp = automatic_fvp
         self.layout = self.backends.layout
 
     @property

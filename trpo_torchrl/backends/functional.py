@@ -9,14 +9,18 @@ tested single-vector products of :mod:`trpo_torchrl.fisher` apply unchanged.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 
+from ..distributions import composite_families, joint_log_prob
 from ..fisher import gauss_newton_fisher_vector_product, kl_fisher_vector_product, subsample_indices
-from ..loss import PolicyBatch, TRPOLoss, distribution_family, distribution_parameters
+from ..loss import PolicyBatch, TRPOLoss, distribution_parameters
 
 __all__ = ["FunctionalBackend", "subsample"]
+
+_log = logging.getLogger("trpo_torchrl")
 
 
 def subsample(
@@ -41,6 +45,9 @@ class FunctionalBackend:
         self.layout = layout
         self.fvp, self.damping, self.fvp_subsample = settings.fvp, settings.damping, settings.fvp_subsample
         self.generator = generator
+        # True when fvp was left to its default and the distribution is known only from a batch:
+        # one without a closed-form Fisher then takes the KL-Hessian product (set by the front end)
+        self.automatic_fvp = False
 
     def evaluate(
         self, batch: PolicyBatch, theta_old: torch.Tensor, buffers: dict[str, torch.Tensor]
@@ -65,7 +72,7 @@ class FunctionalBackend:
     def _kl(self, theta, batch: PolicyBatch, buffers):
         loss = self.loss_module
         dist = loss.policy_dist(batch, self._named(theta, buffers))
-        log_ratio = dist.log_prob(batch.action).reshape(-1) - batch.old_log_prob
+        log_ratio = joint_log_prob(dist, batch.action).reshape(-1) - batch.old_log_prob
         return loss.mean_kl(batch, dist, log_ratio)
 
     def candidate_terms(self, batch: PolicyBatch, candidates: torch.Tensor, buffers=None) -> torch.Tensor:
@@ -97,24 +104,31 @@ class FunctionalBackend:
         def unstack(flat: torch.Tensor) -> torch.Tensor:
             return flat.view(*lead, n)
 
+        family = None
         if self.fvp == "gauss_newton":
             if dist is None:
                 dist = self._reference_dist(batch, theta_old, buffers)
-            family = distribution_family(dist)
-            if family is None:
-                raise TypeError(
-                    f"{type(self).__name__}: fvp='gauss_newton' knows the Fisher of Gaussian and categorical "
-                    f"policies, not of {type(dist).__name__}; use fvp='kl_hessian'"
+            family = composite_families(dist)
+            if family is None and self.automatic_fvp:
+                _log.info(
+                    "%s has no closed-form Fisher; the step takes fvp='kl_hessian' (double backward through the KL)",
+                    type(dist).__name__,
                 )
+                self.fvp = "kl_hessian"
+            elif family is None:
+                raise TypeError(
+                    f"{type(self).__name__}: fvp='gauss_newton' knows the Fisher of Gaussian, TanhNormal, "
+                    f"categorical, Bernoulli and composite policies, not of {type(dist).__name__}; "
+                    "use fvp='kl_hessian' (or leave fvp unset)"
+                )
+        if family is not None:
             copies = members or 1
             num_states = batch.advantage.numel()  # over all members
 
             def dist_fn(flat):
                 out = self.per_member(self._dist_params, unstack(flat), batch.inputs, buffers)
-                # [M, N, d] → [M·N, d]: the product then averages over all M·N states, i.e. F / M
-                if isinstance(out, tuple):
-                    return tuple(o.reshape(num_states, -1) for o in out)
-                return out.reshape(num_states, -1)
+                # [M, N, ...] → [M·N, ...]: the product then averages over all M·N states, i.e. F / M
+                return torch.utils._pytree.tree_map(lambda o: o.reshape(num_states, *o.shape[1 + len(lead) :]), out)
 
             # × M to undo that, and / d when the KL is averaged over d action dimensions
             product = gauss_newton_fisher_vector_product(
