@@ -9,7 +9,7 @@ import torch
 from tensordict import TensorDict
 from tensordict.nn import AddStateIndependentNormalScale, InteractionType, NormalParamExtractor, TensorDictModule
 from torch import nn
-from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor
+from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor, TanhNormal
 
 from tests._trpo_batches import ACT_DIM, OBS_DIM, assert_same_step, collect, make_actor, make_critic
 from trpo_torchrl import PopulationTrustRegionUpdate, TRPOLoss, TrustRegionUpdate, gaussian_actor
@@ -76,6 +76,20 @@ def torchrl_actor(
     return actor.to(dtype)
 
 
+def tanh_normal_actor(dtype, head: str = "extractor", **kwargs):
+    """TorchRL's ppo_mujoco actor: MLP, NormalParamExtractor (or a state-independent scale), then a
+    TanhNormal squashed into [low, high]."""
+    actor = torchrl_actor(head, dtype)
+    return ProbabilisticActor(
+        actor.module[0],
+        in_keys=["loc", "scale"],
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": -2.0, "high": torch.tensor([1.0, 3.0]), "tanh_loc": False, **kwargs},
+        return_log_prob=True,
+        default_interaction_type=InteractionType.RANDOM,
+    ).to(dtype)
+
+
 def _factory_on_torchrl_mlp(dtype):
     """Our StateIndependentScale over torchrl's MLP (ReLU)."""
     torch.manual_seed(6)
@@ -102,6 +116,8 @@ TORCHRL_ACTORS = {
         "extractor", dtype, scale_mapping="relu", scale_lb=0.2
     ),
     "independent_gaussian": lambda dtype: torchrl_actor("independent", dtype),
+    "tanh_normal_gaussian": lambda dtype: tanh_normal_actor(dtype),
+    "tanh_normal_independent_gaussian": lambda dtype: tanh_normal_actor(dtype, "independent", upscale=3.0),
     "independent_softplus_gaussian": lambda dtype: torchrl_actor(
         "independent", dtype, scale_mapping="biased_softplus_1.0", scale_init=[-0.3, 0.8]
     ),
@@ -163,6 +179,7 @@ def _gaussian_with(net, **kwargs):
         ("unknown activation", lambda: _gaussian_with(nn.Sequential(nn.Linear(OBS_DIM, 8), nn.ELU(), nn.Linear(8, 2)))),
         ("no bias", lambda: _gaussian_with(nn.Linear(OBS_DIM, 2, bias=False))),
         ("distribution kwargs", lambda: _gaussian_with(nn.Linear(OBS_DIM, 2), distribution_kwargs={"tanh_loc": True})),
+        ("a TanhNormal squashing its loc", lambda: tanh_normal_actor(torch.float32, tanh_loc=True)),
         (
             "a subclass's own forward",
             lambda: _gaussian_with(type("MySeq", (nn.Sequential,), {})(nn.Linear(OBS_DIM, 2))),
@@ -317,6 +334,8 @@ def test_line_search_candidates_equal_torch_func(name):
         ("extractor_relu_clamped_gaussian", {}),
         ("extractor_gaussian", {"fvp": "kl_hessian"}),
         ("independent_gaussian", {"max_kl": 0.05}),
+        ("tanh_normal_gaussian", {"max_kl": 0.05}),
+        ("tanh_normal_independent_gaussian", {"loss_kwargs": {"kl_reduction": "mean"}}),
         ("independent_softplus_gaussian", {"loss_kwargs": {"entropy_coeff": 0.05}}),
         ("independent_relu_clamped_gaussian", {"fvp_subsample": 0.5}),
     ],

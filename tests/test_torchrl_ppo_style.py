@@ -62,10 +62,5 @@ def test_example_runs_with_kl_hessian_products(tmp_path):
     check_run(run_example(tmp_path, "--fvp", "kl_hessian"), tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TanhNormal with the default fvp='gauss_newton': TypeError: FunctionalBackend: fvp='gauss_newton' knows "
-    "the Fisher of Gaussian and categorical policies, not of TanhNormal; use fvp='kl_hessian'",
-)
 def test_example_runs_with_the_default_products(tmp_path):
     check_run(run_example(tmp_path), tmp_path)

@@ -33,9 +33,8 @@ from collections.abc import Callable
 
 import torch
 from tensordict import TensorDict
-from tensordict.nn import TensorDictModule
 from torch import nn
-from torchrl.modules import IndependentNormal, OneHotCategorical
+from torchrl.modules import IndependentNormal, OneHotCategorical, TanhNormal
 
 from ..fisher import check_product_vector
 from ..loss import PolicyBatch
@@ -46,6 +45,7 @@ from ..modules import (
     describe_scale_head,
     gaussian_heads,
     has_forward_hooks,
+    plain_tensordict_module,
     sequential_leaves,
 )
 from ..ops import tanh_ as fast_tanh_
@@ -54,6 +54,8 @@ from .functional import subsample
 __all__ = ["MLPBackend", "MLPPolicyPlan"]
 
 _CATEGORICALS = (OneHotCategorical, torch.distributions.Categorical)
+# TanhNormal keyword arguments that only fix the squashing bijection (upscale is read with tanh_loc only)
+_TANH_NORMAL_FIXED = ("low", "high", "upscale", "safe_tanh", "tanh_loc")
 
 
 class _Layer:
@@ -100,16 +102,23 @@ class MLPPolicyPlan:
             feeds = {(d[-1] if isinstance(d, tuple) else d): k for d, k in zip(prob.dist_keys, prob.in_keys)}
         except (AttributeError, IndexError, TypeError):
             return NotPlain(f"{type(actor).__name__} is not a ProbabilisticActor of a module and a distribution")
-        if len(actor.module) != 2 or type(td_module) is not TensorDictModule or len(td_module.in_keys) != 1:
+        if len(actor.module) != 2 or not plain_tensordict_module(td_module) or len(td_module.in_keys) != 1:
             return NotPlain("the actor is not one TensorDictModule with one input followed by its distribution")
+        if dist_class is TanhNormal and not dist_kwargs.get("tanh_loc", False):
+            # without tanh_loc the base Normal's loc and scale are the network's outputs, and a
+            # TanhNormal's KL and Fisher are its base Normal's (tanh, then the low/high affine, is a
+            # fixed bijection): the Gaussian products apply as they are
+            dist_kwargs = {k: v for k, v in dist_kwargs.items() if k not in _TANH_NORMAL_FIXED}
+            if dist_kwargs.get("event_dims", 1) == 1:
+                dist_kwargs.pop("event_dims", None)
         if dist_kwargs:
             return NotPlain(f"the distribution takes keyword arguments {sorted(dist_kwargs)}")
-        if dist_class is IndependentNormal and set(feeds) == {"loc", "scale"}:
+        if dist_class in (IndependentNormal, TanhNormal) and set(feeds) == {"loc", "scale"}:
             family, order = "normal", ["loc", "scale"]
         elif dist_class in _CATEGORICALS and set(feeds) == {"logits"}:
             family, order = "categorical", ["logits"]
         else:
-            return NotPlain(f"{dist_class.__name__} is not an IndependentNormal or a categorical")
+            return NotPlain(f"{dist_class.__name__} is not an IndependentNormal, a TanhNormal or a categorical")
         # the module writes exactly those entries, in the order its network returns them
         if list(td_module.out_keys) != [feeds[name] for name in order]:
             return NotPlain(f"the module writes {list(td_module.out_keys)}, not the distribution's {order}")
