@@ -1,5 +1,7 @@
 """CriticFit: regression of the critic on the λ-returns, leaving the actor alone."""
 
+import logging
+
 import pytest
 import torch
 
@@ -204,6 +206,23 @@ def test_a_value_operator_subclass_with_its_own_call_is_fitted_as_itself():
     assert fit._tensor_minibatch_loss(td) is None
     with pytest.raises(ValueError, match="Halved overrides _call_module"):
         CriticFit(TRPOLoss(actor, critic), fused=True)(td)
+
+
+def test_the_eager_loop_is_taken_with_one_log_line_saying_why(caplog):
+    from torchrl.modules import MLP, ValueOperator
+
+    class Halved(ValueOperator):
+        def _call_module(self, tensors, **kwargs):
+            return super()._call_module(tensors, **kwargs) / 2
+
+    actor = make_actor("gaussian", dtype=torch.float64)
+    td = collect(actor, num_states=64, dtype=torch.float64)
+    fit = CriticFit(TRPOLoss(actor, Halved(MLP(in_features=3, out_features=1, num_cells=[8])).double()), epochs=1)
+    with caplog.at_level(logging.INFO, logger="trpo_torchrl"):
+        fit(td)
+        fit(td)
+    lines = [r.getMessage() for r in caplog.records if "eager loop" in r.getMessage()]
+    assert len(lines) == 1 and "Halved overrides _call_module" in lines[0], lines
 
 
 @pytest.mark.parametrize("fused", [None, False])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 
 import torch
@@ -16,6 +17,8 @@ from .ops import mlp_fit_adam
 from .validation import check_choice, check_count, check_generator, check_number
 
 __all__ = ["CriticFit"]
+
+_log = logging.getLogger("trpo_torchrl")
 
 
 class CriticFit:
@@ -93,6 +96,7 @@ class CriticFit:
         self.max_grad_norm = check_number(where, "max_grad_norm", max_grad_norm, low=0, low_open=True, optional=True)
         self.generator = check_generator(where, "generator", generator)
         self.fused = check_choice(where, "fused", fused, (None, True, False))
+        self._eager_reason = None  # why the last fit took the eager loop, logged when it changes
         self.process_group = resolve_process_group(process_group)
         self.parameters, self.shared_parameters = _own_and_shared_parameters(loss_module)
         self.optimizer = torch.optim.Adam(self.parameters, lr=lr, eps=eps)
@@ -211,6 +215,9 @@ class CriticFit:
         if isinstance(plan, str):
             if self.fused:
                 raise ValueError(f"CriticFit(fused=True): the fused fit does not apply here: {plan}")
+            if plan != self._eager_reason:  # said once per reason, not at every call
+                self._eager_reason = plan
+                _log.info("CriticFit fits the critic with the eager loop: %s", plan)
             plan = None
         with _frozen(self.shared_parameters):
             last_epoch = self._fit_eager(data) if plan is None else self._fit_fused(plan, num_states)
