@@ -57,7 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a checkpoint deterministically")
     ev.add_argument("--checkpoint", required=True, help="a checkpoint file or a run directory")
     ev.add_argument("--episodes", type=int, default=10, help="episodes to run (default: 10)")
-    ev.add_argument("--seed", type=int, default=12345, help="seed of the evaluation environments (default: 12345)")
+    ev.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the evaluation environments (default: the run's own evaluation seed, its seed + 10000, "
+        "so eval on a final checkpoint runs the episodes of the run's final evaluation)",
+    )
     ev.add_argument("--video", default=None, metavar="DIR", help="also render one episode to DIR/episode.gif")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     pl = sub.add_parser("plot", help="plot learning curves (mean ± std across seeds)")
@@ -95,13 +101,15 @@ def _train(args: argparse.Namespace) -> int:
         return 130 if result.interrupted else 0
     if result.interrupted:
         return 130
+    from .evaluate import evaluation_seed
     from .plot import curve_after_training
 
     curve = curve_after_training([result.run_dir], result.run_dir / "curve.png")
     print(f"done: {result.frames} frames in {result.iterations} iterations")
     if result.eval_mean is not None:
         print(
-            f"evaluation: mean_return={result.eval_mean:.2f} std_return={result.eval_std:.2f} episodes={trainer.config.eval_episodes}"
+            f"evaluation: mean_return={result.eval_mean:.2f} std_return={result.eval_std:.2f} "
+            f"episodes={trainer.config.eval_episodes} seed={evaluation_seed(trainer.config)}"
         )
     print(
         f"logs:       {result.run_dir / 'progress.csv'} (and {trainer.config.logger} logs in {result.run_dir / 'logs'})"
@@ -118,7 +126,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError, load_checkpoint
     from .config import config_from_dict
     from .envs import make_vector_env
-    from .evaluate import evaluate_actor, record_video
+    from .evaluate import evaluate_actor, evaluation_seed, record_video
     from .models import build_models
 
     if args.episodes < 1:
@@ -127,7 +135,10 @@ def _eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--video takes a folder (episode.gif is written into it); {args.video!r} is a file")
     state = load_checkpoint(args.checkpoint)
     config = config_from_dict(state["config"])
-    venv = make_vector_env(config.env, 1, seed=args.seed)
+    seed = evaluation_seed(config) if args.seed is None else args.seed
+    if config.threads:
+        torch.set_num_threads(config.threads)  # the run's own thread count: its numbers, not another's
+    venv = make_vector_env(config.env, 1, seed=seed)
     actor, critic, _ = build_models(config, venv.single_observation_space, venv.single_action_space)
     venv.close()
     try:
@@ -138,12 +149,12 @@ def _eval(args: argparse.Namespace) -> int:
             f"for {config.env} ({str(err).splitlines()[0]})"
         ) from None
     actor.eval()
-    returns = evaluate_actor(actor, config.env, args.episodes, seed=args.seed, device=torch.device(config.device))
+    returns = evaluate_actor(actor, config.env, args.episodes, seed=seed, device=torch.device(config.device))
     mean, std = float(np.mean(returns)), float(np.std(returns))
     if args.video:
         Path(args.video).mkdir(parents=True, exist_ok=True)
         gif = Path(args.video) / "episode.gif"
-        record_video(actor, config.env, gif, seed=args.seed, device=config.device)
+        record_video(actor, config.env, gif, seed=seed, device=config.device)
         print(f"video: {gif}", file=sys.stderr)
     if args.json:
         print(
@@ -154,11 +165,12 @@ def _eval(args: argparse.Namespace) -> int:
                     "episodes": len(returns),
                     "returns": returns,
                     "env": config.env,
+                    "seed": seed,
                 }
             )
         )
     else:
-        print(f"mean_return={mean:.4f} std_return={std:.4f} episodes={len(returns)}")
+        print(f"mean_return={mean:.4f} std_return={std:.4f} seed={seed} episodes={len(returns)}")
     return 0
 
 

@@ -9,6 +9,14 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from .envs import gym_vector_env, make_env
 
 MAX_PARALLEL = 16
+EVAL_SEED_OFFSET = 10_000
+
+
+def evaluation_seed(config) -> int:
+    """The seed of a run's evaluation environments: the run's seed + 10,000 (apart from its training
+    environments'). ``trpo-torchrl eval`` defaults to it, so eval on a run's final checkpoint runs
+    the same episodes as the run's own final evaluation and prints the same mean return."""
+    return config.seed + EVAL_SEED_OFFSET
 
 
 @torch.no_grad()
@@ -86,4 +94,4 @@ def record_video(actor, env_id: str, path, *, seed: int, device="cpu", max_steps
     return total
 
 
-__all__ = ["evaluate_actor", "record_video", "gym_vector_env"]
+__all__ = ["evaluate_actor", "evaluation_seed", "record_video", "gym_vector_env"]

@@ -45,7 +45,7 @@ from .checkpoint import (
 from .collectors import make_collector
 from .config import ConfigError, TrainConfig, config_from_dict, save_yaml
 from .envs import make_env
-from .evaluate import evaluate_actor
+from .evaluate import evaluate_actor, evaluation_seed
 from .models import build_models
 from .normalize import RewardScaler
 from .rundir import ProgressLog, default_run_name, earlier_run, make_logger
@@ -285,7 +285,7 @@ class Trainer:
 
     def evaluate(self, episodes: int | None = None) -> tuple[float, float]:
         n = self.config.eval_episodes if episodes is None else episodes
-        returns = evaluate_actor(self.actor, self.config.env, n, seed=self.config.seed + 10_000, device=self.device)
+        returns = evaluate_actor(self.actor, self.config.env, n, seed=evaluation_seed(self.config), device=self.device)
         return float(np.mean(returns)), float(np.std(returns))
 
     # -- the loop -------------------------------------------------------------------------------
