@@ -103,3 +103,79 @@ def test_population_trainer_moves_each_members_own_actor(tmp_path):
     assert not (
         TensorDict.from_module(trainer.members[0].actor) == TensorDict.from_module(trainer.members[1].actor)
     ).all()
+
+
+def _group_argv(tmp_path, name, frames, *extra):
+    return [
+        "train",
+        "--logdir",
+        str(tmp_path),
+        "--run-name",
+        name,
+        "--env",
+        "CartPole-v1",
+        *TINY,
+        "--total-frames",
+        str(frames),
+        "--seeds",
+        "2",
+        "--eval-episodes",
+        "0",
+        "--normalize-observations",
+        "true",
+        "--normalize-rewards",
+        "true",
+        *extra,
+    ]
+
+
+def _member_states(group):
+    return [load_checkpoint(group / f"CartPole-v1__seed{s}" / "checkpoints" / "final.pt") for s in (0, 1)]
+
+
+@pytest.mark.slow
+def test_an_interrupted_population_resumes_exactly(tmp_path, monkeypatch, capsys):
+    assert main(_group_argv(tmp_path, "full", 4 * 128)) == 0
+    from trpo_torchrl.app.train import Trainer
+
+    next_batch = Trainer.next_batch
+
+    def interrupted(self):  # Ctrl-C while the third iteration collects
+        if self.iteration == 2:
+            raise KeyboardInterrupt
+        return next_batch(self)
+
+    monkeypatch.setattr(Trainer, "next_batch", interrupted)
+    assert main(_group_argv(tmp_path, "part", 4 * 128)) == 130
+    monkeypatch.setattr(Trainer, "next_batch", next_batch)
+    capsys.readouterr()
+    # the group folder resumes the whole population, each member from its own checkpoint
+    assert main(["train", "--resume", str(tmp_path / "part")]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "iteration 2" in out
+    full, resumed = _member_states(tmp_path / "full"), _member_states(tmp_path / "part")
+    for a, b in zip(full, resumed):
+        assert b["iteration"] == 4
+        for part in ("actor", "critic"):
+            for key in a[part]:
+                assert torch.equal(a[part][key], b[part][key]), (part, key)
+        for k, v in a["critic_optimizer"]["state"].items():
+            assert torch.equal(v["exp_avg"], b["critic_optimizer"]["state"][k]["exp_avg"])
+    rows = list(csv.DictReader((tmp_path / "part" / "CartPole-v1__seed1" / "progress.csv").open()))
+    assert [r["iteration"] for r in rows] == ["1", "2", "3", "4"]
+
+
+def test_resuming_a_population_refuses_members_at_different_iterations(tmp_path, capsys):
+    assert main(_group_argv(tmp_path, "g", 2 * 128)) == 0
+    # a member whose checkpoint is from another point: the population cannot continue as one
+    stale = tmp_path / "g" / "CartPole-v1__seed1" / "checkpoints"
+    (stale / "final.pt").unlink()
+    state = load_checkpoint(stale / "last.pt")
+    state["iteration"] = 1
+    from trpo_torchrl.app.checkpoint import save_checkpoint
+
+    save_checkpoint(stale / "last.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "g"), "--total-frames", "512"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "different iterations" in err and "CartPole-v1__seed1" in err

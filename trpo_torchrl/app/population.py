@@ -15,16 +15,25 @@ import dataclasses
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 
 from trpo_torchrl import PopulationTrustRegionUpdate
 
-from .config import TrainConfig, save_yaml
-from .train import ACTOR_METRICS, RunResult, Trainer
+from .checkpoint import CHECKPOINT_DIR, CheckpointError, load_checkpoint, resolve_checkpoint
+from .config import ConfigError, TrainConfig, config_from_dict, load_yaml, save_yaml
+from .train import ACTOR_METRICS, RunResult, Trainer, resume_trainer
 
-__all__ = ["PopulationTrainer", "train_population"]
+__all__ = ["PopulationTrainer", "resume_population", "train_population"]
+
+
+def member_config(config: TrainConfig, m: int) -> TrainConfig:
+    """Member ``m``'s own config: seed ``seed + m`` and ``seeds=1``, so its checkpoint resumes and
+    evaluates as a single run; its run directory is ``<group>/<env>__seed<seed + m>``."""
+    seed = config.seed + m
+    return dataclasses.replace(config, seed=seed, seeds=1, run_name=f"{config.env}__seed{seed}")
 
 
 def default_group_name(config: TrainConfig) -> str:
@@ -39,15 +48,15 @@ class PopulationTrainer:
     given, else ``<env>__seeds<first>-<last>__<time>``.
     """
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, *, group_dir: Path | None = None, members: list[Trainer] | None = None):
         self.config = config.validate()
-        self.group_dir = Path(config.logdir) / (config.run_name or default_group_name(config))
-        self.members: list[Trainer] = []
-        for m in range(config.seeds):
-            seed = config.seed + m
-            # each member's own config says seeds=1: its checkpoint resumes and evaluates as a single run
-            member = dataclasses.replace(config, seed=seed, seeds=1, run_name=f"{config.env}__seed{seed}")
-            self.members.append(Trainer(member, run_dir=self.group_dir / member.run_name))
+        self.group_dir = Path(group_dir or Path(config.logdir) / (config.run_name or default_group_name(config)))
+        if members is None:
+            members = []
+            for m in range(config.seeds):
+                member = member_config(config, m)
+                members.append(Trainer(member, run_dir=self.group_dir / member.run_name))
+        self.members: list[Trainer] = members
         actors = [t.actor for t in self.members]
         # the stack is the update's working copy; each member's actor stays the one its collector runs
         self.params = TensorDict.from_modules(*actors, as_module=True)
@@ -113,6 +122,42 @@ class PopulationTrainer:
         return [trainer.finish() for trainer in self.members]
 
 
+def population_group(path: str | Path) -> TrainConfig | None:
+    """The config of the ``--seeds M`` group whose folder is ``path`` (its ``config.yaml`` says
+    ``seeds`` > 1), or None when ``path`` is something else (a run directory, a checkpoint)."""
+    path = Path(path)
+    if not (path / "config.yaml").is_file() or (path / CHECKPOINT_DIR).exists():
+        return None
+    data = load_yaml(path / "config.yaml")
+    if not isinstance(data.get("seeds"), int) or data["seeds"] < 2:
+        return None
+    return config_from_dict(data)
+
+
+def resume_population(group_dir: str | Path, overrides: dict[str, Any] | None = None) -> PopulationTrainer:
+    """The population saved under ``group_dir``, every member in the state of its own checkpoint
+    (``final.pt``, else ``last.pt``), training on in its run directory: it continues exactly as the
+    uninterrupted population would. ``overrides`` are those a single run's resume takes."""
+    group_dir = Path(group_dir).resolve()
+    group = population_group(group_dir)
+    if group is None:
+        raise ConfigError(f"{str(group_dir)!r} is not a --seeds group folder (its config.yaml does not say seeds > 1)")
+    dirs = [group_dir / member_config(group, m).run_name for m in range(group.seeds)]
+    checkpoints = [resolve_checkpoint(d) for d in dirs]
+    # the members step together: they continue as one population only from one iteration
+    iterations = {d.name: load_checkpoint(c)["iteration"] for d, c in zip(dirs, checkpoints)}
+    if len(set(iterations.values())) > 1:
+        found = ", ".join(f"{name} at {it}" for name, it in iterations.items())
+        raise CheckpointError(
+            f"the members of {str(group_dir)!r} have checkpoints at different iterations ({found}); "
+            f"resume each member's run directory on its own, or train the group anew"
+        )
+    members = [resume_trainer(c, overrides) for c in checkpoints]
+    config = dataclasses.replace(members[0].config, seed=group.seed, seeds=group.seeds, run_name=group_dir.name)
+    config = dataclasses.replace(config, logdir=str(group_dir.parent))
+    return PopulationTrainer(config, group_dir=group_dir, members=members)
+
+
 def train_population(config: TrainConfig) -> int:
     """The ``train --seeds M`` command: trains, plots the group, prints where everything is."""
     trainer = PopulationTrainer(config)
@@ -120,6 +165,11 @@ def train_population(config: TrainConfig) -> int:
         f"training {config.env} with {config.seeds} seeds ({config.seed}..{config.seed + config.seeds - 1}) "
         f"for {config.frames_note()} each -> {trainer.group_dir}"
     )
+    return run_population(trainer)
+
+
+def run_population(trainer: PopulationTrainer) -> int:
+    """Trains a (new or resumed) population, plots the group, prints where everything is."""
     results = trainer.train()
     if any(r.interrupted for r in results):
         print(f"\ninterrupted: checkpoints written under {trainer.group_dir}")
