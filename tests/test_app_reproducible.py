@@ -61,3 +61,39 @@ def _tiny():
     from tests._app_runs import TINY
 
     return TINY
+
+
+@pytest.mark.slow
+def test_multisync_resume_continues_from_the_same_parameters_with_fresh_simulator_states(tmp_path, monkeypatch):
+    from trpo_torchrl.app.train import Trainer, resume_trainer
+
+    first_observations, original = [], Trainer.step
+
+    def on_policy(self, batch):  # each batch is the learner's current policy's, and its first step is kept
+        with torch.no_grad():
+            log_prob = self.actor.get_dist(batch.select("observation").copy()).log_prob(batch["action"])
+        torch.testing.assert_close(log_prob.reshape(batch.shape), batch["action_log_prob"].reshape(batch.shape))
+        first_observations.append(batch["observation"][:, 0].clone())
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "step", on_policy)
+    small = ["--num-envs", "2", "--steps-per-env", "32", "--critic-epochs", "1", "--critic-minibatch", "64"]
+    argv = [*small, "--progress", "false", "--eval-episodes", "0", "--logger", "none"]
+    argv += ["--collector", "multisync", "--workers", "2", "--total-frames", "128"]
+    assert main(["train", "--logdir", str(tmp_path), "--run-name", "run", *argv]) == 0
+    state = load_checkpoint(tmp_path / "run")
+    # the workers' simulators are out of reach: nothing of them is saved
+    assert state["iteration"] == 2 and state["env_state"] is None and state["carrier"] is None
+    resumed = resume_trainer(tmp_path / "run", {"total_frames": 192})
+    try:
+        # the same parameters: actor (with its normaliser statistics), critic
+        for part, module in (("actor", resumed.actor), ("critic", resumed.critic)):
+            for key, value in module.state_dict().items():
+                assert torch.equal(value, state[part][key]), (part, key)
+        resumed.train()  # its batch is checked on-policy: the workers run the restored policy
+    finally:
+        resumed.shutdown()
+    assert len(first_observations) == 3
+    # fresh simulator states: the workers start new episodes from the run's environment seeds
+    assert torch.equal(first_observations[2], first_observations[0])
+    assert not torch.equal(first_observations[1], first_observations[0])

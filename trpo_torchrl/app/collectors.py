@@ -3,8 +3,10 @@ asks each for this rank's next batch, the policy-weight sync after an update, th
 needs and the shutdown, and never asks which kind it has.
 
 A one-process collector's state is the simulators' and the step carried from one batch to the next
-(so a resumed run continues bit for bit); the workers of a multi-process or Ray collector keep theirs
-out of reach, and a resumed run restarts them with the restored policy.
+(so a resumed run continues bit for bit). The workers of a multi-process or Ray collector keep theirs
+out of reach, so a resumed run continues from the same parameters, with fresh simulator states: the
+learner's state (actor, normaliser statistics, critic, optimiser, RNGs) is restored, and the restarted
+workers run the restored policy on new episodes from the run's environment seeds.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class CollectorAdapter:
         return {"env_state": None, "carrier": None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sync_policy()  # the workers run the restored policy
+        self.sync_policy()  # the workers run the restored policy (on new episodes: see the module docstring)
 
     def shutdown(self) -> None:
         self.collector.shutdown()
