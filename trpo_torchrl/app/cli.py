@@ -1,8 +1,8 @@
 """``trpo-torchrl``: train, evaluate and plot from the command line.
 
 trpo-torchrl train [--env ENV] [--preset NAME] [--total-frames N] [--seed S] [--config FILE] ...
-trpo-torchrl train --resume RUN_DIR_OR_CHECKPOINT [--total-frames N]
-trpo-torchrl eval --checkpoint PATH [--episodes N] [--video DIR] [--json]
+trpo-torchrl train --resume RUN_DIR_OR_CHECKPOINT_OR_SEEDS_GROUP [--total-frames N]
+trpo-torchrl eval --checkpoint PATH [--episodes N] [--seed S] [--video DIR] [--json]
 trpo-torchrl plot RUN_DIR... [--out FILE]
 """
 
@@ -34,7 +34,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         dest="_resume",
         default=None,
         metavar="PATH",
-        help="continue the run saved in this checkpoint or run directory",
+        help="continue the run saved in this checkpoint or run directory, or every member of a --seeds group folder",
     )
 
 

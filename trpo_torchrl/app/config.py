@@ -45,7 +45,7 @@ class TrainConfig:
     threads: int = 1
     """torch's CPU threads in this process (0: torch's default, one per core). The thread count
     changes how torch sums, so a run's numbers depend on it: with 1 the same command gives the same
-    run on any machine with the same versions, at a small cost in speed (HalfCheetah on a 2-core
+    run whatever the machine's core count (same versions, same CPU type), at a small cost in speed (HalfCheetah on a 2-core
     machine: 6,390 frames/s with 1 thread, 6,700 with 2)."""
     logdir: str = "runs"
     """Folder under which each run gets its own directory."""
