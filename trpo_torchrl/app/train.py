@@ -12,6 +12,14 @@ frames with its own environment seeds, and the update averages over the ranks (t
 ``process_group`` option), so every rank holds the same parameters after every iteration. Only
 rank 0 writes logs and checkpoints; a checkpoint holds every rank's own state (simulators, RNGs,
 reward-scaler streams), and a resumed run gives each rank its own back.
+
+SIGTERM (what schedulers send on preemption) and Ctrl-C stop the loop at the next iteration
+boundary (:class:`StopRequest`): ``last.pt`` is written and the process exits with 128 + the
+signal's number, 143 or 130. Under torchrun the stop flag is all-reduced (MAX) once per iteration,
+outside the update, so every rank stops after the same iteration and rank 0's checkpoint resumes
+exactly. A run directory that cannot be written is refused before anything is built; a checkpoint
+or log write that fails mid-run (a full disk) stops the run with one line, the previous checkpoint
+and the rows of progress.csv intact.
 """
 
 from __future__ import annotations
@@ -432,8 +440,9 @@ class Trainer:
         return RunResult(self.run_dir, path, self.frames, self.iteration, None, None, True, signum)
 
     def stop_interrupted(self) -> RunResult:
-        """After Ctrl-C: the last checkpoint (only without learner ranks: they may have stopped at
-        different points, so no collective is safe) and the collector stopped."""
+        """After a KeyboardInterrupt (a second Ctrl-C, or one raised outside the signal handler):
+        the last checkpoint (only without learner ranks: they may have stopped at different points,
+        so no collective is safe) and the collector stopped."""
         if self.ranks.group is None:
             self.save("last.pt")
         self.shutdown()
@@ -442,7 +451,8 @@ class Trainer:
         )
 
     def train(self) -> RunResult:
-        """Trains until ``total_frames``; checkpoints periodically, at the end and on Ctrl-C."""
+        """Trains until ``total_frames``; checkpoints periodically, at the end, and on SIGTERM or
+        Ctrl-C (at the next iteration boundary; a second Ctrl-C stops at once)."""
         config = self.config
         main = self.ranks.is_main
         if main:
