@@ -25,8 +25,14 @@ class CheckpointError(AppError):
     """A checkpoint that cannot be read."""
 
 
+class CheckpointWriteError(AppError):
+    """A training run's checkpoint that cannot be written (a full disk, a directory that refuses
+    writes); the training app raises it for the OSError of :func:`save_checkpoint`."""
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Writes ``state`` to ``path`` atomically; returns the path."""
+    """Writes ``state`` to ``path`` atomically; returns the path. A write that fails (a full disk)
+    raises its OSError and leaves the file that was at ``path`` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **state}

@@ -105,9 +105,9 @@ def _train(args: argparse.Namespace) -> int:
             )
     result = trainer.train()
     if not trainer.ranks.is_main:  # under torchrun rank 0 reports for all
-        return 130 if result.interrupted else 0
+        return result.exit_status
     if result.interrupted:
-        return 130
+        return result.exit_status  # 130 after Ctrl-C, 143 after SIGTERM
     from .evaluate import evaluation_seed
     from .plot import curve_after_training
 

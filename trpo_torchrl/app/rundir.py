@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import CHECKPOINT_DIR
 from .config import ConfigError, TrainConfig
+from .errors import AppError
+
+
+class RunDirError(AppError):
+    """A run directory, or a log in it, that cannot be written."""
+
 
 PROGRESS_FIELDS = [
     "iteration",
@@ -46,6 +53,34 @@ def earlier_run(run_dir: Path) -> str | None:
     )
 
 
+def unwritable(run_dir: Path) -> str | None:
+    """Why ``run_dir`` cannot hold a run (it cannot be created, or a probe file in it cannot be
+    written and removed), or None. Folders the probe creates are removed again, so a run that
+    fails to start later leaves nothing behind."""
+    run_dir = Path(run_dir)
+    created = []
+    probe = run_dir / f".write-probe-{os.getpid()}"
+    try:
+        for folder in reversed([run_dir, *run_dir.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                created.append(folder)
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as err:
+        return (
+            f"run directory {str(run_dir)!r} cannot be written ({err.strerror or err}"
+            f"{': ' + repr(err.filename) if err.filename else ''}): choose another --logdir or free space there"
+        )
+    finally:
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+    return None
+
+
 def make_logger(config: TrainConfig, run_dir: Path):
     """The TorchRL logger ``config.logger`` names, writing under ``run_dir/logs``; None for 'none'."""
     if config.logger == "none":
@@ -71,12 +106,20 @@ class ProgressLog:
         self.logger = logger
 
     def write(self, row: dict[str, Any]) -> None:
+        """Appends ``row``; the file is closed (flushed) after each row, so a run that stops keeps
+        every row written before."""
         new = not self.path.exists()
-        with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=PROGRESS_FIELDS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow({k: row.get(k, "") for k in PROGRESS_FIELDS})
+        try:
+            with self.path.open("a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=PROGRESS_FIELDS, extrasaction="ignore")
+                if new:
+                    writer.writeheader()
+                writer.writerow({k: row.get(k, "") for k in PROGRESS_FIELDS})
+        except OSError as err:
+            raise RunDirError(
+                f"cannot write {str(self.path)!r}: {err.strerror or err} (the rows before are kept); "
+                "free space there, then continue with --resume " + str(self.path.parent)
+            ) from None
         if self.logger is not None:
             for key, value in row.items():
                 if key not in ("iteration", "frames") and isinstance(value, (int, float)) and math.isfinite(value):

@@ -12,12 +12,22 @@ frames with its own environment seeds, and the update averages over the ranks (t
 ``process_group`` option), so every rank holds the same parameters after every iteration. Only
 rank 0 writes logs and checkpoints; a checkpoint holds every rank's own state (simulators, RNGs,
 reward-scaler streams), and a resumed run gives each rank its own back.
+
+SIGTERM (what schedulers send on preemption) and Ctrl-C stop the loop at the next iteration
+boundary (:class:`StopRequest`): ``last.pt`` is written and the process exits with 128 + the
+signal's number, 143 or 130. Under torchrun the stop flag is all-reduced (MAX) once per iteration,
+outside the update, so every rank stops after the same iteration and rank 0's checkpoint resumes
+exactly. A run directory that cannot be written is refused before anything is built; a checkpoint
+or log write that fails mid-run (a full disk) stops the run with one line, the previous checkpoint
+and the rows of progress.csv intact.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -35,6 +45,7 @@ from trpo_torchrl.distributed import all_gather_cat, all_reduce_mean
 from .checkpoint import (
     CHECKPOINT_DIR,
     CheckpointError,
+    CheckpointWriteError,
     load_checkpoint,
     load_rng_state,
     resolve_checkpoint,
@@ -48,7 +59,7 @@ from .envs import make_env
 from .evaluate import evaluate_actor, evaluation_seed
 from .models import build_models
 from .normalize import RewardScaler
-from .rundir import ProgressLog, default_run_name, earlier_run, make_logger
+from .rundir import ProgressLog, RunDirError, default_run_name, earlier_run, make_logger, unwritable
 from .scale import init_learner_ranks
 
 # the actor step's metrics that a progress row reports
@@ -64,6 +75,59 @@ class RunResult:
     eval_mean: float | None
     eval_std: float | None
     interrupted: bool = False
+    stop_signal: int = 0  # the signal that stopped an interrupted run (0: Ctrl-C as KeyboardInterrupt)
+
+    @property
+    def exit_status(self) -> int:
+        """0 for a finished run; for a stopped one 128 + the signal's number, as a shell reports a
+        process that a signal ended: 130 after Ctrl-C (SIGINT), 143 after SIGTERM."""
+        if not self.interrupted:
+            return 0
+        return 128 + (self.stop_signal or int(signal.SIGINT))
+
+
+class StopRequest:
+    """The signal handlers of a training run (installed while it trains, the previous ones restored
+    after): the first SIGINT or SIGTERM asks the loop to stop at the next iteration boundary, where
+    it writes ``last.pt``. A second Ctrl-C stops at once (KeyboardInterrupt); a second SIGTERM
+    changes nothing. While a checkpoint is being written no signal interrupts it; one that arrives
+    then counts once the write is done. A signal the process ignores (SIGINT of a background job)
+    stays ignored."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = 0
+        self.saving = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # handlers live on the main thread
+            for sig in self.SIGNALS:
+                previous = signal.getsignal(sig)
+                if previous is signal.SIG_IGN:
+                    continue
+                self._previous[sig] = previous
+                signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        first = not self.signum
+        self.signum = self.signum or signum
+        if self.saving:
+            return  # the checkpoint write finishes first
+        if first:
+            name = signal.Signals(signum).name
+            more = " (Ctrl-C again stops at once)" if signum == signal.SIGINT else ""
+            # os.write, not print: a handler may run in the middle of another print
+            os.write(2, f"\n{name}: stopping after this iteration to write a checkpoint{more}\n".encode())
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
 
 
 class Trainer:
@@ -88,12 +152,16 @@ class Trainer:
         self.device = torch.device(device)
         run_dir = Path(run_dir) if run_dir else Path(config.logdir) / (config.run_name or default_run_name(config))
         clash = None if resume else earlier_run(run_dir)
+        # only rank 0 writes; a directory it cannot write is refused before anything is built
+        blocked = unwritable(run_dir) if self.ranks.is_main else None
         if group is not None:  # rank 0 names the run (the default name holds a clock time)
-            box = [run_dir, clash]
+            box = [run_dir, clash, blocked]
             torch.distributed.broadcast_object_list(box, src=0)
-            run_dir, clash = box
+            run_dir, clash, blocked = box
         if clash:  # on every rank alike: a new run never writes into another run's files
             raise ConfigError(clash)
+        if blocked:
+            raise RunDirError(blocked)
         self.run_dir = run_dir
 
         # each rank's share of the batch: steps_per_env / (world size × workers) steps per environment
@@ -156,6 +224,7 @@ class Trainer:
         self.frames = 0
         self.elapsed = 0.0
         self.progress = None  # rank 0's progress.csv and logger
+        self.stop_request = StopRequest()  # its handlers are installed while train() runs
         if self.ranks.is_main:  # only once everything above was built: a bad task leaves no empty run
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.progress = ProgressLog(self.run_dir, make_logger(config, self.run_dir))
@@ -231,8 +300,30 @@ class Trainer:
         """Writes a checkpoint (rank 0; every rank must call this, it gathers their states)."""
         path = self.run_dir / CHECKPOINT_DIR / name
         state = self.state_dict()
+        failed = None
         if self.ranks.is_main:
-            save_checkpoint(path, state)
+            self.stop_request.saving = True  # a signal now waits for the write to finish
+            try:
+                save_checkpoint(path, state)
+            except OSError as err:  # a full disk...: the file there before is unchanged (atomic write)
+                failed = f"cannot write checkpoint {str(path)!r}: {err.strerror or err}"
+            finally:
+                self.stop_request.saving = False
+        if self.ranks.group is not None:  # every rank stops alike when rank 0 could not write
+            box = [failed]
+            torch.distributed.broadcast_object_list(box, src=0)
+            failed = box[0]
+        if failed:
+            earlier = [p.name for p in (path.parent / n for n in ("last.pt", "final.pt")) if p.is_file()]
+            then = (
+                f"then continue from {', '.join(earlier)} with --resume {self.run_dir}"
+                if earlier
+                else "then start the run again"
+            )
+            raise CheckpointWriteError(
+                f"{failed}; the run stopped after iteration {self.iteration} with every row of progress.csv "
+                f"written; free space there (or fix the directory), {then}"
+            )
         return path
 
     # -- one iteration --------------------------------------------------------------------------
@@ -326,9 +417,32 @@ class Trainer:
             )
         return RunResult(self.run_dir, checkpoint, self.frames, self.iteration, eval_mean, eval_std)
 
+    def stop_requested(self) -> int:
+        """The signal that asked this run to stop (0: none); under torchrun the largest over the ranks
+        (one small all-reduce), so every rank stops at the same iteration boundary."""
+        signum = self.stop_request.signum
+        if self.ranks.group is None:
+            return signum
+        flag = torch.tensor([signum], dtype=torch.int64, device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.ranks.group)
+        return int(flag.item())
+
+    def stop_at_boundary(self, signum: int) -> RunResult:
+        """After SIGTERM or a first Ctrl-C, between iterations: ``last.pt`` (a collective under
+        torchrun: every rank reached this same boundary) and the collector stopped."""
+        path = self.save("last.pt")
+        self.shutdown()
+        if self.ranks.is_main:
+            print(
+                f"\n{signal.Signals(signum).name}: stopped after iteration {self.iteration} ({self.frames} frames); "
+                f"checkpoint written to {path} (continue with --resume {path})"
+            )
+        return RunResult(self.run_dir, path, self.frames, self.iteration, None, None, True, signum)
+
     def stop_interrupted(self) -> RunResult:
-        """After Ctrl-C: the last checkpoint (only without learner ranks: they may have stopped at
-        different points, so no collective is safe) and the collector stopped."""
+        """After a KeyboardInterrupt (a second Ctrl-C, or one raised outside the signal handler):
+        the last checkpoint (only without learner ranks: they may have stopped at different points,
+        so no collective is safe) and the collector stopped."""
         if self.ranks.group is None:
             self.save("last.pt")
         self.shutdown()
@@ -337,7 +451,8 @@ class Trainer:
         )
 
     def train(self) -> RunResult:
-        """Trains until ``total_frames``; checkpoints periodically, at the end and on Ctrl-C."""
+        """Trains until ``total_frames``; checkpoints periodically, at the end, and on SIGTERM or
+        Ctrl-C (at the next iteration boundary; a second Ctrl-C stops at once)."""
         config = self.config
         main = self.ranks.is_main
         if main:
@@ -352,17 +467,8 @@ class Trainer:
             dynamic_ncols=True,
         )
         try:
-            while self.iteration < self.total_iterations:
-                start = time.perf_counter()
-                batch = self.next_batch()
-                row = self.step(batch)
-                frames = batch.numel() * self.ranks.world_size  # all ranks' shards together
-                dt = time.perf_counter() - start
-                self.record(row, frames, dt, frames / dt)
-                bar.update(frames)
-                bar.set_postfix(
-                    ret=f"{row['train_return']:.1f}", kl=f"{row['kl']:.4f}", fps=f"{row['fps']:.0f}", refresh=False
-                )
+            with self.stop_request:
+                return self._loop(bar)
         except KeyboardInterrupt:
             bar.close()
             result = self.stop_interrupted()
@@ -373,8 +479,31 @@ class Trainer:
             elif main:
                 print(f"\ninterrupted: continue from the last periodic checkpoint in {self.run_dir / CHECKPOINT_DIR}")
             return result
+        except (CheckpointWriteError, RunDirError):
+            bar.close()
+            self.shutdown()  # the run stops; what was logged and checkpointed before stays
+            raise
         finally:
             bar.close()
+
+    def _loop(self, bar) -> RunResult:
+        """The iterations; between two of them, a stop that a signal asked for."""
+        while self.iteration < self.total_iterations:
+            signum = self.stop_requested()  # once per iteration, outside the update
+            if signum:
+                bar.close()
+                return self.stop_at_boundary(signum)
+            start = time.perf_counter()
+            batch = self.next_batch()
+            row = self.step(batch)
+            frames = batch.numel() * self.ranks.world_size  # all ranks' shards together
+            dt = time.perf_counter() - start
+            self.record(row, frames, dt, frames / dt)
+            bar.update(frames)
+            bar.set_postfix(
+                ret=f"{row['train_return']:.1f}", kl=f"{row['kl']:.4f}", fps=f"{row['fps']:.0f}", refresh=False
+            )
+        bar.close()
         return self.finish()
 
 
