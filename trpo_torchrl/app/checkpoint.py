@@ -125,8 +125,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
 
 
 def _corrupt(path: Path, err: BaseException) -> CheckpointError:
-    message = str(err).strip().splitlines()
-    detail = message[-1] if message else ""
+    # torch wraps what its restricted unpickler said in advice to load the file unrestricted: keep
+    # only the unpickler's own words (e.g. "Unsupported operand 110" for a file that is no pickle)
+    message = str(err).split("WeightsUnpickler error:")[-1]
+    detail = next((line.strip() for line in message.splitlines() if line.strip()), "")
     return CheckpointError(
         f"checkpoint {str(path)!r} is corrupt or not a checkpoint: {type(err).__name__}: {detail}".rstrip(": ")
     )
