@@ -95,8 +95,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
             raise _corrupt(path, err) from None
         if _header_version(path) != UNSAFE_VERSION:
             raise CheckpointError(
-                f"checkpoint {str(path)!r} asks to load {asked}, which no trpo_torchrl checkpoint holds; "
-                "refused without running anything from it (re-save it with this trpo_torchrl if it is yours)"
+                f"checkpoint {str(path)!r} asks to load {asked}, which no trpo_torchrl checkpoint holds: refused, "
+                "nothing in it ran; use a checkpoint written by trpo-torchrl train, not one from another "
+                "program or one edited since"
             ) from None
         if not trust:
             raise CheckpointError(
