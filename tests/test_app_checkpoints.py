@@ -114,7 +114,14 @@ def test_corrupt_and_foreign_checkpoints(tmp_path, capsys):
     with pytest.raises(ckpt.CheckpointError, match="not a trpo_torchrl checkpoint"):
         ckpt.load_checkpoint(foreign)
     assert main(["eval", "--checkpoint", str(bad)]) == 2
-    assert "corrupt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "corrupt" in err and len(err.strip().splitlines()) == 1
+    truncated = tmp_path / "truncated.pt"
+    ckpt.save_checkpoint(truncated, {"config": {}, "actor": {"w": torch.ones(1000)}})
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    assert main(["eval", "--checkpoint", str(truncated)]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt" in err and len(err.strip().splitlines()) == 1
     assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
     ckpt.save_checkpoint(tmp_path / "bare.pt", {"actor": {}})

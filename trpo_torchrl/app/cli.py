@@ -36,6 +36,15 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="continue the run saved in this checkpoint or run directory, or every member of a --seeds group folder",
     )
+    parser.add_argument(
+        "--trust-checkpoint",
+        dest="_trust_checkpoint",
+        action="store_true",
+        help=(
+            "also read a version-1 checkpoint (written before checkpoints were restricted to tensors and "
+            "plain data); reading one runs any code the file holds, so pass this only for files you trust"
+        ),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--video", default=None, metavar="DIR", help="also render one episode to DIR/episode.gif")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
+    ev.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help=(
+            "also read a version-1 checkpoint (written before checkpoints were restricted to tensors and "
+            "plain data); reading one runs any code the file holds, so pass this only for files you trust"
+        ),
+    )
     pl = sub.add_parser("plot", help="plot learning curves (mean ± std across seeds)")
     pl.add_argument("runs", nargs="+", help="run directories, or folders holding them")
     pl.add_argument("--out", default=None, help="PNG to write (default: curves.png beside the first run)")
@@ -77,17 +94,19 @@ def _train(args: argparse.Namespace) -> int:
     from .train import Trainer, resume_trainer
 
     cli = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}
+    if args._trust_checkpoint and not args._resume:
+        raise ConfigError("--trust-checkpoint applies to the checkpoint --resume reads; give it with --resume")
     if args._resume:
         if args._config:
             raise ConfigError("--resume keeps the run's configuration; --config cannot be combined with it")
         from .population import population_group, resume_population, run_population
 
         if population_group(args._resume) is not None:  # a --seeds M group folder: every member goes on
-            population = resume_population(args._resume, cli)
+            population = resume_population(args._resume, cli, trust=args._trust_checkpoint)
             first = population.members[0]
             print(f"resuming {population.group_dir} at iteration {first.iteration} ({first.frames} frames each)")
             return run_population(population)
-        trainer = resume_trainer(args._resume, cli)
+        trainer = resume_trainer(args._resume, cli, trust=args._trust_checkpoint)
         if trainer.ranks.is_main:
             print(f"resuming {trainer.run_dir} at iteration {trainer.iteration} ({trainer.frames} frames)")
     else:
@@ -140,7 +159,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
     if args.video and Path(args.video).exists() and not Path(args.video).is_dir():
         raise ConfigError(f"--video takes a folder (episode.gif is written into it); {args.video!r} is a file")
-    state = load_checkpoint(args.checkpoint)
+    state = load_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
     config = config_from_dict(state["config"])
     seed = evaluation_seed(config) if args.seed is None else args.seed
     if config.threads:

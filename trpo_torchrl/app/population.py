@@ -134,7 +134,9 @@ def population_group(path: str | Path) -> TrainConfig | None:
     return config_from_dict(data)
 
 
-def resume_population(group_dir: str | Path, overrides: dict[str, Any] | None = None) -> PopulationTrainer:
+def resume_population(
+    group_dir: str | Path, overrides: dict[str, Any] | None = None, *, trust: bool = False
+) -> PopulationTrainer:
     """The population saved under ``group_dir``, every member in the state of its own checkpoint
     (``final.pt``, else ``last.pt``), training on in its run directory: it continues exactly as the
     uninterrupted population would. ``overrides`` are those a single run's resume takes."""
@@ -145,14 +147,14 @@ def resume_population(group_dir: str | Path, overrides: dict[str, Any] | None = 
     dirs = [group_dir / member_config(group, m).run_name for m in range(group.seeds)]
     checkpoints = [resolve_checkpoint(d) for d in dirs]
     # the members step together: they continue as one population only from one iteration
-    iterations = {d.name: load_checkpoint(c)["iteration"] for d, c in zip(dirs, checkpoints)}
+    iterations = {d.name: load_checkpoint(c, trust=trust)["iteration"] for d, c in zip(dirs, checkpoints)}
     if len(set(iterations.values())) > 1:
         found = ", ".join(f"{name} at {it}" for name, it in iterations.items())
         raise CheckpointError(
             f"the members of {str(group_dir)!r} have checkpoints at different iterations ({found}); "
             f"resume each member's run directory on its own, or train the group anew"
         )
-    members = [resume_trainer(c, overrides) for c in checkpoints]
+    members = [resume_trainer(c, overrides, trust=trust) for c in checkpoints]
     config = dataclasses.replace(members[0].config, seed=group.seed, seeds=group.seeds, run_name=group_dir.name)
     config = dataclasses.replace(config, logdir=str(group_dir.parent))
     return PopulationTrainer(config, group_dir=group_dir, members=members)

@@ -507,12 +507,15 @@ class Trainer:
         return self.finish()
 
 
-def resume_trainer(checkpoint_path: str | Path, overrides: dict[str, Any] | None = None) -> Trainer:
+def resume_trainer(
+    checkpoint_path: str | Path, overrides: dict[str, Any] | None = None, trust: bool = False
+) -> Trainer:
     """A Trainer in the state saved at ``checkpoint_path`` (a checkpoint file or its run directory),
     writing on into that run directory.
 
     ``overrides`` may change what does not alter the run's past (e.g. ``total_frames``,
-    ``checkpoint_every``, ``progress``, ``eval_episodes``)."""
+    ``checkpoint_every``, ``progress``, ``eval_episodes``). ``trust`` also reads a version-1
+    checkpoint, running any code it holds (see :func:`~.checkpoint.load_checkpoint`)."""
     from .config import apply_overrides
 
     checkpoint_path = resolve_checkpoint(checkpoint_path).resolve()  # a run directory names its checkpoint
@@ -522,7 +525,7 @@ def resume_trainer(checkpoint_path: str | Path, overrides: dict[str, Any] | None
             f"--resume needs a run directory or a checkpoint inside one (RUN_DIR/{CHECKPOINT_DIR}/last.pt); "
             f"{str(checkpoint_path)!r} is not in a {CHECKPOINT_DIR}/ folder"
         )
-    state = load_checkpoint(checkpoint_path)
+    state = load_checkpoint(checkpoint_path, trust=trust)
     config = config_from_dict(state["config"])
     allowed = {"total_frames", "checkpoint_every", "progress", "eval_episodes", "eval_every", "logger", "threads"}
     if overrides:
