@@ -230,3 +230,52 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_iteration(tmp_path):
     for key in r0["full"]:
         assert torch.equal(r0["full"][key], r0["resumed"][key]), f"{key}: the resumed run differs"
         assert torch.equal(r0["full"][key], r1["resumed"][key]), f"{key} differs between ranks"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_seeds_group_at_one_iteration_and_the_group_resumes(tmp_path):
+    group = tmp_path / "group"
+    cmd = [sys.executable, "-m", "trpo_torchrl", "train", "--logdir", str(tmp_path), "--run-name", "group", *TINY]
+    cmd += ["--seeds", "2", "--checkpoint-every", "0", "--eval-episodes", "0", "--logger", "none"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen(
+        [*cmd, "--total-frames", "100000000"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_reset_sigint,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not sorted(group.glob("*/progress.csv")) or not _rows(sorted(group.glob("*/progress.csv"))[0].parent):
+            if child.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("the group run ended, or logged nothing, before it was signalled")
+            time.sleep(0.2)
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 143, err
+    assert "Traceback" not in err
+    assert f"--resume {group}" in out, out
+    members = sorted(p.parent for p in group.glob("*/progress.csv"))
+    assert len(members) == 2
+    iterations = {load_checkpoint(m / "checkpoints" / "last.pt")["iteration"] for m in members}
+    # every member stopped after the same iteration, with all its logged rows in its checkpoint
+    assert len(iterations) == 1 and iterations == {len(_rows(members[0]))}
+    done = iterations.pop() + 1
+    frames = done * int(TINY[TINY.index("--num-envs") + 1]) * int(TINY[TINY.index("--steps-per-env") + 1])
+    resumed = subprocess.run(
+        [sys.executable, "-m", "trpo_torchrl", "train", "--resume", str(group), "--total-frames", str(frames)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert all(len(_rows(m)) == done for m in members)

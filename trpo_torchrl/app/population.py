@@ -24,7 +24,7 @@ from trpo_torchrl import PopulationTrustRegionUpdate
 
 from .checkpoint import CHECKPOINT_DIR, CheckpointError, load_checkpoint, resolve_checkpoint
 from .config import ConfigError, TrainConfig, config_from_dict, load_yaml, save_yaml
-from .train import ACTOR_METRICS, RunResult, Trainer, resume_trainer
+from .train import ACTOR_METRICS, RunResult, StopRequest, Trainer, resume_trainer
 
 __all__ = ["PopulationTrainer", "resume_population", "train_population"]
 
@@ -100,25 +100,38 @@ class PopulationTrainer:
         for trainer in self.members:
             save_yaml(trainer.config, trainer.run_dir / "config.yaml")
         total = self.members[0].total_iterations
+        # one set of signal handlers for the group: a signal stops every member at the same boundary,
+        # and a member's checkpoint write is not interrupted (each member's save marks it)
+        stop = StopRequest()
+        for trainer in self.members:
+            trainer.stop_request = stop
         try:
-            while self.members[0].iteration < total:
-                start = time.perf_counter()
-                batches = [trainer.next_batch() for trainer in self.members]
-                rows = self.step(batches)
-                dt = time.perf_counter() - start
-                frames = sum(batch.numel() for batch in batches)
-                for trainer, batch, row in zip(self.members, batches, rows):
-                    # the members share the wall clock: each is charged its share of the iteration
-                    trainer.record(row, batch.numel(), dt / len(self.members), frames / dt)
-                if config.progress:
-                    mean = sum(r["train_return"] for r in rows) / len(rows)
-                    print(
-                        f"iteration {self.members[0].iteration}/{total}: mean train return {mean:.1f}, "
-                        f"accepted {sum(r['step_accepted'] for r in rows):.0f}/{len(rows)}",
-                        flush=True,
-                    )
+            with stop:
+                return self._loop(total, stop)
         except KeyboardInterrupt:
             return [trainer.stop_interrupted() for trainer in self.members]
+
+    def _loop(self, total: int, stop: StopRequest) -> list[RunResult]:
+        """The iterations; between two of them, a stop that SIGTERM or a first Ctrl-C asked for."""
+        config = self.config
+        while self.members[0].iteration < total:
+            if stop.signum:
+                return [trainer.stop_at_boundary(stop.signum) for trainer in self.members]
+            start = time.perf_counter()
+            batches = [trainer.next_batch() for trainer in self.members]
+            rows = self.step(batches)
+            dt = time.perf_counter() - start
+            frames = sum(batch.numel() for batch in batches)
+            for trainer, batch, row in zip(self.members, batches, rows):
+                # the members share the wall clock: each is charged its share of the iteration
+                trainer.record(row, batch.numel(), dt / len(self.members), frames / dt)
+            if config.progress:
+                mean = sum(r["train_return"] for r in rows) / len(rows)
+                print(
+                    f"iteration {self.members[0].iteration}/{total}: mean train return {mean:.1f}, "
+                    f"accepted {sum(r['step_accepted'] for r in rows):.0f}/{len(rows)}",
+                    flush=True,
+                )
         return [trainer.finish() for trainer in self.members]
 
 
@@ -174,8 +187,10 @@ def run_population(trainer: PopulationTrainer) -> int:
     """Trains a (new or resumed) population, plots the group, prints where everything is."""
     results = trainer.train()
     if any(r.interrupted for r in results):
-        print(f"\ninterrupted: checkpoints written under {trainer.group_dir}")
-        return 130
+        print(
+            f"\ninterrupted: checkpoints written under {trainer.group_dir} (continue with --resume {trainer.group_dir})"
+        )
+        return results[0].exit_status  # 130 after Ctrl-C, 143 after SIGTERM
     from .plot import curve_after_training
 
     curve = curve_after_training([trainer.group_dir], trainer.group_dir / "curves.png")
