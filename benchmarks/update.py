@@ -53,6 +53,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Stopwatch, machine, median, our_config, sb3_available, sb3_trpo, write_json  # noqa: E402
 
 
+def time_iteration(loss, actor_step, critic_fit, batch, cuda: bool) -> dict[str, float]:
+    """One iteration of ours on ``batch``, timed per phase: GAE, the actor step, the critic fit."""
+    gae, actor, critic = Stopwatch(cuda), Stopwatch(cuda), Stopwatch(cuda)
+    with gae, torch.no_grad():
+        loss.value_estimator(batch)
+    with actor:
+        metrics = actor_step(batch)
+    with critic:
+        critic_fit(batch)
+    return {
+        "gae_s": gae.seconds,
+        "actor_s": actor.seconds,
+        "critic_s": critic.seconds,
+        "total_s": gae.seconds + actor.seconds + critic.seconds,
+        "accepted": bool(metrics["step_accepted"]),
+        "backtracks": int(metrics["backtrack_steps"]),
+        "kl": float(metrics["kl"]),
+    }
+
+
 class Ours:
     """Our iteration from the training app's own objects (Trainer), on one collected batch."""
 
@@ -80,23 +100,7 @@ class Ours:
 
     def run(self) -> dict[str, float]:
         t = self.trainer
-        batch = self.reset()
-        gae, actor, critic = Stopwatch(self.cuda), Stopwatch(self.cuda), Stopwatch(self.cuda)
-        with gae, torch.no_grad():
-            t.loss.value_estimator(batch)
-        with actor:
-            metrics = t.actor_step(batch)
-        with critic:
-            t.critic_fit(batch)
-        return {
-            "gae_s": gae.seconds,
-            "actor_s": actor.seconds,
-            "critic_s": critic.seconds,
-            "total_s": gae.seconds + actor.seconds + critic.seconds,
-            "accepted": bool(metrics["step_accepted"]),
-            "backtracks": int(metrics["backtrack_steps"]),
-            "kl": float(metrics["kl"]),
-        }
+        return time_iteration(t.loss, t.actor_step, t.critic_fit, self.reset(), self.cuda)
 
 
 class Built:
@@ -153,23 +157,7 @@ class Built:
         return self.batch.clone()
 
     def run(self) -> dict[str, float]:
-        batch = self.reset()
-        gae, actor, critic = Stopwatch(self.cuda), Stopwatch(self.cuda), Stopwatch(self.cuda)
-        with gae, torch.no_grad():
-            self.loss.value_estimator(batch)
-        with actor:
-            metrics = self.actor_step(batch)
-        with critic:
-            self.critic_fit(batch)
-        return {
-            "gae_s": gae.seconds,
-            "actor_s": actor.seconds,
-            "critic_s": critic.seconds,
-            "total_s": gae.seconds + actor.seconds + critic.seconds,
-            "accepted": bool(metrics["step_accepted"]),
-            "backtracks": int(metrics["backtrack_steps"]),
-            "kl": float(metrics["kl"]),
-        }
+        return time_iteration(self.loss, self.actor_step, self.critic_fit, self.reset(), self.cuda)
 
 
 def linears(module: torch.nn.Module) -> list[torch.nn.Linear]:
