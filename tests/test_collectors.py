@@ -150,3 +150,15 @@ def test_the_library_never_imports_the_app():
     code = "import trpo_torchrl.collectors, sys; print(any(m.startswith('trpo_torchrl.app') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_hook_on_the_policy_around_the_network_is_an_error_not_skipped():
+    actor = categorical_actor(mlp(4, 2))
+    collector = DirectCollector(cartpole(), actor, frames_per_batch=8)
+    handle = actor.module[0].register_forward_hook(lambda module, args, out: out)
+    try:
+        with pytest.raises(RuntimeError, match="TensorDictModule has forward hooks"):
+            collector.rollout()
+    finally:
+        handle.remove()
+    assert collector.rollout().batch_size == (2, 4)  # without the hook it collects as before

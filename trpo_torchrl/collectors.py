@@ -366,11 +366,29 @@ class DirectCollector(BaseCollector):
             return torch.nn.functional.one_hot(actions, self._action_shape[0])
         return actions.to(next(self._net.parameters()).dtype)
 
+    def _check_no_wrapper_hooks(self) -> None:
+        """The collector runs the actor's network itself, around its TensorDictModule and distribution
+        modules: a forward hook on one of those would be skipped, so it is an error, not a silent change
+        (hooks inside the network run as usual)."""
+        inside = {id(m) for m in self._net.modules()}
+        hooked = [
+            type(m).__name__
+            for m in self.policy.modules()
+            if id(m) not in inside and (m._forward_hooks or m._forward_pre_hooks)
+        ]
+        if hooked:
+            raise RuntimeError(
+                f"DirectCollector: the policy's {', '.join(hooked)} has forward hooks, which this collector would "
+                "skip (it runs the network inside the TensorDictModule directly); remove them or use "
+                "torchrl.collectors.Collector"
+            )
+
     @torch.no_grad()
     def rollout(self) -> TensorDict:
         """Collects one batch of ``frames_per_batch`` frames (``[num_envs, steps]``)."""
         if self.pre_collect_hook is not None:
             self.pre_collect_hook()
+        self._check_no_wrapper_hooks()
         n, steps = self.num_envs, self.steps
         first = next(self._net.parameters())
         obs = np.empty((steps + 1, n, self._obs.shape[-1]), np.float32)
