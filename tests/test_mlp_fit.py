@@ -1,5 +1,6 @@
 """trpo_torchrl::mlp_fit_adam (the fused critic fit): the op against its reference, the reference
-against torch.optim.Adam on an nn.Sequential, and CriticFit's fused path against its eager loop."""
+against torch.optim.Adam on an nn.Sequential, CriticFit's fused path against its eager loop, and
+the op's member dimension (M critics in one call) against M separate calls."""
 
 import copy
 
@@ -305,3 +306,181 @@ def test_cuda_fit_is_one_kernel_launch_when_the_network_fits_a_block(sizes, mini
         assert len(ours) == 1 and len(launches) == 1, names
     else:
         assert not ours and len(launches) > 4 * 4 * 10, names  # dozens of launches per Adam step
+
+
+# ------------------------------------------------------------------ the member dimension
+
+
+def _members(sizes, activation, dtype, n, epochs, members, device="cpu"):
+    """M distinct problems (networks, states, targets, orders, warm Adam states), each as the
+    single-critic op takes it: a list of (params, exp_avgs, exp_avg_sqs, inputs, targets, order)."""
+    problems = []
+    for m in range(members):
+        torch.manual_seed(10 + m)
+        net, x, y, order = _problem(sizes, activation, dtype, n, epochs, device=device, seed=m)
+        g = torch.Generator().manual_seed(100 + m)
+        warm = (
+            [(torch.rand(p.shape, generator=g, dtype=dtype) * 1e-2).to(device) for p in net.parameters()],
+            [(torch.rand(p.shape, generator=g, dtype=dtype) * 1e-4).to(device) for p in net.parameters()],
+        )
+        problems.append((*_state(net, warm), x, y, order))
+    return problems
+
+
+def _stack(problems):
+    """The members' problems stacked along a leading member dimension (fresh tensors)."""
+    groups = [[torch.stack([p[i][j] for p in problems]) for j in range(len(problems[0][i]))] for i in range(3)]
+    return (*groups, *(torch.stack([p[i] for p in problems]) for i in (3, 4, 5)))
+
+
+_MEMBER_OPTIONS = dict(coeff=0.5, lr=3e-3, betas=(0.9, 0.99), eps=1e-6, step=7)
+
+
+@needs_op
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize(
+    "sizes,activation,n,minibatch,dtype",
+    [
+        ((17, 64, 64, 1), "tanh", 300, 64, torch.float64),  # last minibatch shorter
+        ((5, 8, 1), "relu", 128, 128, torch.float64),
+        ((3, 1), "tanh", 50, 7, torch.float64),
+        ((11, 32, 16, 8, 1), "relu", 257, 32, torch.float32),
+        ((17, 64, 64, 1), "tanh", 512, 128, torch.float32),
+        ((17, 256, 256, 1), "tanh", 300, 256, torch.float32),  # CUDA: the ATen-composed kernel
+    ],
+)
+def test_stacked_op_is_m_separate_fits(device, sizes, activation, n, minibatch, dtype):
+    # M critics in one call against (a) M calls of the op, one per member, and (b) the reference
+    members = 3
+    problems = _members(sizes, activation, dtype, n, 2, members, device)
+    separate = [copy.deepcopy(p) for p in problems]
+    stacked = _stack(problems)
+    ref = _stack(problems)
+    options = dict(minibatch_size=minibatch, activation=activation, **_MEMBER_OPTIONS)
+    losses = mlp_fit_adam(*stacked, **options)
+    assert losses.shape == (members, 2 * -(-n // minibatch))
+    ref_losses = reference.mlp_fit_adam(*ref, minibatch, activation, 0.5, 3e-3, 0.9, 0.99, 1e-6, 7)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    torch.testing.assert_close(losses, ref_losses, **tol)
+    for a, b in zip(stacked[0] + stacked[1] + stacked[2], ref[0] + ref[1] + ref[2]):
+        torch.testing.assert_close(a, b, **tol)
+    for m, p in enumerate(separate):
+        one = mlp_fit_adam(*p, **options)
+        torch.testing.assert_close(losses[m], one, **tol)
+        for a, b in zip(stacked[0] + stacked[1] + stacked[2], p[0] + p[1] + p[2]):
+            torch.testing.assert_close(a[m], b, **tol)
+    # the members really are different fits, and each moved
+    assert not torch.equal(stacked[0][0][0], stacked[0][0][1])
+    assert not torch.equal(stacked[0][0][0], problems[0][0][0])
+
+
+@needs_op
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel", ["device", "composite"])
+def test_one_stacked_member_is_the_single_fit_bit_for_bit(device, dtype, kernel):
+    (problem,) = _members((7, 32, 32, 1), "tanh", dtype, 200, 3, 1, device)
+    single = copy.deepcopy(problem)
+    stacked = _stack([problem])
+    hyper = (48, "tanh", 0.5, 3e-3, 0.9, 0.99, 1e-6, 7)
+    if kernel == "device":
+        run = torch.ops.trpo_torchrl.mlp_fit_adam.default
+    else:  # the ATen-composed kernel, as the CUDA kernel falls back to it
+        keys = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
+        op = torch.ops.trpo_torchrl.mlp_fit_adam.default
+
+        def run(*args):
+            return op.redispatch(keys, *args)
+
+    losses = run(*stacked, *hyper)
+    single_losses = run(*single, *hyper)
+    assert losses.shape == (1, *single_losses.shape)
+    assert torch.equal(losses[0], single_losses)
+    for a, b in zip(stacked[0] + stacked[1] + stacked[2], single[0] + single[1] + single[2]):
+        assert torch.equal(a[0], b)
+
+
+@needs_op
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_composite_kernel_fits_members_as_the_reference(dtype):
+    # the ATen-composed kernel (every device but CPU; CUDA's fallback), here on the CPU
+    problems = _members((6, 16, 16, 1), "relu", dtype, 150, 2, 3)
+    stacked, ref = _stack(problems), _stack(problems)
+    keys = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
+    hyper = (32, "relu", 0.5, 3e-3, 0.9, 0.99, 1e-6, 7)
+    losses = torch.ops.trpo_torchrl.mlp_fit_adam.default.redispatch(keys, *stacked, *hyper)
+    ref_losses = reference.mlp_fit_adam(*ref, *hyper)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    torch.testing.assert_close(losses, ref_losses, **tol)
+    for a, b in zip(stacked[0] + stacked[1] + stacked[2], ref[0] + ref[1] + ref[2]):
+        torch.testing.assert_close(a, b, **tol)
+
+
+@needs_op
+def test_no_members_is_an_empty_fit():
+    problems = _members((4, 8, 1), "tanh", torch.float64, 20, 2, 1)
+    stacked = [t[:0] if isinstance(t, torch.Tensor) else [u[:0] for u in t] for t in _stack(problems)]
+    losses = mlp_fit_adam(*stacked, minibatch_size=8)
+    assert losses.shape == (0, 2 * 3)
+    assert reference.mlp_fit_adam(*stacked, 8, "tanh", 1.0, 1e-3, 0.9, 0.999, 1e-8, 0).shape == (0, 6)
+
+
+def _bad_member_cases(stacked):
+    """(arguments, message) pairs: member-stacked calls whose shapes disagree."""
+    params, m, v, x, y, order = stacked
+    return [
+        (([params[0][:2], *params[1:]], m, v, x, y, order), r"weight 0 must be \[M, out, 4\] \(M = 3 members"),
+        (([params[0], params[1][:2], *params[2:]], m, v, x, y, order), r"bias 0 must be \[M, 8\]"),
+        (([params[0][0], *params[1:]], m, v, x, y, order), r"weight 0 must be \[M, out, 4\]"),
+        ((params, [m[0][:2], *m[1:]], v, x, y, order), "Adam state of parameter 0"),
+        ((params, m, v, x, y[:2], order), r"targets must be \[M, N\] \(M = 3 members, N = 20 states"),
+        ((params, m, v, x, y, order[:2]), r"order must be int64 \[M, epochs, N\]"),
+        ((params, m, v, x, y, order[0]), r"order must be int64 \[M, epochs, N\]"),
+        ((params, m, v, x, y[0], order), r"targets must be \[M, N\]"),
+        (([p[0] for p in params], [t[0] for t in m], [t[0] for t in v], x, y, order), "weight 0 must be"),
+        (
+            (params, m, v, x.unsqueeze(0), y, order),
+            r"inputs must be \[N, features\] \(one critic\) or \[M, N, features\]",
+        ),
+    ]
+
+
+@needs_op
+def test_stacked_op_refuses_mismatched_members_with_a_message():
+    stacked = _stack(_members((4, 8, 1), "tanh", torch.float32, 20, 2, 3))
+    for args, message in _bad_member_cases(stacked):
+        with pytest.raises(RuntimeError, match=message):
+            mlp_fit_adam(*args, minibatch_size=8)
+        # the pure-PyTorch path (the fallback) refuses them alike
+        with pytest.raises(ValueError, match=message):
+            mlp_fit_module._check_reference_args(*args)
+    bad = stacked[5].clone()
+    bad[2, 1, 3] = 20  # a member's order past its states
+    for check in (
+        lambda o: mlp_fit_adam(*stacked[:5], o, minibatch_size=8),
+        lambda o: mlp_fit_module._check_reference_args(*stacked[:5], o),
+    ):
+        with pytest.raises(RuntimeError, match=r"order holds indices outside \[0, 20\)"):
+            check(bad)
+
+
+@needs_op
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_opcheck_with_members(device):
+    stacked = _stack(_members((3, 8, 1), "tanh", torch.float32, 20, 2, 2, device))
+    args = (*stacked, 8, "tanh", 1.0, 1e-3, 0.9, 0.999, 1e-8, 0)
+    torch.library.opcheck(torch.ops.trpo_torchrl.mlp_fit_adam.default, args)
+
+
+@needs_op
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_fits_members_in_one_kernel_launch():
+    from torch.profiler import ProfilerActivity, profile
+
+    stacked = _stack(_members((17, 64, 64, 1), "tanh", torch.float32, 1024, 4, 8, "cuda"))
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        mlp_fit_adam(*stacked, minibatch_size=128)
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events()]
+    assert len([n for n in names if "fit_kernel" in n]) == 1, names  # one launch, eight blocks

@@ -3,7 +3,7 @@
 * :class:`TRPOLoss` – the TRPO surrogate, mean KL and critic loss as a TorchRL loss module.
 * :class:`TrustRegionUpdate` – the actor step: Fisher-vector products, CG, KL-scaled step, line search.
 * :class:`PopulationTrustRegionUpdate` – M independent actor steps (seeds, agents) as one batched step.
-* :class:`CriticFit` – the critic's regression on the λ-returns.
+* :class:`CriticFit` – the critic's regression on the λ-returns; :func:`fit_critics` fits M of them in one call.
 * :func:`gaussian_actor`, :func:`categorical_actor` – policies whose batches hold what TRPOLoss reads.
 * :class:`FusedGAE` – TorchRL's GAE value estimator on a fused C++/CUDA scan.
 * :class:`DirectCollector` – a TorchRL collector over a Gymnasium vector env at a fraction of ``Collector``'s per-step cost.
@@ -11,7 +11,7 @@
 """
 
 from .collectors import DirectCollector
-from .critic import CriticFit
+from .critic import CriticFit, fit_critics
 from .loss import TRPOLoss
 from .ops import extension_loaded
 from .policies import StateIndependentScale, categorical_actor, gaussian_actor
@@ -31,6 +31,7 @@ __all__ = [
     "TrustRegionUpdate",
     "categorical_actor",
     "extension_loaded",
+    "fit_critics",
     "gaussian_actor",
     "population_policy",
     "__version__",

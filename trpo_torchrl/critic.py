@@ -1,10 +1,12 @@
-"""CriticFit: regress a TRPOLoss's critic on the batch's λ-returns, epochs × minibatches with Adam."""
+"""CriticFit: regress a TRPOLoss's critic on the batch's λ-returns, epochs × minibatches with Adam;
+fit_critics: M such fits (one per population member) in one call of the fused op."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import warnings
+from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -16,7 +18,7 @@ from .modules import describe_mlp, has_forward_hooks, plain_tensordict_module
 from .ops import mlp_fit_adam
 from .validation import check_choice, check_count, check_generator, check_number
 
-__all__ = ["CriticFit"]
+__all__ = ["CriticFit", "fit_critics"]
 
 _log = logging.getLogger("trpo_torchrl")
 
@@ -97,6 +99,7 @@ class CriticFit:
         self.generator = check_generator(where, "generator", generator)
         self.fused = check_choice(where, "fused", fused, (None, True, False))
         self._eager_reason = None  # why the last fit took the eager loop, logged when it changes
+        self._members_reason = None  # as first fit of fit_critics: why the members were last fitted apart
         self.process_group = resolve_process_group(process_group)
         self.parameters, self.shared_parameters = _own_and_shared_parameters(loss_module)
         self.optimizer = torch.optim.Adam(self.parameters, lr=lr, eps=eps)
@@ -131,11 +134,15 @@ class CriticFit:
             return None
         return _TensorMinibatchLoss(net.module, inputs, target.detach(), loss.critic_coeff, loss.loss_critic_type)
 
+    def _draw_orders(self, num_states: int) -> torch.Tensor:
+        """The epochs' permutations ``[epochs, N]`` (on the CPU), drawn from this fit's generator
+        with the same calls, in the same order, as the eager loop draws them."""
+        return torch.stack([torch.randperm(num_states, generator=self.generator) for _ in range(self.epochs)])
+
     def _fit_fused(self, plan: _FusedPlan, num_states: int) -> torch.Tensor:
-        """Every step in one op call; the epochs' permutations come from the same generator, in the
-        same order, as the eager loop's. Returns the last epoch's minibatch losses."""
-        orders = torch.stack([torch.randperm(num_states, generator=self.generator) for _ in range(self.epochs)])
-        return plan.run(self, orders.to(plan.inputs.device)).split(plan.per_epoch)[-1]
+        """Every step in one op call. Returns the last epoch's minibatch losses."""
+        orders = self._draw_orders(num_states).to(plan.inputs.device)
+        return plan.run(self, orders).split(plan.per_epoch)[-1]
 
     def _fit_eager(self, data: TensorDictBase) -> torch.Tensor:
         """The epochs × minibatches Adam loop in PyTorch. Returns the last epoch's minibatch losses."""
@@ -194,13 +201,12 @@ class CriticFit:
             raise ValueError(f"CriticFit: the mask {key!r} marks no valid step in the batch")
         return data[mask]
 
-    def __call__(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """Runs the fit; returns the mean critic loss of the last epoch and the explained variance after."""
+    def _prepare(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """The batch's valid states, flattened, once their value targets are checked."""
         key = self.loss_module.tensor_keys.value_target
         if tensordict.get(key, None) is None:
             raise KeyError(f"CriticFit: the batch has no value target {key!r}; run loss.value_estimator(batch) first")
         data = self._valid_states(tensordict.reshape(-1))
-        num_states = data.numel()
         target = data.get(key)
         if not target.is_floating_point():
             raise TypeError(f"CriticFit: the value target {key!r} must be a floating-point tensor, got {target.dtype}")
@@ -211,6 +217,11 @@ class CriticFit:
         # an assert on the device: raises here on CPU, asynchronously on CUDA, never syncs the host;
         # a NaN target would otherwise turn every critic parameter into NaN
         torch._assert_async(finite, f"CriticFit: the value target {key!r} has non-finite values")
+        return data
+
+    def _plan(self, data: TensorDictBase) -> _FusedPlan | None:
+        """The fused op's plan for this batch, or None for the eager loop (``fused=True`` raises
+        instead, saying why; the default logs the reason once per reason)."""
         plan = None if self.fused is False else _FusedPlan.build(self, data)
         if isinstance(plan, str):
             if self.fused:
@@ -219,17 +230,133 @@ class CriticFit:
                 self._eager_reason = plan
                 _log.info("CriticFit fits the critic with the eager loop: %s", plan)
             plan = None
-        with _frozen(self.shared_parameters):
-            last_epoch = self._fit_eager(data) if plan is None else self._fit_fused(plan, num_states)
+        return plan
+
+    def _metrics(self, data: TensorDictBase, last_epoch: torch.Tensor) -> TensorDict:
+        """The mean loss of the last epoch's minibatches and the critic's explained variance after the fit."""
+        num_states = data.numel()
+        net = self.loss_module.critic_network
         with torch.no_grad():
-            target = data.get(key).reshape(num_states)
-            value = self.loss_module.critic_network(data.select(*self.loss_module.critic_network.in_keys).copy())
+            target = data.get(self.loss_module.tensor_keys.value_target).reshape(num_states)
+            value = net(data.select(*net.in_keys).copy())
             value = value.get(self.loss_module.tensor_keys.value).reshape(num_states)
             explained = 1 - (target - value).var(correction=0) / target.var(correction=0).clamp_min(1e-8)
-        return TensorDict(
-            {"loss_critic": last_epoch.mean(), "explained_variance": explained},
-            batch_size=[],
+        return TensorDict({"loss_critic": last_epoch.mean(), "explained_variance": explained}, batch_size=[])
+
+    def __call__(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Runs the fit; returns the mean critic loss of the last epoch and the explained variance after."""
+        data = self._prepare(tensordict)
+        plan = self._plan(data)
+        with _frozen(self.shared_parameters):
+            last_epoch = self._fit_eager(data) if plan is None else self._fit_fused(plan, data.numel())
+        return self._metrics(data, last_epoch)
+
+
+def fit_critics(fits: Sequence[CriticFit], batches: Sequence[TensorDictBase]) -> list[TensorDict]:
+    """Fits M critics, each :class:`CriticFit` on its own batch, in one call of the fused op.
+
+    A population (``trpo-torchrl train --seeds M``) has one critic per member, each with its own
+    ``CriticFit``. When every member's fit takes the fused op (see ``CriticFit``'s ``fused``) and
+    their fits agree — the same layer shapes, activation, dtype and device, Adam hyperparameters,
+    ``critic_coeff``, minibatch size, epochs, Adam step count and number of valid states — the M
+    fits run as one call of :func:`~trpo_torchrl.ops.mlp_fit_adam` with a member dimension: each
+    member keeps its own parameters, Adam state and minibatch order (drawn from its own
+    ``generator``, as its own call would draw it), and ends where ``fits[m](batches[m])`` would,
+    up to rounding (bit for bit when M = 1). Otherwise each fit runs on its own batch, one after
+    another, with one log line saying why.
+
+    Args:
+        fits: one ``CriticFit`` per member (distinct critics and optimisers).
+        batches: member m's batch, holding its value targets, for ``fits[m]``.
+
+    Returns:
+        per member, what ``fits[m](batches[m])`` returns: ``loss_critic`` and ``explained_variance``.
+
+    Examples:
+        >>> metrics = fit_critics([fit_0, fit_1], [batch_0, batch_1])  # doctest: +SKIP
+        >>> metrics[1]["loss_critic"]  # doctest: +SKIP
+    """
+    fits, batches = list(fits), list(batches)
+    if not all(isinstance(fit, CriticFit) for fit in fits):
+        raise TypeError(f"fit_critics: fits must be CriticFit objects, got {[type(f).__name__ for f in fits]}")
+    if len(fits) != len(batches):
+        raise ValueError(f"fit_critics: one batch per fit is needed, got {len(fits)} fits and {len(batches)} batches")
+    if not fits:
+        return []
+    # every batch is checked (and every fused=True honoured) before any critic moves
+    data = [fit._prepare(batch) for fit, batch in zip(fits, batches)]
+    plans = [fit._plan(d) for fit, d in zip(fits, data)]
+    kind, reason = _members_disagree(fits, plans)
+    if kind is None:
+        with contextlib.ExitStack() as frozen:
+            for fit in fits:
+                frozen.enter_context(_frozen(fit.shared_parameters))
+            last_epochs = _fit_members(fits, plans)
+        return [fit._metrics(d, last) for fit, d, last in zip(fits, data, last_epochs)]
+    if kind != fits[0]._members_reason:  # said once per kind of reason, not at every call
+        fits[0]._members_reason = kind
+        _log.info("fit_critics fits the %d critics one after another: %s", len(fits), reason)
+    # each fit on its own, exactly as its own call (a fit may share state with another one)
+    return [fit(batch) for fit, batch in zip(fits, batches)]
+
+
+def _members_disagree(fits: list[CriticFit], plans: list) -> tuple[str | None, str | None]:
+    """Why the members' fits cannot be one stacked op call, as (kind, reason); (None, None) when they can."""
+    for m, plan in enumerate(plans):
+        if plan is None:
+            return "eager", f"member {m}'s critic does not take the fused op (CriticFit's own log line says why)"
+    if len({id(fit) for fit in fits}) < len(fits) or len({id(fit.optimizer) for fit in fits}) < len(fits):
+        return "shared fit", "a CriticFit or optimiser appears for more than one member"
+    storages = [{_storage(p) for p in plan.params} - {None} for plan in plans]
+    if sum(len(s) for s in storages) != len(set().union(*storages)):
+        return "shared parameters", "the members' critics share parameters"
+    first = plans[0]
+    checks = (
+        ("layer shapes", lambda p, f: [tuple(t.shape) for t in p.params]),
+        ("activations", lambda p, f: p.activation),
+        ("dtypes", lambda p, f: p.inputs.dtype),
+        ("devices", lambda p, f: p.inputs.device),
+        ("Adam hyperparameters, critic_coeff and minibatch sizes", lambda p, f: p.options),
+        ("epochs", lambda p, f: f.epochs),
+        ("Adam step counts", lambda p, f: p.step),
+        ("numbers of valid states", lambda p, f: p.inputs.shape[0]),
+    )
+    for what, value in checks:
+        for m in range(1, len(plans)):
+            a, b = value(first, fits[0]), value(plans[m], fits[m])
+            if a != b:
+                return what, f"the members' {what} differ ({a} for member 0, {b} for member {m})"
+    return None, None
+
+
+def _fit_members(fits: list[CriticFit], plans: list[_FusedPlan]) -> list[torch.Tensor]:
+    """The agreeing members' fits as one stacked op call; each member's parameters, Adam moments and
+    step count are written back to its own tensors. Returns each member's last-epoch losses."""
+    first = plans[0]
+    states = [plan.adam_state(fit) for fit, plan in zip(fits, plans)]
+    num_states = first.inputs.shape[0]
+    orders = torch.stack([fit._draw_orders(num_states) for fit in fits]).to(first.inputs.device)
+    with torch.no_grad():
+        params = [torch.stack([plan.params[i].detach() for plan in plans]) for i in range(len(first.params))]
+        exp_avgs = [torch.stack([st[i]["exp_avg"] for st in states]) for i in range(len(first.params))]
+        exp_avg_sqs = [torch.stack([st[i]["exp_avg_sq"] for st in states]) for i in range(len(first.params))]
+        losses = mlp_fit_adam(
+            params,
+            exp_avgs,
+            exp_avg_sqs,
+            torch.stack([plan.inputs for plan in plans]),
+            torch.stack([plan.targets for plan in plans]),
+            orders,
+            step=first.step,
+            **first.options,
         )
+        for m, (plan, st) in enumerate(zip(plans, states)):
+            torch._foreach_copy_(
+                [p.detach() for p in plan.params] + [s["exp_avg"] for s in st] + [s["exp_avg_sq"] for s in st],
+                [t[m] for t in params] + [t[m] for t in exp_avgs] + [t[m] for t in exp_avg_sqs],
+            )
+            plan.advance(st, orders.shape[1])
+    return [member.split(first.per_epoch)[-1] for member in losses]
 
 
 def _storage(p: torch.Tensor):
@@ -315,11 +442,15 @@ class _TensorMinibatchLoss:
 
 class _FusedPlan:
     """What one call of :func:`~trpo_torchrl.ops.mlp_fit_adam` needs, checked against the critic,
-    the loss and the optimiser; :meth:`build` returns the reason as a string when it does not apply."""
+    the loss and the optimiser; :meth:`build` returns the reason as a string when it does not apply.
 
-    def __init__(self, inputs, targets, params, activation, per_epoch):
+    ``options`` holds the op's keyword arguments (minibatch size, activation, coeff, lr, betas,
+    eps) and ``step`` the Adam steps taken so far: what members must share to be fitted together."""
+
+    def __init__(self, inputs, targets, params, activation, per_epoch, options, step):
         self.inputs, self.targets, self.params = inputs, targets, params
         self.activation, self.per_epoch = activation, per_epoch
+        self.options, self.step = options, step
 
     @classmethod
     def build(cls, fit: CriticFit, data: TensorDictBase) -> _FusedPlan | str:
@@ -385,20 +516,39 @@ class _FusedPlan:
             return "parameters and inputs must share dtype and device, and be contiguous"
         activation = mlp.activations[0] if mlp.activations else "tanh"  # one layer: no activation to run
         per_epoch = -(-inputs.shape[0] // fit.minibatch_size)
-        return cls(inputs, target.detach().reshape(-1).to(inputs.dtype), params, activation, per_epoch)
+        options = dict(
+            minibatch_size=fit.minibatch_size,
+            activation=activation,
+            coeff=float(loss.critic_coeff),
+            lr=float(group["lr"]),
+            betas=tuple(float(b) for b in group["betas"]),
+            eps=float(group["eps"]),
+        )
+        step = int(states[0]["step"]) if states[0] else 0
+        target = target.detach().reshape(-1).to(inputs.dtype)
+        return cls(inputs, target, params, activation, per_epoch, options, step)
 
-    def run(self, fit: CriticFit, orders: torch.Tensor) -> torch.Tensor:
+    def adam_state(self, fit: CriticFit) -> list[dict]:
+        """The optimiser's state of each parameter, created as torch.optim.Adam creates it lazily
+        when the fit has none yet, so either path can continue from the other."""
         opt = fit.optimizer
-        group = opt.param_groups[0]
         for p in self.params:
-            if not opt.state.get(p):  # torch.optim.Adam's own lazy initialisation, so either path can continue
+            if not opt.state.get(p):
                 opt.state[p] = {
                     "step": torch.tensor(0.0, dtype=torch.float32),
                     "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
                     "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
                 }
-        states = [opt.state[p] for p in self.params]
-        step = int(states[0]["step"])
+        return [opt.state[p] for p in self.params]
+
+    def advance(self, states: list[dict], epochs: int) -> None:
+        """Counts the fit's Adam steps in the optimiser's state, as torch.optim.Adam would."""
+        for st in states:
+            st["step"] += epochs * self.per_epoch
+
+    def run(self, fit: CriticFit, orders: torch.Tensor) -> torch.Tensor:
+        """The whole fit as one op call, in place on the parameters and the optimiser's state."""
+        states = self.adam_state(fit)
         losses = mlp_fit_adam(
             [p.detach() for p in self.params],
             [st["exp_avg"] for st in states],
@@ -406,14 +556,8 @@ class _FusedPlan:
             self.inputs,
             self.targets,
             orders,
-            minibatch_size=fit.minibatch_size,
-            activation=self.activation,
-            coeff=float(fit.loss_module.critic_coeff),
-            lr=float(group["lr"]),
-            betas=group["betas"],
-            eps=float(group["eps"]),
-            step=step,
+            step=self.step,
+            **self.options,
         )
-        for st in states:
-            st["step"] += orders.shape[0] * self.per_epoch
+        self.advance(states, orders.shape[0])
         return losses

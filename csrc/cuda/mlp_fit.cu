@@ -1,5 +1,5 @@
-// trpo_torchrl::mlp_fit_adam — CUDA kernel and registration: the whole critic fit in one launch of
-// one thread block.
+// trpo_torchrl::mlp_fit_adam — CUDA kernel and registration: the whole critic fit in one launch,
+// one thread block per critic (M critics stacked along the member dimension: M blocks).
 //
 // The fit is E·S dependent Adam steps on a small MLP (rl-zoo3's MuJoCo preset: 320 steps of 128
 // states on 17→64→64→1). The ATen-composed kernel issues ~40 launches per step, each costing more
@@ -9,7 +9,9 @@
 // every step without leaving the SM: per step it gathers the minibatch, runs the forward pass, the
 // loss, the backward pass and Adam, with block barriers between the phases. Parameters live in shared
 // memory for the whole fit and are written back at the end; Adam's moments stay in global memory
-// (read and written once per step by the thread that owns the element).
+// (read and written once per step by the thread that owns the element). The members of a stacked
+// call share nothing but the hyperparameters, so block m fits member m alone from its own slices of
+// the stacked tensors, and M critics take one launch.
 //
 // Networks whose buffers do not fit the block's shared memory (wide layers, big minibatches) take
 // the ATen-composed kernel instead. The math is the reference's (trpo_torchrl.ops.reference):
@@ -56,6 +58,7 @@ struct FitArgs {
   const int64_t* order;
   T* losses;
   int64_t num_states, epochs, minibatch, step;
+  int64_t losses_per_member;  // the row length of losses [M, ·]
   double coeff, lr, beta1, beta2, eps;
 };
 
@@ -127,6 +130,28 @@ __global__ void __launch_bounds__(kThreads) fit_kernel(const FitArgs<T> a) {
   const int L = a.layers;
   const int tid = threadIdx.x;
   const int64_t mb = a.minibatch;
+  // this block's member: its slice of every stacked tensor
+  const int64_t member = blockIdx.x;
+  const int64_t N = a.num_states;
+  const T* inputs = a.inputs + member * N * a.dims[0];
+  const T* targets = a.targets + member * N;
+  const int64_t* order = a.order + member * a.epochs * N;
+  T* losses = a.losses + member * a.losses_per_member;
+  T* w_g[kMaxLayers];  // global memory: the member's weights, biases and Adam moments
+  T* b_g[kMaxLayers];
+  T* m_w[kMaxLayers];
+  T* m_b[kMaxLayers];
+  T* v_w[kMaxLayers];
+  T* v_b[kMaxLayers];
+  for (int l = 0; l < L; ++l) {
+    const int64_t w_size = static_cast<int64_t>(a.dims[l + 1]) * a.dims[l], b_size = a.dims[l + 1];
+    w_g[l] = a.w[l] + member * w_size;
+    b_g[l] = a.b[l] + member * b_size;
+    m_w[l] = a.m_w[l] + member * w_size;
+    m_b[l] = a.m_b[l] + member * b_size;
+    v_w[l] = a.v_w[l] + member * w_size;
+    v_b[l] = a.v_b[l] + member * b_size;
+  }
 
   T* W[kMaxLayers];
   T* B[kMaxLayers];
@@ -156,26 +181,25 @@ __global__ void __launch_bounds__(kThreads) fit_kernel(const FitArgs<T> a) {
   // the parameters, into shared memory for the whole fit
   for (int l = 0; l < L; ++l) {
     const int in = a.dims[l], out = a.dims[l + 1], s = odd_stride(in);
-    for (int t = tid; t < out * in; t += kThreads) W[l][(t / in) * s + t % in] = a.w[l][t];
-    for (int t = tid; t < out; t += kThreads) B[l][t] = a.b[l][t];
+    for (int t = tid; t < out * in; t += kThreads) W[l][(t / in) * s + t % in] = w_g[l][t];
+    for (int t = tid; t < out; t += kThreads) B[l][t] = b_g[l][t];
   }
   __syncthreads();
 
   const T w1 = static_cast<T>(1.0 - a.beta1), beta2 = static_cast<T>(a.beta2), w2 = static_cast<T>(1.0 - a.beta2);
   const T eps = static_cast<T>(a.eps);
-  const int64_t N = a.num_states;
   int64_t k = 0;
   for (int64_t e = 0; e < a.epochs; ++e) {
     for (int64_t start = 0; start < N; start += mb, ++k) {
       const int rows = static_cast<int>(min(mb, N - start));
-      const int64_t* idx = a.order + e * N + start;
+      const int64_t* idx = order + e * N + start;
       {
         const int in = a.dims[0], s = odd_stride(in);
         for (int t = tid; t < rows * in; t += kThreads) {
           const int r = t / in, i = t % in;
-          H[0][r * s + i] = a.inputs[idx[r] * in + i];
+          H[0][r * s + i] = inputs[idx[r] * in + i];
         }
-        for (int t = tid; t < rows; t += kThreads) target[t] = a.targets[idx[t]];
+        for (int t = tid; t < rows; t += kThreads) target[t] = targets[idx[t]];
       }
       __syncthreads();
 
@@ -201,7 +225,7 @@ __global__ void __launch_bounds__(kThreads) fit_kernel(const FitArgs<T> a) {
         g[t] = d * grad_scale;
       }
       const T total = block_sum<kThreads>(local, scratch);  // its first barrier also publishes g
-      if (tid == 0) a.losses[k] = total * static_cast<T>(a.coeff / rows);
+      if (tid == 0) losses[k] = total * static_cast<T>(a.coeff / rows);
 
       const double step = static_cast<double>(a.step + k + 1);
       const T step_size = static_cast<T>(-a.lr / (1.0 - pow(a.beta1, step)));
@@ -223,12 +247,12 @@ __global__ void __launch_bounds__(kThreads) fit_kernel(const FitArgs<T> a) {
         for (int t = tid; t < out * in; t += kThreads) {
           const int j = t / in, i = t % in;
           const T acc = strided_dot(g + j, sg, H[l] + i, si, rows);
-          adam(W[l][j * si + i], a.m_w[l] + t, a.v_w[l] + t, acc, w1, beta2, w2, bc2_sqrt, eps, step_size);
+          adam(W[l][j * si + i], m_w[l] + t, v_w[l] + t, acc, w1, beta2, w2, bc2_sqrt, eps, step_size);
         }
         for (int j = tid; j < out; j += kThreads) {
           T acc = T(0);
           for (int r = 0; r < rows; ++r) acc += g[r * sg + j];
-          adam(B[l][j], a.m_b[l] + j, a.v_b[l] + j, acc, w1, beta2, w2, bc2_sqrt, eps, step_size);
+          adam(B[l][j], m_b[l] + j, v_b[l] + j, acc, w1, beta2, w2, bc2_sqrt, eps, step_size);
         }
         __syncthreads();
         T* swap = g;
@@ -240,36 +264,36 @@ __global__ void __launch_bounds__(kThreads) fit_kernel(const FitArgs<T> a) {
 
   for (int l = 0; l < L; ++l) {
     const int in = a.dims[l], out = a.dims[l + 1], s = odd_stride(in);
-    for (int t = tid; t < out * in; t += kThreads) a.w[l][t] = W[l][(t / in) * s + t % in];
-    for (int t = tid; t < out; t += kThreads) a.b[l][t] = B[l][t];
+    for (int t = tid; t < out * in; t += kThreads) w_g[l][t] = W[l][(t / in) * s + t % in];
+    for (int t = tid; t < out; t += kThreads) b_g[l][t] = B[l][t];
   }
 }
 
 template <typename T>
-bool launch_fit(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& exp_avgs,
-                const std::vector<at::Tensor>& exp_avg_sqs, const at::Tensor& x, const at::Tensor& y,
-                const at::Tensor& order, int64_t minibatch_size, bool tanh, double coeff, double lr, double beta1,
-                double beta2, double eps, int64_t step, at::Tensor& losses) {
+bool launch_fit(const MlpFitArgs& args, const at::Tensor& x, const at::Tensor& y, const at::Tensor& order,
+                int64_t minibatch_size, bool tanh, double coeff, double lr, double beta1, double beta2, double eps,
+                int64_t step, const at::Tensor& losses) {
   FitArgs<T> a{};
-  a.layers = static_cast<int>(params.size() / 2);
-  a.dims[0] = static_cast<int>(x.size(1));
+  a.layers = static_cast<int>(args.params.size() / 2);
+  a.dims[0] = static_cast<int>(x.size(2));
   for (int l = 0; l < a.layers; ++l) {
-    a.dims[l + 1] = static_cast<int>(params[2 * l].size(0));
-    a.w[l] = params[2 * l].mutable_data_ptr<T>();
-    a.b[l] = params[2 * l + 1].mutable_data_ptr<T>();
-    a.m_w[l] = exp_avgs[2 * l].mutable_data_ptr<T>();
-    a.m_b[l] = exp_avgs[2 * l + 1].mutable_data_ptr<T>();
-    a.v_w[l] = exp_avg_sqs[2 * l].mutable_data_ptr<T>();
-    a.v_b[l] = exp_avg_sqs[2 * l + 1].mutable_data_ptr<T>();
+    a.dims[l + 1] = static_cast<int>(args.params[2 * l].size(1));
+    a.w[l] = args.params[2 * l].mutable_data_ptr<T>();
+    a.b[l] = args.params[2 * l + 1].mutable_data_ptr<T>();
+    a.m_w[l] = args.exp_avgs[2 * l].mutable_data_ptr<T>();
+    a.m_b[l] = args.exp_avgs[2 * l + 1].mutable_data_ptr<T>();
+    a.v_w[l] = args.exp_avg_sqs[2 * l].mutable_data_ptr<T>();
+    a.v_b[l] = args.exp_avg_sqs[2 * l + 1].mutable_data_ptr<T>();
   }
   a.inputs = x.const_data_ptr<T>();
   a.targets = y.const_data_ptr<T>();
   a.order = order.const_data_ptr<int64_t>();
   a.losses = losses.mutable_data_ptr<T>();
-  a.num_states = x.size(0);
-  a.epochs = order.size(0);
-  a.minibatch = std::min(minibatch_size, x.size(0));
+  a.num_states = args.num_states;
+  a.epochs = args.epochs;
+  a.minibatch = std::min(minibatch_size, args.num_states);
   a.step = step;
+  a.losses_per_member = args.num_losses;
   a.coeff = coeff;
   a.lr = lr;
   a.beta1 = beta1;
@@ -284,7 +308,8 @@ bool launch_fit(const std::vector<at::Tensor>& params, const std::vector<at::Ten
   if (bytes > limit) return false;
   auto kernel = tanh ? fit_kernel<T, true> : fit_kernel<T, false>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-  kernel<<<1, kThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(a);
+  // one block per member (the grid's x dimension holds up to 2³¹ − 1 blocks)
+  kernel<<<static_cast<unsigned>(args.members), kThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return true;
 }
@@ -295,22 +320,22 @@ at::Tensor mlp_fit_adam_cuda(at::TensorList params_list, at::TensorList exp_avgs
                              double beta1, double beta2, double eps, int64_t step) {
   const MlpFitArgs args = mlp_fit_unpack(params_list, exp_avgs_list, exp_avg_sqs_list, inputs, targets, order,
                                          minibatch_size, activation_view, step);
-  const auto& [params, exp_avgs, exp_avg_sqs, activation, num_losses] = args;
-  const int64_t num_states = inputs.size(0), epochs = order.size(0);
-  const bool small = params.size() / 2 <= static_cast<size_t>(kMaxLayers) && num_states < (int64_t{1} << 31) &&
-                     inputs.size(1) * std::min(minibatch_size, num_states) < (int64_t{1} << 31);
-  if (num_states > 0 && epochs > 0 && small) {
+  const int64_t num_states = args.num_states, features = args.inputs.size(2);
+  const bool small = args.params.size() / 2 <= static_cast<size_t>(kMaxLayers) && num_states < (int64_t{1} << 31) &&
+                     features * std::min(minibatch_size, num_states) < (int64_t{1} << 31) &&
+                     args.members < (int64_t{1} << 31);
+  if (args.members > 0 && num_states > 0 && args.epochs > 0 && small) {
     c10::cuda::CUDAGuard guard(inputs.device());
-    at::Tensor losses = at::empty({num_losses}, inputs.options());
-    const at::Tensor x = inputs.contiguous(), y = targets.contiguous(), o = order.contiguous();
-    const bool tanh = activation == "tanh";
+    at::Tensor result = args.new_losses();
+    const at::Tensor losses = result.view({args.members, args.num_losses});
+    const at::Tensor x = args.inputs.contiguous(), y = args.targets.contiguous(), o = args.order.contiguous();
+    const bool tanh = args.activation == "tanh";
     at::NoGradGuard no_grad;
-    const bool launched = x.scalar_type() == at::kFloat
-                              ? launch_fit<float>(params, exp_avgs, exp_avg_sqs, x, y, o, minibatch_size, tanh, coeff,
-                                                  lr, beta1, beta2, eps, step, losses)
-                              : launch_fit<double>(params, exp_avgs, exp_avg_sqs, x, y, o, minibatch_size, tanh, coeff,
-                                                   lr, beta1, beta2, eps, step, losses);
-    if (launched) return losses;
+    const bool launched =
+        x.scalar_type() == at::kFloat
+            ? launch_fit<float>(args, x, y, o, minibatch_size, tanh, coeff, lr, beta1, beta2, eps, step, losses)
+            : launch_fit<double>(args, x, y, o, minibatch_size, tanh, coeff, lr, beta1, beta2, eps, step, losses);
+    if (launched) return result;
   }
   // too big for one block (or nothing to fit): the ATen-composed kernel
   return mlp_fit_adam_composite(params_list, exp_avgs_list, exp_avg_sqs_list, inputs, targets, order, minibatch_size,

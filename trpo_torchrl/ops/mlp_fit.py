@@ -1,5 +1,6 @@
 """Python face of the fused critic regression: argument checks and dispatch of a whole
-epochs × minibatches Adam fit of an MLP to ``trpo_torchrl::mlp_fit_adam`` (or the reference)."""
+epochs × minibatches Adam fit of an MLP — or of M such fits stacked along a member dimension — to
+``trpo_torchrl::mlp_fit_adam`` (or the reference)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,13 @@ def mlp_fit_adam(
 ) -> torch.Tensor:
     """Fits an MLP value function by Adam on squared error, every step of the fit in one call.
 
+    M critics of one architecture fit in one call when every tensor carries a leading member
+    dimension M (weights ``[M, out, in]``, biases ``[M, out]``, their Adam moments alike, ``inputs``
+    ``[M, N, features]``, ``targets`` ``[M, N]``, ``order`` ``[M, epochs, N]``): member m is fitted
+    on its own states in its own order with its own parameters and Adam state, exactly as a call
+    with member m's slices alone; the hyperparameters and ``step`` are shared. An unstacked call is
+    the stacked one with M = 1.
+
     Args:
         params: ``[W_0, b_0, W_1, b_1, ...]`` of an MLP whose hidden layers use ``activation`` and
             whose last layer is linear with one output; updated in place.
@@ -47,7 +55,8 @@ def mlp_fit_adam(
         step: Adam steps already taken (sets the bias corrections).
 
     Returns:
-        the loss of every minibatch, ``[epochs · ceil(N / minibatch_size)]``, in order.
+        the loss of every minibatch, ``[epochs · ceil(N / minibatch_size)]``, in order
+        (``[M, epochs · ceil(N / minibatch_size)]`` for M stacked critics).
     """
     for name, group in (("params", params), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
         if not isinstance(group, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in group):
@@ -102,18 +111,49 @@ def _check_reference_args(params, exp_avgs, exp_avg_sqs, inputs, targets, order)
     """The kernel's own shape checks, for the reference path (the kernel checks in C++)."""
     if len(params) == 0 or len(params) % 2 or len(exp_avgs) != len(params) or len(exp_avg_sqs) != len(params):
         raise ValueError("mlp_fit_adam: params must be [weight_0, bias_0, ...] with one Adam moment each")
-    if inputs.dim() != 2 or targets.shape != inputs.shape[:1]:
+    if inputs.dim() not in (2, 3):
         raise ValueError(
-            f"mlp_fit_adam: inputs must be [N, features] and targets [N], got {tuple(inputs.shape)}, {tuple(targets.shape)}"
+            f"mlp_fit_adam: inputs must be [N, features] (one critic) or [M, N, features] (M critics), "
+            f"got {tuple(inputs.shape)}"
         )
-    if order.dim() != 2 or order.shape[1] != inputs.shape[0] or order.dtype != torch.int64:
-        raise ValueError(f"mlp_fit_adam: order must be int64 [epochs, N], got {order.dtype} {tuple(order.shape)}")
-    if params[-2].shape[0] != 1:
-        raise ValueError(f"mlp_fit_adam: the last layer must have one output, got {params[-2].shape[0]}")
+    lead = tuple(inputs.shape[:-2])  # (M,) for stacked critics, () for one
+    m, members = ("M, ", f"M = {lead[0]} members, ") if lead else ("", "")
+    num_states = inputs.shape[-2]
+    if tuple(targets.shape) != (*lead, num_states):
+        raise ValueError(
+            f"mlp_fit_adam: targets must be [{m}N] ({members}N = {num_states} states, as the inputs), "
+            f"got {tuple(targets.shape)}"
+        )
+    if (
+        order.dim() != len(lead) + 2
+        or tuple(order.shape[: len(lead)]) != lead
+        or order.shape[-1] != num_states
+        or order.dtype != torch.int64
+    ):
+        raise ValueError(
+            f"mlp_fit_adam: order must be int64 [{m}epochs, N] ({members}N = {num_states} states, as the "
+            f"inputs), got {order.dtype} {tuple(order.shape)}"
+        )
+    width = inputs.shape[-1]
+    for layer in range(len(params) // 2):
+        weight, bias = params[2 * layer], params[2 * layer + 1]
+        if weight.dim() != len(lead) + 2 or tuple(weight.shape[: len(lead)]) != lead or weight.shape[-1] != width:
+            raise ValueError(
+                f"mlp_fit_adam: weight {layer} must be [{m}out, {width}]"
+                f"{f' ({members}as the inputs)' if lead else ''}, got {tuple(weight.shape)}"
+            )
+        if tuple(bias.shape) != (*lead, weight.shape[-2]):
+            raise ValueError(f"mlp_fit_adam: bias {layer} must be [{m}{weight.shape[-2]}], got {tuple(bias.shape)}")
+        width = weight.shape[-2]
+    if width != 1:
+        raise ValueError(f"mlp_fit_adam: the last layer must have one output, got {width}")
+    for i, p in enumerate(params):
+        if exp_avgs[i].shape != p.shape or exp_avg_sqs[i].shape != p.shape:
+            raise ValueError(f"mlp_fit_adam: the Adam state of parameter {i} must have its shape {tuple(p.shape)}")
     if order.numel():  # as the kernels' check: on the device, no host sync
         torch._assert_async(
-            ((order >= 0) & (order < inputs.shape[0])).all(),
-            f"mlp_fit_adam: order holds indices outside [0, {inputs.shape[0]}) (each row must permute the states)",
+            ((order >= 0) & (order < num_states)).all(),
+            f"mlp_fit_adam: order holds indices outside [0, {num_states}) (each row must permute the states)",
         )
 
 
@@ -136,5 +176,7 @@ def _mlp_fit_adam_fake(
 ):
     if minibatch_size < 1:
         raise ValueError(f"mlp_fit_adam: minibatch_size must be >= 1, got {minibatch_size}")
-    per_epoch = -(-inputs.shape[0] // minibatch_size)
-    return inputs.new_empty(order.shape[0] * per_epoch)
+    if inputs.dim() not in (2, 3):
+        raise ValueError(f"mlp_fit_adam: inputs must be [N, features] or [M, N, features], got {tuple(inputs.shape)}")
+    per_member = order.shape[-2] * -(-inputs.shape[-2] // minibatch_size)
+    return inputs.new_empty(*inputs.shape[:-2], per_member)

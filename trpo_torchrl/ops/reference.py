@@ -104,7 +104,46 @@ def mlp_fit_adam(
     ``order[e]``: loss = coeff · mean((MLP(x) − target)²), gradients by autograd, then one step of
     torch.optim.Adam (no weight decay, no amsgrad) that had taken ``step`` steps before the call.
     ``params``, ``exp_avgs`` and ``exp_avg_sqs`` are updated in place; returns the minibatch losses.
+
+    Member-stacked arguments (``inputs`` ``[M, N, F]``, every other tensor with a leading M) are M
+    independent fits, member m's from its own slices, one after another; the losses are ``[M, ·]``.
     """
+    hyper = (minibatch_size, activation, coeff, lr, beta1, beta2, eps, step)
+    if inputs.dim() == 2:
+        return _mlp_fit_adam_one(params, exp_avgs, exp_avg_sqs, inputs, targets, order, *hyper)
+    per_member = order.shape[1] * -(-inputs.shape[1] // minibatch_size)
+    fits = [
+        _mlp_fit_adam_one(
+            [p[m] for p in params],
+            [t[m] for t in exp_avgs],
+            [t[m] for t in exp_avg_sqs],
+            inputs[m],
+            targets[m],
+            order[m],
+            *hyper,
+        )
+        for m in range(inputs.shape[0])
+    ]
+    return torch.stack(fits) if fits else inputs.new_zeros(0, per_member)
+
+
+def _mlp_fit_adam_one(
+    params,
+    exp_avgs,
+    exp_avg_sqs,
+    inputs,
+    targets,
+    order,
+    minibatch_size,
+    activation,
+    coeff,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    step,
+) -> torch.Tensor:
+    """One critic's fit (:func:`mlp_fit_adam` on unstacked tensors)."""
     act = torch.tanh if activation == "tanh" else torch.relu
     num_states = inputs.shape[0]
     losses = []
