@@ -176,3 +176,19 @@ def test_parity_benchmark_matches_sb3_step():
     pytest.importorskip("mujoco")
     module = load("parity")
     assert module.main(["--env", "Hopper-v5", "--iters", "1"]) == 0
+
+
+def test_critic_fit_members_benchmark_quick(tmp_path):
+    from trpo_torchrl.ops import extension_loaded
+
+    if not extension_loaded():
+        pytest.skip("compiled ops not built")
+    out = tmp_path / "critic_members.json"
+    rows = load("critic_fit").main(
+        ["--device", "cpu", "--quick", "--states", "256", "--members", "1,2", "--out", str(out)]
+    )
+    assert json.loads(out.read_text())["rows"] == rows
+    assert [row["members"] for row in rows] == [1, 2]
+    for row in rows:
+        assert row["adam_steps"] == 2 * 2 and min(row["batched_ms"], row["separate_ms"]) > 0
+        assert row["final_loss_rel_diff"] < 1e-4  # one call and M calls did the same fits
