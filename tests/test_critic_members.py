@@ -198,3 +198,14 @@ def test_fit_critics_checks_its_arguments():
     assert fit_critics([], []) == []
     with pytest.raises(KeyError, match="value_target"):
         fit_critics(fits, [batches[0], batches[1].exclude("value_target")])
+
+
+def test_fit_critics_on_the_pure_pytorch_path(monkeypatch, op_calls):
+    # without the compiled ops the stacked call runs the reference, member after member
+    monkeypatch.setenv("TRPO_TORCHRL_FORCE_REFERENCE", "1")
+    together, apart = _fits(2, epochs=2), _fits(2, epochs=2)
+    batches = _batches(2, 0, num_states=100)
+    metrics = fit_critics(together, batches)
+    expected = [fit(batch) for fit, batch in zip(apart, batches)]
+    assert op_calls[0] == (2, 100, OBS_DIM)
+    _assert_same(together, metrics, apart, expected, exact=False)

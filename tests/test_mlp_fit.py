@@ -119,6 +119,18 @@ def test_reference_is_torch_optim_adam_on_an_nn_sequential(activation):
         torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-14)
 
 
+def test_reference_takes_its_own_gradients_under_no_grad():
+    net, x, y, order = _problem((4, 8, 1), "tanh", torch.float64, 40, epochs=2)
+    plain, quiet = _state(net), _state(net)
+    expected = reference.mlp_fit_adam(*plain, x, y, order, 16, "tanh", 1.0, 1e-2, 0.9, 0.999, 1e-8, 0)
+    with torch.no_grad():
+        losses = reference.mlp_fit_adam(*quiet, x, y, order, 16, "tanh", 1.0, 1e-2, 0.9, 0.999, 1e-8, 0)
+    assert torch.equal(losses, expected)
+    for a, b in zip(plain[0], quiet[0]):
+        assert torch.equal(a, b)
+    assert not torch.equal(plain[0][0], net[0].weight.detach())
+
+
 @needs_op
 def test_op_refuses_bad_arguments_with_a_message():
     net, x, y, order = _problem((4, 8, 1), "tanh", torch.float32, 32, epochs=1)

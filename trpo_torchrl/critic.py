@@ -336,20 +336,20 @@ def _fit_members(fits: list[CriticFit], plans: list[_FusedPlan]) -> list[torch.T
     states = [plan.adam_state(fit) for fit, plan in zip(fits, plans)]
     num_states = first.inputs.shape[0]
     orders = torch.stack([fit._draw_orders(num_states) for fit in fits]).to(first.inputs.device)
+    params = [torch.stack([plan.params[i].detach() for plan in plans]) for i in range(len(first.params))]
+    exp_avgs = [torch.stack([st[i]["exp_avg"] for st in states]) for i in range(len(first.params))]
+    exp_avg_sqs = [torch.stack([st[i]["exp_avg_sq"] for st in states]) for i in range(len(first.params))]
+    losses = mlp_fit_adam(
+        params,
+        exp_avgs,
+        exp_avg_sqs,
+        torch.stack([plan.inputs for plan in plans]),
+        torch.stack([plan.targets for plan in plans]),
+        orders,
+        step=first.step,
+        **first.options,
+    )
     with torch.no_grad():
-        params = [torch.stack([plan.params[i].detach() for plan in plans]) for i in range(len(first.params))]
-        exp_avgs = [torch.stack([st[i]["exp_avg"] for st in states]) for i in range(len(first.params))]
-        exp_avg_sqs = [torch.stack([st[i]["exp_avg_sq"] for st in states]) for i in range(len(first.params))]
-        losses = mlp_fit_adam(
-            params,
-            exp_avgs,
-            exp_avg_sqs,
-            torch.stack([plan.inputs for plan in plans]),
-            torch.stack([plan.targets for plan in plans]),
-            orders,
-            step=first.step,
-            **first.options,
-        )
         for m, (plan, st) in enumerate(zip(plans, states)):
             torch._foreach_copy_(
                 [p.detach() for p in plan.params] + [s["exp_avg"] for s in st] + [s["exp_avg_sq"] for s in st],

@@ -151,14 +151,15 @@ def _mlp_fit_adam_one(
     for perm in order:
         for start in range(0, num_states, minibatch_size):
             idx = perm[start : start + minibatch_size]
-            weights = [p.detach().requires_grad_(True) for p in params]
-            h = inputs[idx]
-            for layer in range(len(weights) // 2):
-                h = torch.nn.functional.linear(h, weights[2 * layer], weights[2 * layer + 1])
-                if layer < len(weights) // 2 - 1:
-                    h = act(h)
-            loss = coeff * (h.reshape(-1) - targets[idx]).pow(2).mean()
-            grads = torch.autograd.grad(loss, weights)
+            with torch.enable_grad():  # its own gradients, also when called under no_grad
+                weights = [p.detach().requires_grad_(True) for p in params]
+                h = inputs[idx]
+                for layer in range(len(weights) // 2):
+                    h = torch.nn.functional.linear(h, weights[2 * layer], weights[2 * layer + 1])
+                    if layer < len(weights) // 2 - 1:
+                        h = act(h)
+                loss = coeff * (h.reshape(-1) - targets[idx]).pow(2).mean()
+                grads = torch.autograd.grad(loss, weights)
             k += 1
             t = step + k
             with torch.no_grad():
