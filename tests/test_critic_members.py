@@ -92,20 +92,37 @@ def _assert_same(a_fits, a_metrics, b_fits, b_metrics, exact):
         close(ma["explained_variance"], mb["explained_variance"])
 
 
+def _padded(batches):
+    """The batches with a split_trajs-style mask marking 20 of each member's states as padding,
+    at different places per member, and the padding's targets made huge."""
+    out = []
+    for m, batch in enumerate(batches):
+        batch = batch.clone()
+        mask = torch.ones(batch.numel(), dtype=torch.bool)
+        mask[10 * m : 10 * m + 20] = False
+        batch["value_target"][~mask] = 1e6
+        batch["collector", "mask"] = mask
+        out.append(batch)
+    return out
+
+
 @needs_op
-def test_fit_critics_is_m_separate_critic_fits(op_calls):
+@pytest.mark.parametrize("padded", [False, True])
+def test_fit_critics_is_m_separate_critic_fits(padded, op_calls):
     # two iterations, so the Adam state carried from the first shapes the second
     members = 3
     together, apart = _fits(members), _fits(members)
     for iteration in range(2):
         batches = _batches(members, iteration)
+        if padded:  # each member fits its valid states only, 280 of them
+            batches = _padded(batches)
         calls_before = len(op_calls)
         metrics = fit_critics(together, batches)
-        assert op_calls[calls_before:] == [(members, 300, OBS_DIM)]  # one stacked call
+        assert op_calls[calls_before:] == [(members, 280 if padded else 300, OBS_DIM)]  # one stacked call
         expected = [fit(batch) for fit, batch in zip(apart, batches)]
         _assert_same(together, metrics, apart, expected, exact=False)
     for fit in together:
-        assert float(fit.optimizer.state[fit.parameters[0]]["step"]) == 2 * 3 * 5
+        assert float(fit.optimizer.state[fit.parameters[0]]["step"]) == 2 * 3 * 5  # ceil(280 or 300 / 64) = 5
     # the members are different critics that each moved
     assert not torch.equal(together[0].parameters[0], together[1].parameters[0])
 

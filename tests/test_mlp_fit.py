@@ -429,6 +429,21 @@ def test_composite_kernel_fits_members_as_the_reference(dtype):
 
 
 @needs_op
+def test_stacked_op_takes_non_contiguous_states_targets_and_orders():
+    problems = _members((5, 16, 1), "tanh", torch.float64, 60, 2, 3)
+    dense = _stack(problems)
+    strided = _stack(problems)
+    # the same values, laid out member-minor: [N, M, ·] storage seen as [M, N, ·]
+    x, y, order = (t.transpose(0, 1).contiguous().transpose(0, 1) for t in strided[3:])
+    assert not (x.is_contiguous() or y.is_contiguous() or order.is_contiguous())
+    expected = mlp_fit_adam(*dense, minibatch_size=16)
+    losses = mlp_fit_adam(*strided[:3], x, y, order, minibatch_size=16)
+    assert torch.equal(losses, expected)
+    for a, b in zip(dense[0] + dense[1] + dense[2], strided[0] + strided[1] + strided[2]):
+        assert torch.equal(a, b)
+
+
+@needs_op
 def test_no_members_is_an_empty_fit():
     problems = _members((4, 8, 1), "tanh", torch.float64, 20, 2, 1)
     stacked = [t[:0] if isinstance(t, torch.Tensor) else [u[:0] for u in t] for t in _stack(problems)]
