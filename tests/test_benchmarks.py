@@ -176,3 +176,14 @@ def test_parity_benchmark_matches_sb3_step():
     pytest.importorskip("mujoco")
     module = load("parity")
     assert module.main(["--env", "Hopper-v5", "--iters", "1"]) == 0
+
+
+@pytest.mark.slow
+def test_learning_spaces_benchmark_tiny(tmp_path):
+    out = tmp_path / "spaces.json"
+    result = load("learning_spaces").main_(["--tiny", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert [r["task"] for r in saved["runs"]] == [r["task"] for r in result["runs"]]
+    assert len(result["runs"]) == 2
+    for row in result["runs"]:
+        assert 0 <= row["eval_mean"] <= 32 and 0 <= row["random_mean"] <= 32

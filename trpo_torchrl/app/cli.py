@@ -60,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
             "(its rl-zoo3 hyperparameters, or --preset NAME), a --config YAML file, then the flags given "
             "here. So the defaults below are what a task without a preset gets: a plain `train` on "
             "CartPole-v1 runs its preset's 100k frames with 2 environments of 512 steps. The run's "
-            "config.yaml records what was used."
+            "config.yaml records what was used. Your own environment: --env module:Id [--env-kwargs MAPPING]. "
+            "Spaces: Discrete, MultiDiscrete, MultiBinary and flat Box actions; flat Box, uint8 image "
+            "(HxWxC or CxHxW), Discrete/MultiDiscrete/MultiBinary (one-hot) and Dict observations; "
+            "--policy auto|mlp|cnn (docs/usage.md, 'Your own environment')."
         ),
     )
     _add_train_flags(train)
