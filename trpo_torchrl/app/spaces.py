@@ -93,9 +93,9 @@ def _one_hot(index: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return out
 
 
-def _plan_entry(space: gym.Space, where: str):
-    """``(new_space, convert)`` for one numeric space, ``None`` for a non-numeric one; raises
-    SpaceError for a numeric one the app cannot model."""
+def _plan_entry(space: gym.Space):
+    """``(new_space, convert)`` for a Box, Discrete, MultiDiscrete or MultiBinary space (``convert``
+    None when it stays as it is), ``None`` for any other (non-numeric) one."""
     if isinstance(space, gym.spaces.Box):
         if is_image(space) or _is_flat_float(space) and space.dtype == np.float32:
             return space, None
@@ -112,11 +112,7 @@ def _plan_entry(space: gym.Space, where: str):
     if isinstance(space, gym.spaces.MultiBinary):
         size = int(np.prod(space.shape))
         return _vector(size), lambda x: np.asarray(x, np.float32).reshape(size)
-    if isinstance(space, (gym.spaces.Text, gym.spaces.Graph, gym.spaces.Sequence)):
-        return None
-    raise SpaceError(
-        f"the training app cannot model the observation space {where}{space}; it supports {SUPPORTED_OBSERVATIONS}"
-    )
+    return None  # Text, MiniGrid's MissionSpace, Graph, Sequence, ...: nothing a network reads
 
 
 class AppObservation(gym.ObservationWrapper):
@@ -134,7 +130,7 @@ class AppObservation(gym.ObservationWrapper):
                         f"the training app cannot model the nested observation entry {key!r}: {sub}; "
                         f"it supports {SUPPORTED_OBSERVATIONS}"
                     )
-                plan = _plan_entry(sub, f"entry {key!r}: ")
+                plan = _plan_entry(sub)
                 if plan is None:
                     dropped.append(f"{key!r} ({type(sub).__name__})")
                     continue
@@ -156,7 +152,7 @@ class AppObservation(gym.ObservationWrapper):
                 raise SpaceError(
                     f"the training app cannot model the observation space {space}; it supports {SUPPORTED_OBSERVATIONS}"
                 )
-            plan = _plan_entry(space, "")
+            plan = _plan_entry(space)
             if plan is None:
                 raise SpaceError(
                     f"the training app cannot model the non-numeric observation space {space}; it supports "
