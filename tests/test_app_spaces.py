@@ -199,3 +199,15 @@ def test_dict_observations_become_vectors_and_images():
     assert obs["image"] is raw["image"] and "mission" not in obs
     for key, space in env.observation_space.spaces.items():
         assert space.contains(obs[key]), key
+
+
+def test_a_discrete_observation_is_one_hot_and_keeps_the_direct_collector(tmp_path, capsys):
+    argv = ["--env", "FrozenLake-v1", "--env-kwargs", '{"is_slippery": false}', "--total-frames", "128"]
+    assert train_tiny(tmp_path, *argv, "--eval-episodes", "0") == 0
+    assert "TorchRL's Collector" not in capsys.readouterr().out
+    state = load_checkpoint(tmp_path / "run")
+    assert state["config"]["collector"] == "direct" and state["config"]["env_kwargs"] == {"is_slippery": False}
+    assert state["actor"]["module.0.module.1.0.weight"].shape == (64, 16)  # the 16 states, one-hot
+    env = AppObservation(gym.make("FrozenLake-v1"))
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_array_equal(obs, np.eye(16, dtype=np.float32)[0])
