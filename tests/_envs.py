@@ -34,7 +34,10 @@ class _Matching(gym.Env):
         return obs, {}
 
     def step(self, action):
-        assert self.action_space.contains(np.asarray(action, dtype=self.action_space.dtype)), action
+        # what the app passes is in the space, and integer for the discrete ones (their own dtype)
+        assert self.action_space.contains(action), action
+        if not isinstance(self.action_space, gym.spaces.Box):
+            assert np.asarray(action).dtype.kind in "iu", action
         reward = self._reward(action)
         self.t += 1
         obs, self.target = self._draw()

@@ -191,6 +191,14 @@ def _clip_box_actions(env: gym.Env) -> gym.Env:
     return env
 
 
+def _binary_actions_as_integers(env: gym.Env) -> gym.Env:
+    """Bernoulli samples are floats; a MultiBinary environment gets them in its own dtype (int8)."""
+    space = env.action_space
+    if isinstance(space, gym.spaces.MultiBinary):
+        return gym.wrappers.TransformAction(env, lambda a: np.asarray(a).astype(space.dtype), space)
+    return env
+
+
 @contextlib.contextmanager
 def _torchrl_info_silenced():
     """TorchRL's INFO lines off while a vector env is wrapped: ``GymWrapper`` registers a provisional
@@ -223,7 +231,7 @@ def make_env(
     unbounded: the policy's samples go in as they are and the batch keeps them). ``env_id`` may be
     ``module:Id``; ``env_kwargs`` go to ``gymnasium.make``.
     """
-    wrappers = [_float32_observations] + ([_clip_box_actions] if clip_actions else [])
+    wrappers = [_float32_observations, _binary_actions_as_integers] + ([_clip_box_actions] if clip_actions else [])
     venv = make_vector_env(env_id, num_envs, seed, env_kwargs=env_kwargs, wrappers=wrappers)
     # MultiDiscrete actions as integer indices (one per dimension); Discrete ones stay one-hot
     integer_actions = isinstance(venv.single_action_space, gym.spaces.MultiDiscrete)
