@@ -109,9 +109,9 @@ def test_eval_names_what_does_not_fit(tmp_path, capsys):
         (["--device", "cuda:abc"], "device='cuda:abc' must be 'cpu', 'cuda' or 'cuda:N'"),
         (["--device", "cpu:7"], "device='cpu:7' must be"),
         (
-            ["--env", "FrozenLake-v1"],
-            "'FrozenLake-v1' has observation space Discrete(16) and action space Discrete(4); "
-            "the training app needs a flat Box observation",
+            ["--env", "Blackjack-v1"],
+            "environment 'Blackjack-v1': the training app cannot model the observation space "
+            "Tuple(Discrete(32), Discrete(11), Discrete(2)); it supports Box",
         ),
     ],
 )

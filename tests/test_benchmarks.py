@@ -192,3 +192,14 @@ def test_critic_fit_members_benchmark_quick(tmp_path):
     for row in rows:
         assert row["adam_steps"] == 2 * 2 and min(row["batched_ms"], row["separate_ms"]) > 0
         assert row["final_loss_rel_diff"] < 1e-4  # one call and M calls did the same fits
+
+
+@pytest.mark.slow
+def test_learning_spaces_benchmark_tiny(tmp_path):
+    out = tmp_path / "spaces.json"
+    result = load("learning_spaces").main_(["--tiny", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert [r["task"] for r in saved["runs"]] == [r["task"] for r in result["runs"]]
+    assert len(result["runs"]) == 2
+    for row in result["runs"]:
+        assert 0 <= row["eval_mean"] <= 32 and 0 <= row["random_mean"] <= 32

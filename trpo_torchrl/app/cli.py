@@ -9,6 +9,7 @@ trpo-torchrl plot RUN_DIR... [--out FILE]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     docs = field_docs()
     for name, f in FIELDS.items():
         flag = "--" + name.replace("_", "-")
-        default = f.default
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         help_text = f"{docs.get(name, '')} (default: {default!r})"
         # every flag defaults to "not given", so only what the user typed overrides presets/files
         if isinstance(default, bool):
@@ -59,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
             "(its rl-zoo3 hyperparameters, or --preset NAME), a --config YAML file, then the flags given "
             "here. So the defaults below are what a task without a preset gets: a plain `train` on "
             "CartPole-v1 runs its preset's 100k frames with 2 environments of 512 steps. The run's "
-            "config.yaml records what was used."
+            "config.yaml records what was used. Your own environment: --env module:Id [--env-kwargs MAPPING]. "
+            "Spaces: Discrete, MultiDiscrete, MultiBinary and flat Box actions; flat Box, uint8 image "
+            "(HxWxC or CxHxW), Discrete/MultiDiscrete/MultiBinary (one-hot) and Dict observations; "
+            "--policy auto|mlp|cnn (docs/usage.md, 'Your own environment')."
         ),
     )
     _add_train_flags(train)
@@ -154,6 +158,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .envs import make_vector_env
     from .evaluate import evaluate_actor, evaluation_seed, record_video
     from .models import build_models
+    from .spaces import SpaceError
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
@@ -164,9 +169,13 @@ def _eval(args: argparse.Namespace) -> int:
     seed = evaluation_seed(config) if args.seed is None else args.seed
     if config.threads:
         torch.set_num_threads(config.threads)  # the run's own thread count: its numbers, not another's
-    venv = make_vector_env(config.env, 1, seed=seed)
-    actor, critic, _ = build_models(config, venv.single_observation_space, venv.single_action_space)
-    venv.close()
+    venv = make_vector_env(config.env, 1, seed=seed, env_kwargs=config.env_kwargs)
+    try:
+        actor, critic, _ = build_models(config, venv.single_observation_space, venv.single_action_space)
+    except SpaceError as err:
+        raise ConfigError(f"environment {config.env!r}: {err}") from None
+    finally:
+        venv.close()
     try:
         actor.load_state_dict(state["actor"])
     except RuntimeError as err:
@@ -175,12 +184,14 @@ def _eval(args: argparse.Namespace) -> int:
             f"for {config.env} ({str(err).splitlines()[0]})"
         ) from None
     actor.eval()
-    returns = evaluate_actor(actor, config.env, args.episodes, seed=seed, device=torch.device(config.device))
+    returns = evaluate_actor(
+        actor, config.env, args.episodes, seed=seed, device=torch.device(config.device), env_kwargs=config.env_kwargs
+    )
     mean, std = float(np.mean(returns)), float(np.std(returns))
     if args.video:
         Path(args.video).mkdir(parents=True, exist_ok=True)
         gif = Path(args.video) / "episode.gif"
-        record_video(actor, config.env, gif, seed=seed, device=config.device)
+        record_video(actor, config.env, gif, seed=seed, device=config.device, env_kwargs=config.env_kwargs)
         print(f"video: {gif}", file=sys.stderr)
     if args.json:
         print(
@@ -210,6 +221,9 @@ def _plot(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from .spaces import forget_printed
+
+    forget_printed()
     try:
         return {"train": _train, "eval": _eval, "plot": _plot}[args.command](args)
     except AppError as err:  # what the user asked for cannot be done; anything else is a bug: its traceback shows

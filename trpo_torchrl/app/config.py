@@ -26,12 +26,18 @@ class ConfigError(AppError):
     """A configuration key or value that cannot be used."""
 
 
+POLICIES = ("auto", "mlp", "cnn")
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; saved in every checkpoint."""
 
     env: str = "CartPole-v1"
-    """Gymnasium environment id (MuJoCo tasks need the ``mujoco`` extra)."""
+    """Gymnasium environment id (MuJoCo tasks need the ``mujoco`` extra), or ``module:Id`` to import
+    your own module first (it registers the id)."""
+    env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keyword arguments for ``gymnasium.make``: a YAML or JSON mapping, e.g. ``'{size: 8}'``."""
     preset: str | None = None
     """Hyperparameter preset; defaults to the environment's own preset when there is one."""
     total_frames: int = 1_000_000
@@ -106,6 +112,9 @@ class TrainConfig:
     critic_minibatch: int = 128
     """States per critic Adam step."""
 
+    policy: str = "auto"
+    """Network kind: ``mlp``, ``cnn`` (a CNN encoder per image entry of the observation, the
+    rest concatenated, then the MLP) or ``auto`` (``cnn`` when the observation holds an image)."""
     hidden_sizes: tuple[int, ...] = (64, 64)
     """Hidden layer widths of the actor and critic MLPs."""
     activation: str = "tanh"
@@ -157,6 +166,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["hidden_sizes"] = list(self.hidden_sizes)
+        d["env_kwargs"] = dict(self.env_kwargs)
         return d
 
     def validate(self) -> TrainConfig:
@@ -189,6 +199,7 @@ class TrainConfig:
                 "must be positive widths",
             ),
             ("activation", self.activation in ("tanh", "relu"), "must be 'tanh' or 'relu'"),
+            ("policy", self.policy in POLICIES, f"must be one of {', '.join(POLICIES)}"),
             ("eval_episodes", self.eval_episodes >= 0, "must be >= 0"),
             ("eval_every", self.eval_every >= 0, "must be >= 0"),
             ("checkpoint_every", self.checkpoint_every >= 0, "must be >= 0"),
@@ -255,6 +266,20 @@ def coerce(name: str, value: Any) -> Any:
     hint = _HINTS[name]
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if origin is dict:
+        mapping = value
+        if isinstance(value, str):
+            try:
+                mapping = yaml.safe_load(value) if value.strip() else {}
+            except yaml.YAMLError:
+                mapping = value
+        mapping = {} if mapping is None else mapping
+        if isinstance(mapping, dict) and all(isinstance(k, str) for k in mapping):
+            return dict(mapping)
+        raise ConfigError(
+            f"config: {name}={value!r} is not a mapping of keyword names to values (YAML or JSON, "
+            "e.g. '{size: 8}' or '{\"size\": 8}')"
+        )
     try:
         if hint is bool:
             if isinstance(value, bool):

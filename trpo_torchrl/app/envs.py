@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import importlib
 import logging
+import re
 import warnings
 from typing import Any
 
@@ -31,6 +33,7 @@ from torchrl.envs.libs.gym import terminal_obs_reader
 from trpo_torchrl.collectors import gym_vector_env
 
 from .errors import AppError
+from .spaces import AppObservation, SpaceError, check_action_space, needs_conversion
 
 
 class EnvError(AppError):
@@ -44,24 +47,32 @@ class FinalObservationReader(terminal_obs_reader):
     TorchRL's default reader turns the whole info dict into a TensorDict at every step (each
     sub-env's diagnostics too, e.g. MuJoCo's ``x_position``, ``reward_ctrl``), which costs about a
     third of a HalfCheetah step through ``GymWrapper`` on a small CPU. This one writes
-    ``("final", "observation")`` from ``info["final_obs"]`` where ``info["_final_obs"]`` is set and
-    zeros elsewhere, as the default does; the other info entries are left out of the batch.
+    ``("final", key)`` for each observation key (``"observation"``, or a Dict observation's own keys)
+    from ``info["final_obs"]`` where ``info["_final_obs"]`` is set and zeros elsewhere; the other
+    info entries are left out of the batch. (TorchRL's default reader leaves a Dict observation's
+    final entries at zero, so without this reader a truncated episode would bootstrap from zeros.)
     """
 
+    observation_keys: tuple[str, ...] = ("observation",)
+    dict_observation = False
+
     def __call__(self, info_dict, tensordict):
-        buffer = self.info_spec[self.name, "observation"].zero()
-        key = self.backend_key[self.backend]  # "final_obs" for Gymnasium
-        final = info_dict.get(key)
-        if final is not None:
-            for i in np.flatnonzero(info_dict["_" + key]):
-                buffer[i] = torch.as_tensor(final[i], dtype=buffer.dtype)
-        tensordict.set((self.name, "observation"), buffer)
+        source = self.backend_key[self.backend]  # "final_obs" for Gymnasium
+        final = info_dict.get(source)
+        ended = np.flatnonzero(info_dict["_" + source]) if final is not None else ()
+        for key in self.observation_keys:
+            buffer = self.info_spec[self.name, key].zero()
+            for i in ended:
+                value = final[i][key] if self.dict_observation else final[i]
+                buffer[i] = torch.as_tensor(np.asarray(value), dtype=buffer.dtype)
+            tensordict.set((self.name, key), buffer)
         return tensordict
 
 
 def _read_final_observations_only(env: TransformedEnv) -> None:
     """Swaps GymWrapper's info reader for :class:`FinalObservationReader` and drops the other info
-    entries from the specs (only for a single array observation; anything else keeps the default)."""
+    entries from the specs (for an array observation or a Dict of arrays, what the app's
+    observation conversion leaves; anything else keeps the default)."""
     base = env.base_env
     readers = getattr(base, "_info_dict_reader", [])
     if len(readers) != 1 or type(readers[0]) is not terminal_obs_reader or readers[0].backend != "gymnasium":
@@ -70,14 +81,19 @@ def _read_final_observations_only(env: TransformedEnv) -> None:
     spec = old.info_spec
     # the reader's observation spec has the info entries merged into it: what remains is the observation
     observation_keys = [key for key in old._obs_spec.keys() if key not in spec.keys()]
-    if observation_keys != ["observation"] or old.name not in spec.keys():
-        return  # dict observations keep the default reader
+    space = base._env.single_observation_space
+    dict_observation = isinstance(space, gym.spaces.Dict)
+    expected = sorted(space.spaces) if dict_observation else ["observation"]
+    if sorted(observation_keys) != expected or old.name not in spec.keys():
+        return
     reader = FinalObservationReader(base.observation_spec, backend=old.backend, name=old.name)
+    reader.observation_keys = tuple(observation_keys)
+    reader.dict_observation = dict_observation
     reader._info_spec = spec.clone()
     reader._final_validated = True
-    # keep ("final", "observation") only: the top-level info entries and the final infos go
+    # keep ("final", <observation key>) only: the top-level info entries and the final infos go
     drop = [key for key in spec.keys() if key != old.name]
-    drop += [(old.name, key) for key in spec[old.name].keys() if key != "observation"]
+    drop += [(old.name, key) for key in spec[old.name].keys() if key not in observation_keys]
     for key in drop:
         del reader._info_spec[key]
         del base.observation_spec[key]
@@ -85,36 +101,75 @@ def _read_final_observations_only(env: TransformedEnv) -> None:
     env.empty_cache()
 
 
-def _check_env_id(env_id: str) -> None:
+def resolve_env_id(env: str) -> str:
+    """The registered id of ``env``: an id in gymnasium's registry, or ``module:Id`` (gymnasium's own
+    syntax: the module is imported first, which registers its environments)."""
+    module, sep, env_id = env.rpartition(":")
+    if sep:
+        if not module or not env_id:
+            raise EnvError(f"--env {env!r}: expected an id or module:Id (e.g. my_package.envs:MyTask-v0)")
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # noqa: BLE001 - any failure of the user's module is reported, in one line
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise EnvError(
+                f"--env {env!r}: module {module!r} does not import ({type(err).__name__}: {first})"
+            ) from None
     if env_id in gym.registry:
-        return
+        return env_id
     close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise EnvError(f"unknown environment {env_id!r}{hint} (any id in gymnasium's registry works)")
+    if sep:
+        raise EnvError(f"--env {env!r}: module {module!r} imported but registered no environment {env_id!r}{hint}")
+    raise EnvError(f"unknown environment {env_id!r}{hint} (any id in gymnasium's registry works, or module:Id)")
 
 
-def make_vector_env(env_id: str, num_envs: int, seed: int, **make_kwargs) -> gym.vector.SyncVectorEnv:
-    """The raw Gymnasium vector env (same-step autoreset), seeded."""
-    _check_env_id(env_id)
+def _rejected_kwargs(env: str, env_kwargs: dict[str, Any], err: Exception) -> EnvError:
+    """The one-line error for ``--env-kwargs`` that ``gymnasium.make`` refused, naming the keyword."""
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    named = re.search(r"keyword argument '([^']+)'", message)
+    key = named.group(1) if named else next((k for k in env_kwargs if k in message), None)
+    which = f"the keyword {key!r}" if key is not None else f"--env-kwargs {env_kwargs!r}"
+    return EnvError(f"--env-kwargs: environment {env!r} rejected {which} ({type(err).__name__}: {message})")
+
+
+def make_vector_env(
+    env: str, num_envs: int, seed: int, *, env_kwargs: dict[str, Any] | None = None, wrappers=()
+) -> gym.vector.SyncVectorEnv:
+    """The raw Gymnasium vector env (same-step autoreset), seeded. Each sub-environment's
+    observation is converted to what the networks read (:class:`~.spaces.AppObservation`, when
+    needed), then ``wrappers`` are applied; a space the app cannot model is an EnvError."""
+    env_id = resolve_env_id(env)
+    env_kwargs = dict(env_kwargs or {})
+
+    def convert(sub: gym.Env) -> gym.Env:
+        return AppObservation(sub) if needs_conversion(sub.observation_space) else sub
+
     try:
         venv = gym.make_vec(
             env_id,
             num_envs=num_envs,
             vectorization_mode="sync",
             vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
-            **make_kwargs,
+            wrappers=[convert, *wrappers],
+            **env_kwargs,
         )
     except gym.error.DependencyNotInstalled as err:
-        raise EnvError(f"environment {env_id!r} needs an optional dependency: {err}") from None
-    obs, act = venv.single_observation_space, venv.single_action_space
-    flat_box = lambda space: isinstance(space, gym.spaces.Box) and len(space.shape) == 1  # noqa: E731
-    if not flat_box(obs) or not (flat_box(act) or isinstance(act, gym.spaces.Discrete)):
+        raise EnvError(f"environment {env!r} needs an optional dependency: {err}") from None
+    except SpaceError as err:
+        raise EnvError(f"environment {env!r}: {err}") from None
+    except (TypeError, ValueError, gym.error.Error) as err:
+        if not env_kwargs:
+            raise
+        raise _rejected_kwargs(env, env_kwargs, err) from None
+    act = venv.single_action_space
+    try:
+        check_action_space(act)
+        if isinstance(act, gym.spaces.MultiDiscrete) and np.any(act.start != 0):
+            raise SpaceError(f"the training app needs MultiDiscrete actions that start at 0, got {act}")
+    except SpaceError as err:
         venv.close()
-        raise EnvError(
-            f"environment {env_id!r} has observation space {obs} and action space {act}; the training app "
-            "needs a flat Box observation and a Discrete or flat Box action (e.g. flatten the observation "
-            "with a Gymnasium wrapper and register the wrapped task)"
-        )
+        raise EnvError(f"environment {env!r}: {err}") from None
     venv.reset(seed=seed)
     venv.action_space.seed(seed)
     return venv
@@ -136,6 +191,14 @@ def _clip_box_actions(env: gym.Env) -> gym.Env:
     return env
 
 
+def _binary_actions_as_integers(env: gym.Env) -> gym.Env:
+    """Bernoulli samples are floats; a MultiBinary environment gets them in its own dtype (int8)."""
+    space = env.action_space
+    if isinstance(space, gym.spaces.MultiBinary):
+        return gym.wrappers.TransformAction(env, lambda a: np.asarray(a).astype(space.dtype), space)
+    return env
+
+
 @contextlib.contextmanager
 def _torchrl_info_silenced():
     """TorchRL's INFO lines off while a vector env is wrapped: ``GymWrapper`` registers a provisional
@@ -152,20 +215,29 @@ def _torchrl_info_silenced():
 
 
 def make_env(
-    env_id: str, num_envs: int, seed: int, *, clip_actions: bool = True, device: str = "cpu"
+    env_id: str,
+    num_envs: int,
+    seed: int,
+    *,
+    env_kwargs: dict[str, Any] | None = None,
+    clip_actions: bool = True,
+    device: str = "cpu",
 ) -> TransformedEnv:
     """A TorchRL env of batch size ``[num_envs]`` over a synchronous Gymnasium vector env.
 
     Adds ``episode_reward`` (the running undiscounted return, reported at episode ends). Inside each
     sub-environment, float64 box observations are cast to float32 and, when ``clip_actions``, box
     actions are clipped to the box on their way to the simulator (so the action spec it reports is
-    unbounded: the policy's samples go in as they are and the batch keeps them).
+    unbounded: the policy's samples go in as they are and the batch keeps them). ``env_id`` may be
+    ``module:Id``; ``env_kwargs`` go to ``gymnasium.make``.
     """
-    wrappers = [_float32_observations] + ([_clip_box_actions] if clip_actions else [])
-    venv = make_vector_env(env_id, num_envs, seed, wrappers=wrappers)
+    wrappers = [_float32_observations, _binary_actions_as_integers] + ([_clip_box_actions] if clip_actions else [])
+    venv = make_vector_env(env_id, num_envs, seed, env_kwargs=env_kwargs, wrappers=wrappers)
+    # MultiDiscrete actions as integer indices (one per dimension); Discrete ones stay one-hot
+    integer_actions = isinstance(venv.single_action_space, gym.spaces.MultiDiscrete)
     with warnings.catch_warnings(), _torchrl_info_silenced():
         warnings.simplefilter("ignore")
-        env = GymWrapper(venv, device=device)
+        env = GymWrapper(venv, device=device, categorical_action_encoding=integer_actions)
     env.set_seed(seed)
     env = env if isinstance(env, TransformedEnv) else TransformedEnv(env)
     _read_final_observations_only(env)

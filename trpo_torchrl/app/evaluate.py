@@ -21,7 +21,7 @@ def evaluation_seed(config) -> int:
 
 @torch.no_grad()
 def evaluate_actor(
-    actor, env_id: str, episodes: int, *, seed: int, device="cpu", max_steps: int = 100_000
+    actor, env_id: str, episodes: int, *, seed: int, device="cpu", max_steps: int = 100_000, env_kwargs=None
 ) -> list[float]:
     """Undiscounted returns of ``episodes`` episodes, run up to MAX_PARALLEL at a time.
 
@@ -34,7 +34,7 @@ def evaluate_actor(
     round_seed = seed
     while len(returns) < episodes:
         n = min(MAX_PARALLEL, episodes - len(returns))
-        env = make_env(env_id, n, seed=round_seed, device=str(device))
+        env = make_env(env_id, n, seed=round_seed, device=str(device), env_kwargs=env_kwargs)
         returns += _first_episodes(actor, env, max_steps)
         env.close()
         round_seed += n
@@ -61,14 +61,21 @@ def _first_episodes(actor, env, max_steps: int) -> list[float]:
 
 
 @torch.no_grad()
-def record_video(actor, env_id: str, path, *, seed: int, device="cpu", max_steps: int = 10_000, fps: int = 30) -> float:
+def record_video(
+    actor, env_id: str, path, *, seed: int, device="cpu", max_steps: int = 10_000, fps: int = 30, env_kwargs=None
+) -> float:
     """Renders one deterministic episode to ``path`` (a GIF); returns its return."""
     import gymnasium as gym
     import imageio.v2 as imageio
     from tensordict import TensorDict
 
+    from .envs import resolve_env_id
+    from .spaces import AppObservation, needs_conversion
+
     try:
-        env = gym.make(env_id, render_mode="rgb_array")
+        env = gym.make(resolve_env_id(env_id), **{**(env_kwargs or {}), "render_mode": "rgb_array"})
+        if needs_conversion(env.observation_space):
+            env = AppObservation(env)
         obs, _ = env.reset(seed=seed)
         first = env.render()
     except (gym.error.DependencyNotInstalled, ImportError) as err:
@@ -78,12 +85,16 @@ def record_video(actor, env_id: str, path, *, seed: int, device="cpu", max_steps
     frames, total = [first], 0.0
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         for _ in range(max_steps):
-            td = TensorDict({"observation": torch.as_tensor(obs, dtype=torch.float32, device=device)}, [])
+            parts = obs if isinstance(obs, dict) else {"observation": obs}
+            td = TensorDict({k: _as_tensor(v, device) for k, v in parts.items()}, [])
             action = actor(td)["action"].cpu().numpy()
-            if isinstance(env.action_space, gym.spaces.Discrete):
+            space = env.action_space
+            if isinstance(space, gym.spaces.Discrete):
                 action = int(np.argmax(action))
+            elif isinstance(space, (gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)):
+                action = action.astype(space.dtype)
             else:
-                action = np.clip(action, env.action_space.low, env.action_space.high)
+                action = np.clip(action, space.low, space.high)
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             frames.append(env.render())
@@ -92,6 +103,12 @@ def record_video(actor, env_id: str, path, *, seed: int, device="cpu", max_steps
     env.close()
     imageio.mimsave(str(path), frames, duration=1000 / fps)
     return total
+
+
+def _as_tensor(value, device) -> torch.Tensor:
+    """An observation part as the networks read it: uint8 images kept, anything else float32."""
+    array = np.asarray(value)
+    return torch.as_tensor(array, dtype=torch.uint8 if array.dtype == np.uint8 else torch.float32, device=device)
 
 
 __all__ = ["evaluate_actor", "evaluation_seed", "record_video", "gym_vector_env"]

@@ -24,11 +24,13 @@ and the rows of progress.csv intact.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -55,12 +57,17 @@ from .checkpoint import (
 )
 from .collectors import make_collector
 from .config import ConfigError, TrainConfig, config_from_dict, save_yaml
-from .envs import make_env
+from .envs import EnvError, make_env
 from .evaluate import evaluate_actor, evaluation_seed
-from .models import build_models
+from .models import build_models, is_plain, observation_normalizers
 from .normalize import RewardScaler
 from .rundir import ProgressLog, RunDirError, default_run_name, earlier_run, make_logger, unwritable
 from .scale import init_learner_ranks
+from .spaces import SpaceError, say_once
+
+# an image encoder is shared by the actor and the critic (Stable-Baselines3's default, app/models.py):
+# CriticFit leaving it to the trust-region step is the design, not something to warn the user about
+warnings.filterwarnings("ignore", message="CriticFit: the critic shares", module=__name__)
 
 # the actor step's metrics that a progress row reports
 ACTOR_METRICS = ("kl", "surrogate_before", "surrogate_after", "step_accepted", "backtrack_steps", "cg_residual")
@@ -167,12 +174,28 @@ class Trainer:
         # each rank's share of the batch: steps_per_env / (world size × workers) steps per environment
         self.steps_per_shard = config.steps_per_env // (self.ranks.world_size * config.workers)
         self.rank_seed = config.seed + 100_003 * self.ranks.rank
-        make = partial(make_env, config.env, config.num_envs, clip_actions=config.clip_actions)
+        make = partial(
+            make_env, config.env, config.num_envs, env_kwargs=config.env_kwargs, clip_actions=config.clip_actions
+        )
         self.env = make(self.rank_seed)  # also the source of the spaces for the models
         venv = gym_vector_env(self.env)
-        self.actor, self.critic, self.normalizer = build_models(
-            config, venv.single_observation_space, venv.single_action_space
-        )
+        try:
+            self.actor, self.critic, self.normalizer = build_models(
+                config, venv.single_observation_space, venv.single_action_space
+            )
+        except SpaceError as err:
+            self.env.close()
+            raise EnvError(f"environment {config.env!r}: {err}") from None
+        if config.collector == "direct" and not is_plain(
+            venv.single_observation_space, venv.single_action_space, config.policy
+        ):
+            # DirectCollector runs a flat observation and a one-hot or Gaussian actor only
+            self.config = config = dataclasses.replace(config, collector="sync")
+            if self.ranks.is_main:
+                say_once(
+                    f"collector: {config.env}'s spaces ({venv.single_observation_space}, "
+                    f"{venv.single_action_space}) go through TorchRL's Collector (collector=sync)"
+                )
         # ranks sample their own actions from here on (the models were built above, identically)
         seed_everything(self.rank_seed)
         self.loss = TRPOLoss(
@@ -352,8 +375,9 @@ class Trainer:
         are ``actor``; returns the iteration's metrics."""
         critic = self.critic_fit(batch) if self.critic_fit else None  # 3. the critic
         # statistics for the next batch, from every rank's observations so all ranks keep one normaliser
-        observations = batch["observation"].reshape(-1, batch["observation"].shape[-1])
-        self.normalizer.update(all_gather_cat(observations, self.ranks.group))
+        for key, normalizer in observation_normalizers(self.normalizer):
+            observations = batch[key].reshape(-1, batch[key].shape[-1])
+            normalizer.update(all_gather_cat(observations, self.ranks.group))
         self.collection.sync_policy()  # the next batch is collected with the new policy
         return_sum = episode_returns.sum(dtype=torch.float64).reshape(1)
         episodes = torch.tensor([episode_returns.numel()], dtype=torch.float64, device=return_sum.device)
@@ -376,7 +400,14 @@ class Trainer:
 
     def evaluate(self, episodes: int | None = None) -> tuple[float, float]:
         n = self.config.eval_episodes if episodes is None else episodes
-        returns = evaluate_actor(self.actor, self.config.env, n, seed=evaluation_seed(self.config), device=self.device)
+        returns = evaluate_actor(
+            self.actor,
+            self.config.env,
+            n,
+            seed=evaluation_seed(self.config),
+            device=self.device,
+            env_kwargs=self.config.env_kwargs,
+        )
         return float(np.mean(returns)), float(np.std(returns))
 
     # -- the loop -------------------------------------------------------------------------------
