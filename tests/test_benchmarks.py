@@ -176,3 +176,12 @@ def test_parity_benchmark_matches_sb3_step():
     pytest.importorskip("mujoco")
     module = load("parity")
     assert module.main(["--env", "Hopper-v5", "--iters", "1"]) == 0
+
+
+def test_recurrent_benchmark_tiny(tmp_path):
+    out = tmp_path / "recurrent.json"
+    result = load("recurrent").main(["--tiny", "--threads", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    for name in ("lstm", "gru", "mlp"):
+        assert saved[name]["update_s"] > 0
+    assert result["lstm"]["vs_mlp"] > 0

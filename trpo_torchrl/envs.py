@@ -10,7 +10,9 @@ they are dropped, so the observation holds only what the policy may read.
 
 Importing :mod:`trpo_torchrl` registers both; the dynamics, rewards, episode ends and time limits
 are the full tasks' own, so the kept entries equal the full task's entries step for step under the
-same seed and actions.
+same seed and actions. Environments built in worker processes (TorchRL's ``GymEnv(..., num_envs=k)``
+steps a gymnasium ``AsyncVectorEnv``) need the registration there too: name the task
+``"trpo_torchrl:CartPoleNoVel-v1"``, which makes gymnasium import the package first.
 """
 
 from __future__ import annotations

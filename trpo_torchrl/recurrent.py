@@ -80,19 +80,26 @@ def lstm_sequence(
     ``[B, T, hidden]`` and the states after each step ``[B, T, layers, hidden]``.
     """
     keep = (~is_init).unsqueeze(-1).to(x.dtype)  # [B, T, 1]: 0 at an episode start
+    size = rnn.hidden_size
     hs, cs = [], []
     layer_in = x
     for layer in range(rnn.num_layers):
         w_ih, w_hh, b_ih, b_hh = _layer_weights(rnn, layer)
-        gates_x = _linear(layer_in, w_ih, b_ih)  # the input part for every step in one product
+        # the input part of every step in one product, both biases folded in: the time loop then
+        # runs few operations per step (each one a node every Fisher-vector product walks through)
+        gates_x = _linear(layer_in, w_ih, b_ih)
+        if b_hh is not None:
+            gates_x = gates_x + b_hh
+        w_hh_t = w_hh.t()
         h_t, c_t = h[:, 0, layer], c[:, 0, layer]
         outs, cells = [], []
         for t in range(x.shape[1]):
             h_t, c_t = h_t * keep[:, t], c_t * keep[:, t]
-            gates = gates_x[:, t] + _linear(h_t, w_hh, b_hh)
-            i, f, g, o = gates.chunk(4, dim=-1)
-            c_t = torch.sigmoid(f) * c_t + torch.sigmoid(i) * torch.tanh(g)
-            h_t = torch.sigmoid(o) * torch.tanh(c_t)
+            gates = torch.addmm(gates_x[:, t], h_t, w_hh_t)  # i, f, g, o
+            i, f, _, o = torch.sigmoid(gates).chunk(4, dim=-1)
+            g = torch.tanh(gates[:, 2 * size : 3 * size])
+            c_t = torch.addcmul(f * c_t, i, g)
+            h_t = o * torch.tanh(c_t)
             outs.append(h_t)
             cells.append(c_t)
         layer_in = torch.stack(outs, 1)
@@ -106,21 +113,21 @@ def gru_sequence(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``rnn``'s GRU over ``x [B, T, in]``, as :func:`lstm_sequence` (one state ``h``)."""
     keep = (~is_init).unsqueeze(-1).to(x.dtype)
+    size = rnn.hidden_size
     hs = []
     layer_in = x
     for layer in range(rnn.num_layers):
         w_ih, w_hh, b_ih, b_hh = _layer_weights(rnn, layer)
-        gates_x = _linear(layer_in, w_ih, b_ih)
+        gates_x = _linear(layer_in, w_ih, b_ih)  # r, z, n
+        w_hh_t = w_hh.t()
         h_t = h[:, 0, layer]
         outs = []
         for t in range(x.shape[1]):
             h_t = h_t * keep[:, t]
-            x_r, x_z, x_n = gates_x[:, t].chunk(3, dim=-1)
-            h_r, h_z, h_n = _linear(h_t, w_hh, b_hh).chunk(3, dim=-1)
-            r = torch.sigmoid(x_r + h_r)
-            z = torch.sigmoid(x_z + h_z)
-            n = torch.tanh(x_n + r * h_n)
-            h_t = (1 - z) * n + z * h_t
+            gates_h = h_t @ w_hh_t if b_hh is None else torch.addmm(b_hh, h_t, w_hh_t)
+            r, z = torch.sigmoid(gates_x[:, t, : 2 * size] + gates_h[:, : 2 * size]).chunk(2, dim=-1)
+            n = torch.tanh(torch.addcmul(gates_x[:, t, 2 * size :], r, gates_h[:, 2 * size :]))
+            h_t = n + z * (h_t - n)  # (1 - z) n + z h
             outs.append(h_t)
         layer_in = torch.stack(outs, 1)
         hs.append(layer_in)
