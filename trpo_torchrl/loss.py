@@ -156,6 +156,10 @@ class TRPOLoss(LossModule):
             collected batch holds its distribution parameters and the log-probability.
         critic_network (TensorDictModule): the state-value network.
 
+    A recurrent actor or critic (a TorchRL ``LSTMModule``/``GRUModule`` in it) is run over the
+    ``[envs, time]`` sequences of the batch: see :mod:`trpo_torchrl.recurrent` and the usage guide's
+    "Recurrent policies".
+
     Keyword Args:
         entropy_coeff (float): weight of the entropy bonus added to the surrogate. Defaults to ``0.0``
             (no ``loss_entropy`` entry).
@@ -391,7 +395,9 @@ class TRPOLoss(LossModule):
     def policy_batch(self, tensordict: TensorDictBase, process_group=None) -> PolicyBatch:
         """Gathers and checks what the actor step needs; computes the advantage when it is missing.
 
-        The batch dimensions are flattened: the surrogate and the KL are means over all states.
+        The batch dimensions are flattened: the surrogate and the KL are means over all states. A
+        recurrent actor's inputs keep the ``[envs, time]`` layout (time last), which the policy is
+        re-run over (:mod:`trpo_torchrl.recurrent`); a flattened batch is then a ValueError.
         Non-finite advantages raise a RuntimeError naming the key; the check is an assert on the
         tensor's device, so on CUDA it does not sync but fails as a device-side assert.
 
@@ -738,7 +744,10 @@ class TRPOLoss(LossModule):
         out = TensorDict(
             {
                 "loss_objective": -terms.surrogate,
-                "loss_critic": self.critic_loss(batch.sequences if self._recurrent_critic else batch.data),
+                # a recurrent critic reads the sequences (a flat batch: critic_loss says it needs them)
+                "loss_critic": self.critic_loss(
+                    batch.sequences if self._recurrent_critic and batch.sequences is not None else batch.data
+                ),
                 "kl": terms.kl.detach(),
                 "entropy": terms.entropy.detach(),
                 "surrogate": terms.surrogate.detach(),

@@ -93,7 +93,9 @@ class FunctionalBackend:
         policy (``theta [n]``)."""
         if theta.dim() == 1:
             return fn(theta, data, buffers)
-        return torch.vmap(fn)(theta, data, buffers)
+        # a batch's unset fields (a sequence batch's steps, sequences) are not mapped
+        data_dims = PolicyBatch(*(None if f is None else 0 for f in data)) if isinstance(data, PolicyBatch) else 0
+        return torch.vmap(fn, in_dims=(0, data_dims, 0))(theta, data, buffers)
 
     # ---------------------------------------------------------------- the products
     def fisher_vector_product(self, batch: PolicyBatch, theta_old: torch.Tensor, buffers, dist=None):
