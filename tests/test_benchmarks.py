@@ -203,3 +203,12 @@ def test_learning_spaces_benchmark_tiny(tmp_path):
     assert len(result["runs"]) == 2
     for row in result["runs"]:
         assert 0 <= row["eval_mean"] <= 32 and 0 <= row["random_mean"] <= 32
+
+
+def test_recurrent_benchmark_tiny(tmp_path):
+    out = tmp_path / "recurrent.json"
+    result = load("recurrent").main(["--tiny", "--threads", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    for name in ("lstm", "gru", "mlp"):
+        assert saved[name]["update_s"] > 0
+    assert result["lstm"]["vs_mlp"] > 0

@@ -8,8 +8,10 @@
 * :class:`FusedGAE` – TorchRL's GAE value estimator on a fused C++/CUDA scan.
 * :class:`DirectCollector` – a TorchRL collector over a Gymnasium vector env at a fraction of ``Collector``'s per-step cost.
 * :mod:`trpo_torchrl.ops` – the compiled ops and their pure-PyTorch references.
+* :mod:`trpo_torchrl.envs` – registers ``CartPoleNoVel-v1`` and ``PendulumNoVel-v1`` with gymnasium (velocities removed).
 """
 
+from . import envs  # noqa: F401  (registers the NoVel tasks with gymnasium)
 from .collectors import DirectCollector
 from .critic import CriticFit, fit_critics
 from .loss import TRPOLoss

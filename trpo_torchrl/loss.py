@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -11,6 +12,7 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import CompositeDistribution, dispatch
 from tensordict.utils import NestedKey
 from torch import distributions as D
+from torchrl.modules import set_recurrent_mode
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import (
     ValueEstimators,
@@ -31,6 +33,7 @@ from .distributions import (
     joint_log_prob,
 )
 from .distributions import entropy as _entropy
+from .recurrent import recurrent_modules, replaying, state_keys
 from .validation import check_choice, check_number
 from .value import FusedGAE, check_time_order
 
@@ -42,6 +45,11 @@ class PolicyBatch(NamedTuple):
 
     ``inputs`` holds only the actor's input entries, so a policy evaluation never sees (or
     overwrites) the stored distribution parameters; ``old_params`` holds those stored parameters.
+
+    For a recurrent actor (an ``LSTMModule``/``GRUModule`` in it) ``inputs`` keeps the ``[B, T]``
+    sequence layout the policy is re-run over, and ``steps`` holds the flat positions (in ``B·T``) of
+    the ``N`` states the other fields describe (``None``: all of them, in order). ``sequences`` is
+    the whole ``[B, T]`` batch when the actor or the critic is recurrent (the critic loss reads it).
     """
 
     inputs: TensorDictBase
@@ -50,9 +58,13 @@ class PolicyBatch(NamedTuple):
     old_params: TensorDictBase
     advantage: torch.Tensor
     data: TensorDictBase
+    steps: torch.Tensor | None = None
+    sequences: TensorDictBase | None = None
 
     def index(self, idx: torch.Tensor) -> PolicyBatch:
         """The same batch restricted to the states ``idx`` (used for Fisher subsampling)."""
+        if self.steps is not None or self.inputs.batch_dims != 1:
+            raise ValueError("PolicyBatch.index: a sequence batch is subsampled by whole rows (PolicyBatch.rows)")
         return PolicyBatch(
             self.inputs[idx],
             self.action[idx],
@@ -61,6 +73,32 @@ class PolicyBatch(NamedTuple):
             self.advantage[idx],
             self.data[idx],
         )
+
+    def rows(self, rows: torch.Tensor) -> PolicyBatch:
+        """A sequence batch restricted to the whole rows ``rows`` (sorted): the states of those rows,
+        in order, and their inputs ``[len(rows), T]`` (Fisher subsampling of a recurrent policy)."""
+        steps_per_row = self.inputs.batch_size[1]
+        positions = self.steps if self.steps is not None else torch.arange(self.advantage.shape[0], device=rows.device)
+        row_of_state = torch.div(positions, steps_per_row, rounding_mode="floor")
+        # one host sync: how many states the chosen rows hold
+        states = torch.isin(row_of_state, rows).nonzero().squeeze(-1)
+        new_row = torch.searchsorted(rows, row_of_state[states])
+        new_steps = new_row * steps_per_row + positions[states] % steps_per_row
+        sequences = None if self.sequences is None else self.sequences[rows]
+        return PolicyBatch(
+            self.inputs[rows],
+            self.action[states],
+            self.old_log_prob[states],
+            self.old_params[states],
+            self.advantage[states],
+            self.data[states],
+            new_steps,
+            sequences,
+        )
+
+    def apply(self, fn) -> PolicyBatch:
+        """``fn`` on every field that is set (e.g. one member's slice of a population's batch)."""
+        return PolicyBatch(*(None if field is None else fn(field) for field in self))
 
 
 class PolicyTerms(NamedTuple):
@@ -117,6 +155,10 @@ class TRPOLoss(LossModule):
             :class:`~torchrl.modules.ProbabilisticActor` run with ``return_log_prob=True``, so that the
             collected batch holds its distribution parameters and the log-probability.
         critic_network (TensorDictModule): the state-value network.
+
+    A recurrent actor or critic (a TorchRL ``LSTMModule``/``GRUModule`` in it) is run over the
+    ``[envs, time]`` sequences of the batch: see :mod:`trpo_torchrl.recurrent` and the usage guide's
+    "Recurrent policies".
 
     Keyword Args:
         entropy_coeff (float): weight of the entropy bonus added to the surrogate. Defaults to ``0.0``
@@ -233,8 +275,13 @@ class TRPOLoss(LossModule):
         check_choice("TRPOLoss", "kl_reduction", kl_reduction, ("sum", "mean"))
         for name, value in (("critic_coeff", critic_coeff), ("entropy_coeff", entropy_coeff)):
             check_number("TRPOLoss", name, value, low=0)
+        # recurrent modules are found (and checked) before anything is registered
+        recurrent_actor = recurrent_modules(actor_network, "TRPOLoss")
+        recurrent_critic = recurrent_modules(critic_network, "TRPOLoss")
         self._in_keys = None
         super().__init__()
+        self._recurrent_actor = recurrent_actor
+        self._recurrent_critic = recurrent_critic
         # the loss keeps the user's modules and their Parameter objects (no copies): an actor step
         # written into them is what the collector's policy runs next
         self.convert_to_functional(actor_network, "actor_network")
@@ -336,6 +383,11 @@ class TRPOLoss(LossModule):
             self.value_type = value_type
         else:
             dispatch_value_estimator(self, value_type, supported=self.SUPPORTED_VALUE_ESTIMATORS, **hp)
+        if self._recurrent_critic:
+            # TorchRL's recurrent mode splits sequences at episode starts (data-dependent shapes),
+            # which vmap cannot batch: the root and next values are two plain calls (FusedGAE also
+            # decides this itself, and runs the critic in recurrent mode)
+            self._value_estimator.deactivate_vmap = True
         self._forward_value_estimator_keys()
         return self
 
@@ -343,7 +395,9 @@ class TRPOLoss(LossModule):
     def policy_batch(self, tensordict: TensorDictBase, process_group=None) -> PolicyBatch:
         """Gathers and checks what the actor step needs; computes the advantage when it is missing.
 
-        The batch dimensions are flattened: the surrogate and the KL are means over all states.
+        The batch dimensions are flattened: the surrogate and the KL are means over all states. A
+        recurrent actor's inputs keep the ``[envs, time]`` layout (time last), which the policy is
+        re-run over (:mod:`trpo_torchrl.recurrent`); a flattened batch is then a ValueError.
         Non-finite advantages raise a RuntimeError naming the key; the check is an assert on the
         tensor's device, so on CUDA it does not sync but fails as a device-side assert.
 
@@ -353,8 +407,15 @@ class TRPOLoss(LossModule):
         rank at the same point instead of leaving the others waiting in a collective.
         """
         data = tensordict.clone(False)
+        sequences = steps = None
+        if self._recurrent_actor or (self._recurrent_critic and data.batch_dims >= 2):
+            sequences = self._sequences(data)  # checked before anything reads the batch
         if data.get(self.tensor_keys.advantage, None) is None:
             self._estimate_advantage(data)
+            if sequences is not None:
+                sequences = self._sequences(data)
+        if self._recurrent_actor:
+            steps = self._valid_positions(sequences)
         data = self._valid_steps(data.reshape(-1), process_group)
         advantage = data.get(self.tensor_keys.advantage)
         num_states = data.numel()
@@ -404,15 +465,50 @@ class TRPOLoss(LossModule):
                 "for any other distribution)"
             )
         batch = PolicyBatch(
-            inputs=self._policy_inputs(data),
+            inputs=self._policy_inputs(sequences if self._recurrent_actor else data),
             action=action.detach(),
             old_log_prob=old_log_prob.reshape(num_states),
             old_params=data.select(*self.dist_params_keys).detach(),
             advantage=advantage,
             data=data,
+            steps=steps,
+            sequences=sequences,
         )
         self._check_action(batch, num_states)
         return batch
+
+    def _sequences(self, data: TensorDictBase, role: str | None = None) -> TensorDictBase:
+        """The batch as ``[B, T]`` sequences (time last, leading dimensions folded into B), checked
+        to hold what a recurrent actor re-runs from: the stored hidden states and ``is_init``.
+        ``role`` (``"actor"`` or ``"critic"``) names the recurrent network in the errors."""
+        role = role or ("actor" if self._recurrent_actor else "critic")
+        modules = self._recurrent_actor if role == "actor" else self._recurrent_critic
+        names = ", ".join(f"{name!r} ({type(m).__name__})" for name, m in modules)
+        if data.batch_dims < 2:
+            raise ValueError(
+                f"TRPOLoss: the {role} is recurrent ({names}); the batch "
+                f"must keep its [envs, time] layout as the collector returns it, got batch_size "
+                f"{tuple(data.batch_size)}: a flattened batch would run each environment's steps on from "
+                "the previous environment's hidden state"
+            )
+        sequences = data if data.batch_dims == 2 else data.reshape(-1, data.batch_size[-1])
+        for name, module in self._recurrent_actor:
+            missing = [key for key in state_keys(module) if sequences.get(key, None) is None]
+            if missing:
+                raise KeyError(
+                    f"TRPOLoss: the batch lacks {missing}, which the recurrent module {name!r} "
+                    f"({type(module).__name__}) is re-run from (the hidden state stored at each step and the "
+                    "episode-start marker); collect with the module's make_tensordict_primer() and an "
+                    "InitTracker() transform on the environment"
+                )
+        return sequences
+
+    def _valid_positions(self, sequences: TensorDictBase) -> torch.Tensor | None:
+        """The flat positions of the valid steps of a padded ``[B, T]`` batch (None without a mask)."""
+        mask = sequences.get(self.tensor_keys.mask, None)
+        if mask is None or mask.dtype != torch.bool or mask.numel() != sequences.numel():
+            return None  # no mask, or a bad one: _valid_steps names the problem
+        return mask.reshape(-1).nonzero().squeeze(-1)
 
     def _estimate_advantage(self, data: TensorDictBase) -> None:
         """Runs the value estimator on ``data`` in place, after checking that a multi-step estimator
@@ -435,8 +531,15 @@ class TRPOLoss(LossModule):
                 )
             except ValueError as err:
                 raise ValueError(f"TRPOLoss: {err}") from None
-        with torch.no_grad():
+        if self._recurrent_critic and data.batch_dims < 2:
+            self._sequences(data, "critic")  # raises: the critic needs the [envs, time] layout
+        with torch.no_grad(), self._critic_mode():
             estimator(data)
+
+    def _critic_mode(self):
+        """TorchRL's recurrent mode for a recurrent critic: it runs over whole sequences, splitting
+        them at episode starts (``is_init``), from zero states where none are stored."""
+        return set_recurrent_mode(True) if self._recurrent_critic else contextlib.nullcontext()
 
     def _valid_steps(self, data: TensorDictBase, process_group) -> TensorDictBase:
         """The flat batch ``data`` without its padding, when it carries a mask (one host sync)."""
@@ -526,11 +629,17 @@ class TRPOLoss(LossModule):
         """π_θ on the batch states, with the actor's own parameters or with ``params`` (name → tensor,
         names as in ``actor_network.named_parameters()``) substituted functionally."""
         inputs = batch.inputs.copy()
-        if params is None:
-            out = self.actor_network.get_dist_params(inputs)
-        else:
-            params = {"actor." + name: value for name, value in params.items()}
-            out = torch.func.functional_call(self._dist_params_module, params, (inputs,))
+        with replaying(self._recurrent_actor):
+            if params is None:
+                out = self.actor_network.get_dist_params(inputs)
+            else:
+                params = {"actor." + name: value for name, value in params.items()}
+                out = torch.func.functional_call(self._dist_params_module, params, (inputs,))
+        if self._recurrent_actor:
+            # the sequences' outputs, flattened to the batch's states
+            out = out.select(*self.dist_params_keys).reshape(-1)
+            if batch.steps is not None:
+                out = out[batch.steps]
         return self.actor_network.build_dist_from_params(out)
 
     def old_dist(self, batch: PolicyBatch) -> D.Distribution:
@@ -610,9 +719,22 @@ class TRPOLoss(LossModule):
                 f"TRPOLoss: the batch has no value target {self.tensor_keys.value_target!r}; run the value "
                 "estimator (loss.value_estimator(batch)) first"
             )
+        if self._recurrent_critic:
+            return self.critic_coeff * self._recurrent_critic_distance(tensordict, target).mean()
         inputs = tensordict.select(*self.critic_network.in_keys).copy()
         value = self.critic_network(inputs).get(self.tensor_keys.value)
         return self.critic_coeff * distance_loss(target.detach(), value, loss_function=self.loss_critic_type).mean()
+
+    def _recurrent_critic_distance(self, tensordict: TensorDictBase, target: torch.Tensor) -> torch.Tensor:
+        """Per valid step, the distance of a recurrent critic's values, run over the ``[B, T]``
+        sequences of ``tensordict`` (its padding, when it carries a mask, left out)."""
+        sequences = self._sequences(tensordict, "critic")
+        inputs = sequences.select(*self.critic_network.in_keys, strict=False).copy()
+        with self._critic_mode():
+            value = self.critic_network(inputs).get(self.tensor_keys.value).reshape(-1)
+        distance = distance_loss(target.detach().reshape(-1), value, loss_function=self.loss_critic_type)
+        mask = sequences.get(self.tensor_keys.mask, None)
+        return distance if mask is None else distance[mask.reshape(-1)]
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -622,7 +744,10 @@ class TRPOLoss(LossModule):
         out = TensorDict(
             {
                 "loss_objective": -terms.surrogate,
-                "loss_critic": self.critic_loss(batch.data),
+                # a recurrent critic reads the sequences (a flat batch: critic_loss says it needs them)
+                "loss_critic": self.critic_loss(
+                    batch.sequences if self._recurrent_critic and batch.sequences is not None else batch.data
+                ),
                 "kl": terms.kl.detach(),
                 "entropy": terms.entropy.detach(),
                 "surrogate": terms.surrogate.detach(),

@@ -121,6 +121,11 @@ class PopulationTrustRegionUpdate:
         where = "PopulationTrustRegionUpdate"
         if not isinstance(loss_module, TRPOLoss):
             raise TypeError(f"{where}: loss_module must be a TRPOLoss, got {type(loss_module).__name__}")
+        if loss_module._recurrent_actor:
+            raise ValueError(
+                f"{where}: the actor is recurrent ({loss_module._recurrent_actor[0][0]!r}); a population step "
+                "takes feed-forward policies: run a TrustRegionUpdate per member"
+            )
         if not isinstance(params, TensorDictBase) or params.batch_dims != 1:
             shape = tuple(params.batch_size) if isinstance(params, TensorDictBase) else type(params).__name__
             raise ValueError(

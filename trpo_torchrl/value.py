@@ -9,11 +9,13 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.nn import dispatch
 from tensordict.utils import NestedKey
+from torchrl.modules import set_recurrent_mode
 from torchrl.objectives.utils import hold_out_net
 from torchrl.objectives.value import GAE
 from torchrl.objectives.value.advantages import _self_set_grad_enabled, _self_set_skip_existing
 
 from .ops import generalized_advantage_estimate
+from .recurrent import recurrent_modules
 from .validation import check_number
 
 __all__ = ["FusedGAE", "check_time_order"]
@@ -99,7 +101,15 @@ class FusedGAE(GAE):
                 if target_params is None:
                     target_params = params.clone(False)
             no_params = params is None and target_params is None
-            with hold_out_net(self.value_network) if no_params else nullcontext():
+            recurrent = bool(recurrent_modules(self.value_network, "FusedGAE"))
+            if recurrent:
+                # a recurrent critic runs over whole sequences (TorchRL's recurrent mode splits them at
+                # episode starts, data-dependent shapes vmap cannot batch: root and next are two calls)
+                self.deactivate_vmap = True
+            with (
+                hold_out_net(self.value_network) if no_params else nullcontext(),
+                set_recurrent_mode(True) if recurrent else nullcontext(),
+            ):
                 value, next_value, valid = self._call_value_nets(
                     data=tensordict,
                     params=params,

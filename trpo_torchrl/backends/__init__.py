@@ -64,7 +64,9 @@ class PolicyBackends:
         self.layout = ParameterLayout(loss_module.actor_network)
         self.functional = FunctionalBackend(loss_module, self.layout, settings, generator)
         self.mlp = None
-        if fast_mlp:
+        if fast_mlp and loss_module._recurrent_actor:
+            _log.info("the actor step evaluates the policy through torch.func: the actor is recurrent")
+        elif fast_mlp:
             plan = MLPPolicyPlan.describe(loss_module.actor_network, self.layout.names, self.layout.numels)
             if plan:
                 self.mlp = MLPBackend(plan, self.functional)

@@ -27,14 +27,19 @@ def subsample(
     batch: PolicyBatch, fraction: float, generator: torch.Generator | None, members: int | None
 ) -> PolicyBatch:
     """The states the Fisher is averaged over: a random ``fraction`` of the batch (``[N]`` fields),
-    or of each member's own states (``[M, N]`` fields; ``members=M``), drawn from ``generator``."""
+    or of each member's own states (``[M, N]`` fields; ``members=M``), drawn from ``generator``.
+    A sequence batch (a recurrent policy's) keeps a random ``fraction`` of its rows, whole: the
+    recurrence needs every step of a row before a chosen one."""
     device = batch.advantage.device
+    if members is None and batch.inputs.batch_dims == 2:
+        rows = subsample_indices(batch.inputs.batch_size[0], fraction, generator=generator).to(device)
+        return batch.rows(rows)
     if members is None:
         return batch.index(subsample_indices(batch.advantage.shape[0], fraction, generator=generator).to(device))
     num_states = batch.advantage.shape[1]
     idx = torch.stack([subsample_indices(num_states, fraction, generator=generator) for _ in range(members)]).to(device)
     rows = torch.arange(members, device=device)[:, None]
-    return PolicyBatch(*(field[rows, idx] for field in batch))
+    return batch.apply(lambda field: field[rows, idx])
 
 
 class FunctionalBackend:
@@ -63,11 +68,13 @@ class FunctionalBackend:
         terms = self.loss_module.policy_terms(batch, self._named(theta, buffers))
         return terms.objective, terms.surrogate, terms.kl
 
-    def _dist_params(self, theta, inputs, buffers):
-        # the policy reads only the inputs: mapping those alone keeps each product lean
-        batch = PolicyBatch(inputs, None, None, None, None, None)
+    def _dist_params(self, theta, inputs, buffers, steps=None):
+        # the policy reads only the inputs (and, for sequences, which of their steps are states):
+        # mapping those alone keeps each product lean
+        batch = PolicyBatch(inputs, None, None, None, None, None, steps)
         dist = self.loss_module.policy_dist(batch, self._named(theta, buffers))
-        return distribution_parameters(dist, inputs.numel())
+        num_states = inputs.numel() if steps is None else steps.numel()
+        return distribution_parameters(dist, num_states)
 
     def _kl(self, theta, batch: PolicyBatch, buffers):
         loss = self.loss_module
@@ -86,7 +93,9 @@ class FunctionalBackend:
         policy (``theta [n]``)."""
         if theta.dim() == 1:
             return fn(theta, data, buffers)
-        return torch.vmap(fn)(theta, data, buffers)
+        # a batch's unset fields (a sequence batch's steps, sequences) are not mapped
+        data_dims = PolicyBatch(*(None if f is None else 0 for f in data)) if isinstance(data, PolicyBatch) else 0
+        return torch.vmap(fn, in_dims=(0, data_dims, 0))(theta, data, buffers)
 
     # ---------------------------------------------------------------- the products
     def fisher_vector_product(self, batch: PolicyBatch, theta_old: torch.Tensor, buffers, dist=None):
@@ -125,8 +134,11 @@ class FunctionalBackend:
             copies = members or 1
             num_states = batch.advantage.numel()  # over all members
 
+            def dist_params(theta, inputs, member_buffers):
+                return self._dist_params(theta, inputs, member_buffers, batch.steps)
+
             def dist_fn(flat):
-                out = self.per_member(self._dist_params, unstack(flat), batch.inputs, buffers)
+                out = self.per_member(dist_params, unstack(flat), batch.inputs, buffers)
                 # [M, N, ...] → [M·N, ...]: the product then averages over all M·N states, i.e. F / M
                 return torch.utils._pytree.tree_map(lambda o: o.reshape(num_states, *o.shape[1 + len(lead) :]), out)
 
@@ -157,7 +169,7 @@ class FunctionalBackend:
     def _reference_dist(self, batch: PolicyBatch, theta_old: torch.Tensor, buffers):
         """π at θ_old on the (first member's) states: what the family and the KL divisor are read from."""
         if theta_old.dim() == 2:
-            batch = PolicyBatch(*(field[0] for field in batch))
+            batch = batch.apply(lambda field: field[0])
             theta_old = theta_old[0]
             buffers = {name: value[0] for name, value in buffers.items()}
         with torch.no_grad():

@@ -557,7 +557,7 @@ class MLPBackend:
         chunk = max(1, rows // (num_candidates * features.shape[1]))
         values = [
             self.plan.candidate_terms(
-                loss, PolicyBatch(*(field[part] for field in batch)), features[part], candidates[:, part], 2
+                loss, batch.apply(lambda field: field[part]), features[part], candidates[:, part], 2
             )
             for part in (slice(start, start + chunk) for start in range(0, members, chunk))
         ]
