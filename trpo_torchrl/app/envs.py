@@ -30,7 +30,9 @@ from torchrl.envs.libs.gym import terminal_obs_reader
 
 from trpo_torchrl.collectors import gym_vector_env
 
+from .atari import atari_state, load_atari_state
 from .errors import AppError
+from .games import game_make_kwargs
 
 
 class EnvError(AppError):
@@ -93,8 +95,12 @@ def _check_env_id(env_id: str) -> None:
     raise EnvError(f"unknown environment {env_id!r}{hint} (any id in gymnasium's registry works)")
 
 
-def make_vector_env(env_id: str, num_envs: int, seed: int, **make_kwargs) -> gym.vector.SyncVectorEnv:
-    """The raw Gymnasium vector env (same-step autoreset), seeded."""
+def make_vector_env(
+    env_id: str, num_envs: int, seed: int, *, training: bool = True, **make_kwargs
+) -> gym.vector.SyncVectorEnv:
+    """The raw Gymnasium vector env (same-step autoreset), seeded. Atari games and MiniGrid tasks get
+    their own wrappers (app/games.py); ``training=False``: an Atari game as evaluation plays it."""
+    make_kwargs = game_make_kwargs(env_id, make_kwargs, training=training)
     _check_env_id(env_id)
     try:
         venv = gym.make_vec(
@@ -152,7 +158,7 @@ def _torchrl_info_silenced():
 
 
 def make_env(
-    env_id: str, num_envs: int, seed: int, *, clip_actions: bool = True, device: str = "cpu"
+    env_id: str, num_envs: int, seed: int, *, clip_actions: bool = True, device: str = "cpu", training: bool = True
 ) -> TransformedEnv:
     """A TorchRL env of batch size ``[num_envs]`` over a synchronous Gymnasium vector env.
 
@@ -162,7 +168,7 @@ def make_env(
     unbounded: the policy's samples go in as they are and the batch keeps them).
     """
     wrappers = [_float32_observations] + ([_clip_box_actions] if clip_actions else [])
-    venv = make_vector_env(env_id, num_envs, seed, wrappers=wrappers)
+    venv = make_vector_env(env_id, num_envs, seed, wrappers=wrappers, training=training)
     with warnings.catch_warnings(), _torchrl_info_silenced():
         warnings.simplefilter("ignore")
         env = GymWrapper(venv, device=device)
@@ -222,6 +228,7 @@ def env_state(env: TransformedEnv) -> dict[str, Any]:
             {
                 "attributes": [_plain_attributes(obj) for obj in chain],
                 "mujoco": _mujoco_state(sub.unwrapped),
+                "atari": atari_state(sub),  # the emulator and frame buffers (None unless an Atari game)
             }
         )
     return {"vector": _plain_attributes(venv), "envs": envs}
@@ -247,3 +254,5 @@ def load_env_state(env: TransformedEnv, state: dict[str, Any]) -> None:
             u = sub.unwrapped
             mujoco.mj_setState(u.model, u.data, saved["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
             mujoco.mj_forward(u.model, u.data)
+        if saved.get("atari") is not None:
+            load_atari_state(sub, saved["atari"])

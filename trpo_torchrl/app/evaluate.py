@@ -34,7 +34,8 @@ def evaluate_actor(
     round_seed = seed
     while len(returns) < episodes:
         n = min(MAX_PARALLEL, episodes - len(returns))
-        env = make_env(env_id, n, seed=round_seed, device=str(device))
+        # training=False: an Atari game plays whole games with its own rewards (app/atari.py)
+        env = make_env(env_id, n, seed=round_seed, device=str(device), training=False)
         returns += _first_episodes(actor, env, max_steps)
         env.close()
         round_seed += n
@@ -67,8 +68,14 @@ def record_video(actor, env_id: str, path, *, seed: int, device="cpu", max_steps
     import imageio.v2 as imageio
     from tensordict import TensorDict
 
+    from .games import game_make_kwargs
+
     try:
-        env = gym.make(env_id, render_mode="rgb_array")
+        kwargs = game_make_kwargs(env_id, {"render_mode": "rgb_array"}, training=False)
+        wrappers = kwargs.pop("wrappers", [])  # an Atari game's or MiniGrid task's own, as evaluation has them
+        env = gym.make(env_id, **kwargs)
+        for wrap in wrappers:
+            env = wrap(env)
         obs, _ = env.reset(seed=seed)
         first = env.render()
     except (gym.error.DependencyNotInstalled, ImportError) as err:
