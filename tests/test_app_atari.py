@@ -361,3 +361,30 @@ def test_every_ale_game_gets_the_atari_preset():
     c = build_config({"env": "MiniGrid-DoorKey-5x5-v0"})
     assert (c.num_envs, c.steps_per_env, c.critic_minibatch, c.total_frames) == (8, 128, 64, 500_000)
     assert build_config({"env": "MiniGrid-Empty-5x5-v0"}).total_frames == 60_000
+
+
+def _load_benchmark(name: str):
+    from tests.test_benchmarks import load
+
+    return load(name)
+
+
+@needs_atari
+@pytest.mark.skip(reason="needs the image-observation support (--policy cnn) being merged")
+def test_atari_benchmark_tiny(tmp_path):
+    """benchmarks/atari.py's smoke modes (ours only: sb3-contrib's CNN TRPO takes minutes here)."""
+    out = tmp_path / "atari.json"
+    result = _load_benchmark("atari").main(["--tiny", "--no-peer", "--threads", "1", "--out", str(out)])
+    assert result["ours"][0]["frames"] == 256 and json.loads(out.read_text())["ours_fps"] > 0
+    curve = _load_benchmark("atari").main(["--tiny", "--curve", "--threads", "1", "--logdir", str(tmp_path)])
+    assert len(curve["rows"]) >= 2
+
+
+@needs_minigrid
+@pytest.mark.skip(reason="needs the Dict/image-observation support being merged")
+def test_minigrid_benchmark_tiny(tmp_path):
+    out = tmp_path / "minigrid.json"
+    result = _load_benchmark("minigrid").main(["--tiny", "--task", "empty", "--out", str(out)])
+    (row,) = result["rows"]
+    assert row["frames"] == 256 and len(row["evaluations"]) >= 2
+    assert json.loads(out.read_text())["rows"][0]["env"] == "MiniGrid-Empty-5x5-v0"
