@@ -108,10 +108,10 @@ def fps(args, overrides) -> dict:
             line = f"run {r}:"
             if not args.no_ours:
                 ours_rows.append(run_ours(config, Path(tmp)))
-                line += f" ours {ours_rows[-1]['fps']:.0f} frames/s"
+                line += f" ours {ours_rows[-1]['fps']:.1f} frames/s"
             if with_peer:
                 peer_rows.append(run_peer(config))
-                line += f", sb3-contrib {peer_rows[-1]['fps']:.0f} frames/s"
+                line += f", sb3-contrib {peer_rows[-1]['fps']:.1f} frames/s"
             print(line, flush=True)
     result = {
         "benchmark": "atari_fps",
@@ -127,10 +127,10 @@ def fps(args, overrides) -> dict:
     print(f"{'':12} {'frames/s':>9} {'s/run':>7}")
     if ours_rows:
         result["ours"], result["ours_fps"] = ours_rows, median([r["fps"] for r in ours_rows])
-        print(f"{'ours':12} {result['ours_fps']:>9.0f} {median([r['seconds'] for r in ours_rows]):>7.1f}")
+        print(f"{'ours':12} {result['ours_fps']:>9.1f} {median([r['seconds'] for r in ours_rows]):>7.1f}")
     if peer_rows:
         result["peer"], result["peer_fps"] = peer_rows, median([r["fps"] for r in peer_rows])
-        print(f"{'sb3-contrib':12} {result['peer_fps']:>9.0f} {median([r['seconds'] for r in peer_rows]):>7.1f}")
+        print(f"{'sb3-contrib':12} {result['peer_fps']:>9.1f} {median([r['seconds'] for r in peer_rows]):>7.1f}")
     if ours_rows and peer_rows:
         result["speedup"] = result["ours_fps"] / result["peer_fps"]
         print(f"speedup (ours / sb3-contrib): {result['speedup']:.2f}x")

@@ -5,6 +5,7 @@ checkpoint restores, and MiniGrid's Dict observation."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import sys
@@ -339,8 +340,14 @@ def test_train_resume_and_evaluate_pong_from_the_command_line(tmp_path, capsys):
     assert train_tiny(tmp_path, *common, "--total-frames", "256") == 0
     run = tmp_path / "run"
     assert main(["train", "--resume", str(run), "--total-frames", "384", "--progress", "false"]) == 0
-    rows = (run / "progress.csv").read_text().splitlines()
-    assert len(rows) == 1 + 3
+    with open(run / "progress.csv") as f:
+        rows = list(csv.DictReader(f))
+    iterations = [r for r in rows if r["fps"]]
+    assert [int(r["iteration"]) for r in iterations] == [1, 2, 3]
+    for r in iterations:  # whole Pong games' scores, or none finished yet
+        assert r["train_return"] == "nan" or float(r["train_return"]) >= -21
+    evaluations = [float(r["eval_return"]) for r in rows if r["eval_return"]]
+    assert len(evaluations) == 2 and all(-21 <= e <= 21 and e.is_integer() for e in evaluations)
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run), "--episodes", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
