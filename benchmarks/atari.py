@@ -2,7 +2,7 @@
 sb3-contrib's TRPO with ``CnnPolicy`` on the same frames, and what learning curve does a budget give?
 
 Both sides play the same game the same way: ``gym.make(id, frameskip=1)`` with v5's sticky actions
-(0.25), up to 30 no-op resets, frame skip 4 with max-pooling, 84×84 grayscale, 4 stacked frames,
+(0.25 per emulator frame: ours drawn in a Gymnasium wrapper, sb3's by the emulator), up to 30 no-op resets, frame skip 4 with max-pooling, 84×84 grayscale, 4 stacked frames,
 life-loss episodes and sign-clipped rewards for training, the same number of environments and
 steps per batch and the same TRPO settings (the app's ``atari`` preset, rl-zoo3's PPO Atari
 numbers). Ours: the training app's ``Trainer`` (app/atari.py's wrappers, ``--policy cnn``). Peer:

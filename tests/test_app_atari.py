@@ -47,13 +47,14 @@ def _chain(env_id, training, *, below_preprocessing=None, above_preprocessing=No
     kwargs = game_make_kwargs(env_id, make_kwargs, training=training)
     wrappers = kwargs.pop("wrappers")
     env = gym.make(env_id, **kwargs)
-    if below_preprocessing is not None:
-        env = below_preprocessing(env)
-    env = wrappers[0](env)
-    if above_preprocessing is not None:
-        env = above_preprocessing(env)
-    for wrap in wrappers[1:]:
-        env = wrap(env)
+    for wrap in wrappers:
+        wrapped = wrap(env)
+        if isinstance(wrapped, gym.wrappers.AtariPreprocessing):
+            if below_preprocessing is not None:
+                wrapped = wrap(below_preprocessing(env))
+            if above_preprocessing is not None:
+                wrapped = above_preprocessing(wrapped)
+        env = wrapped
     env.reset(seed=seed)
     env.action_space.seed(seed)
     return env
@@ -83,13 +84,18 @@ def _area_resize(image: np.ndarray, size: int) -> np.ndarray:
 @needs_atari
 @pytest.mark.parametrize("training", [True, False])
 def test_observations_are_four_stacked_84x84_grayscale_frames(training):
+    from trpo_torchrl.app.atari import atari_make_kwargs
     from trpo_torchrl.app.games import game_make_kwargs
 
     kwargs = game_make_kwargs("ALE/Pong-v5", {}, training=training)
     assert kwargs["frameskip"] == 1  # AtariPreprocessing skips the frames; v5 would skip 4 more itself
     env = _chain("ALE/Pong-v5", training)
     assert env.unwrapped._frameskip == 1
-    assert env.spec.kwargs["repeat_action_probability"] == 0.25  # v5's sticky actions, kept
+    # v5's sticky actions, kept: in a wrapper (whose state a checkpoint holds), not in the emulator
+    assert env.spec.kwargs["repeat_action_probability"] == 0.0
+    assert _find(env, gym.wrappers.StickyAction).repeat_action_probability == 0.25
+    assert atari_make_kwargs("ALE/Pong-v5", {"repeat_action_probability": 0.1})[1] == 0.1
+    assert atari_make_kwargs("PongNoFrameskip-v4", {})[1] == 0.0
     assert env.observation_space == gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
     for _ in range(5):
         obs, *_ = env.step(env.action_space.sample())
@@ -102,8 +108,7 @@ def test_a_step_is_four_emulator_frames_max_pooled_over_the_last_two():
     """The emulator replayed from the state before a step: the observation's newest frame is the
     84×84 area-resize of the pixelwise max of the 3rd and 4th grayscale frames, the reward is the sum
     of the four frames' rewards, and the older stacked frames are the previous steps' frames."""
-    # no sticky actions here: the ALE's replay of a step then is the step (its state does not hold
-    # the previous action a sticky action repeats)
+    # no sticky actions here, so that the emulator's replay of a step is the step
     env = _chain("ALE/Breakout-v5", training=False, seed=3, repeat_action_probability=0.0)
     ale = env.unwrapped.ale
     checked = 0
@@ -247,12 +252,24 @@ def test_the_app_reads_whole_games_scores_from_the_vector_env():
     venv.close()
 
 
+def _same(a, b) -> bool:
+    """Nested containers of tensors and plain values, equal item by item."""
+    import torch
+
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    return a == b
+
+
 @needs_atari
 def test_a_restored_simulator_state_continues_the_same_games():
     """env_state / load_env_state (the checkpoint's simulators) on Atari: a fresh env loaded with the
-    snapshot returns the same observations, rewards, episode ends and game scores as the original.
-    Without sticky actions: the ALE's state does not hold the previous action a sticky action
-    repeats, so with them the first steps after a restore may differ (docs/usage.md says so)."""
+    snapshot returns the same observations, rewards, episode ends and game scores as the original,
+    sticky actions included (the ALE's own state does not hold the previous action they repeat)."""
     from torchrl.envs import GymWrapper
 
     from trpo_torchrl.app.atari import GameScore, drain_game_scores
@@ -260,35 +277,46 @@ def test_a_restored_simulator_state_continues_the_same_games():
     from trpo_torchrl.app.envs import env_state, load_env_state
 
     def make(seed):
-        return GymWrapper(_vector_env("ALE/Breakout-v5", 2, seed=seed, repeat_action_probability=0.0))
+        return GymWrapper(_vector_env("ALE/Breakout-v5", 2, seed=seed))
 
     original = make(0)
     venv = original._env
     rng = np.random.default_rng(0)
     for _ in range(150):
         venv.step(rng.integers(0, 4, size=2))
-    drain_game_scores(venv)  # as the app does after each batch
+    venv.step(np.array([2, 2]))  # RIGHT, then LEFT first after the snapshot: a sticky repeat of the
+    drain_game_scores(venv)  # previous action shows (as the app does after each batch: drained)
     snapshot = decode_state(encode_state(env_state(original)))  # through a checkpoint's encoding
     actions = rng.integers(0, 4, size=(400, 2))
+    actions[:3] = 3
 
     def play(v):
         out = []
         for a in actions:
             obs, reward, terminated, truncated, _ = v.step(a)
-            out.append((obs.copy(), reward.copy(), terminated.copy(), truncated.copy()))
+            ram = np.stack([s.unwrapped.ale.getRAM() for s in v.envs])  # the emulators' memory
+            out.append((obs.copy(), reward.copy(), terminated.copy(), truncated.copy(), ram))
         return out, [list(_find(s, GameScore).finished) for s in v.envs], [_find(s, GameScore).score for s in v.envs]
 
     expected = play(venv)
     restored = make(123)  # other seeds: everything must come from the snapshot
     load_env_state(restored, snapshot)
+    # everything the snapshot holds came back (the sticky action's previous action among it)
+    assert _same(encode_state(env_state(restored)), encode_state(snapshot))
     got = play(restored._env)
-    for (o1, r1, te1, tr1), (o2, r2, te2, tr2) in zip(expected[0], got[0]):
+    for (o1, r1, te1, tr1, m1), (o2, r2, te2, tr2, m2) in zip(expected[0], got[0]):
+        np.testing.assert_array_equal(m1, m2)
         np.testing.assert_array_equal(o1, o2)
         np.testing.assert_array_equal(r1, r2)
         np.testing.assert_array_equal(te1, te2)
         np.testing.assert_array_equal(tr1, tr2)
     assert expected[1:] == got[1:]
-    assert any(te.any() for _, _, te, _ in expected[0])  # the compared stretch holds lost lives
+    for a, b in zip(venv.envs, restored._env.envs):  # and the emulators end in the same state
+        assert (
+            a.unwrapped.ale.cloneState(include_rng=True).serialize()
+            == b.unwrapped.ale.cloneState(include_rng=True).serialize()
+        )
+    assert any(te.any() for _, _, te, _, _ in expected[0])  # the compared stretch holds lost lives
     original.close()
     restored.close()
 

@@ -3,8 +3,13 @@ sub-environment, and the raw game score a training run reports.
 
 One sub-environment, innermost first (``training`` adds the three marked wrappers):
 
-1. ``AtariEnv`` made with ``frameskip=1``; the v5 ids keep their default sticky actions
-   (``repeat_action_probability=0.25``, Machado et al. 2018), so do the runs here.
+1. ``AtariEnv`` made with ``frameskip=1`` and the emulator's own sticky actions off, then
+   ``gymnasium.wrappers.StickyAction`` with the id's default probability (0.25 for the v5 ids,
+   Machado et al. 2018; ``repeat_action_probability`` in the make arguments sets another): at
+   each emulator frame the previous action repeats with that probability, as in the ALE, but
+   drawn from the game's generator and remembered in Python, so a checkpoint holds them (the
+   ALE's saved state does not hold the previous action) and a resumed run is bit for bit the
+   uninterrupted one.
 2. ``gymnasium.wrappers.AtariPreprocessing``: up to 30 no-op actions after each reset (1–30,
    drawn from the game's generator), frame skip 4 with the max over the last two frames,
    84×84 grayscale. Its ``terminal_on_life_loss`` is left off: its reset restarts the whole
@@ -42,8 +47,9 @@ NOOP_MAX = 30
 FRAME_SKIP = 4
 SCREEN_SIZE = 84
 FRAME_STACK = 4
-# gym.make keyword arguments of every Atari sub-environment: AtariPreprocessing does the frame skip
-MAKE_KWARGS = {"frameskip": 1}
+# gym.make keyword arguments of every Atari sub-environment: AtariPreprocessing does the frame
+# skip, gymnasium's StickyAction the sticky actions
+MAKE_KWARGS = {"frameskip": 1, "repeat_action_probability": 0.0}
 
 _INSTALL = "pip install 'trpo-torchrl[atari]'"
 
@@ -130,23 +136,35 @@ class EpisodicLife(gym.Wrapper):
         return obs, info
 
 
-def atari_wrappers(training: bool) -> list[Callable[[gym.Env], gym.Env]]:
+def atari_make_kwargs(env_id: str, make_kwargs: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """``gym.make`` arguments for a sub-environment and the sticky-action probability its
+    :class:`~gymnasium.wrappers.StickyAction` gets: ``make_kwargs``' ``repeat_action_probability``,
+    else the id's registered default (0.25 for v5, 0 for the ``NoFrameskip-v4`` ids)."""
+    kwargs = dict(make_kwargs)
+    default = gym.spec(env_id).kwargs.get("repeat_action_probability", 0.0)
+    sticky = float(kwargs.pop("repeat_action_probability", default))
+    return {**MAKE_KWARGS, **kwargs}, sticky
+
+
+def atari_wrappers(training: bool, sticky: float) -> list[Callable[[gym.Env], gym.Env]]:
     """The wrappers of one sub-environment, innermost first (see the module docstring)."""
+    first = [lambda env: gym.wrappers.StickyAction(env, sticky)] if sticky > 0 else []
     preprocess = lambda env: gym.wrappers.AtariPreprocessing(  # noqa: E731
         env, noop_max=NOOP_MAX, frame_skip=FRAME_SKIP, screen_size=SCREEN_SIZE, terminal_on_life_loss=False
     )
     stack = lambda env: gym.wrappers.FrameStackObservation(env, FRAME_STACK)  # noqa: E731
     if not training:
-        return [preprocess, stack]
+        return [*first, preprocess, stack]
     clip = lambda env: gym.wrappers.TransformReward(env, _sign)  # noqa: E731
-    return [preprocess, GameScore, EpisodicLife, clip, stack]
+    return [*first, preprocess, GameScore, EpisodicLife, clip, stack]
 
 
 def make_atari_env(env_id: str, training: bool, **make_kwargs) -> gym.Env:
     """One preprocessed game (what each sub-environment of the app's vector env is)."""
     register_atari_ids(env_id)
-    env = gym.make(env_id, **{**MAKE_KWARGS, **make_kwargs})
-    for wrap in atari_wrappers(training):
+    kwargs, sticky = atari_make_kwargs(env_id, make_kwargs)
+    env = gym.make(env_id, **kwargs)
+    for wrap in atari_wrappers(training, sticky):
         env = wrap(env)
     return env
 
@@ -196,8 +214,9 @@ def game_score_reader(env_id: str, collector: str) -> Callable[[gym.vector.SyncV
 
 
 def atari_state(env: gym.Env) -> dict[str, Any] | None:
-    """What a checkpoint needs of one sub-environment beyond its wrappers' plain attributes: the
-    emulator (with its sticky-action generator), the frames being max-pooled and the frame stack.
+    """What a checkpoint needs of one sub-environment beyond its wrappers' plain attributes (the
+    sticky action's previous action, the lives, the game score, the generator): the emulator, the
+    frames being max-pooled and the frame stack.
     None for a sub-environment that is not an Atari game."""
     unwrapped = env.unwrapped
     if not hasattr(unwrapped, "ale"):

@@ -10,8 +10,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from .atari import MAKE_KWARGS as ATARI_MAKE_KWARGS
-from .atari import atari_wrappers, is_atari, register_atari_ids
+from .atari import atari_make_kwargs, atari_wrappers, is_atari, register_atari_ids
 from .minigrid import is_minigrid, minigrid_wrappers, register_minigrid_ids
 
 
@@ -38,10 +37,10 @@ def game_make_kwargs(env_id: str, make_kwargs: dict[str, Any], *, training: bool
     MiniGrid task's own arguments, its wrappers placed first (innermost). ``training`` selects the
     Atari training wrappers (life-loss episodes, clipped rewards); evaluation plays whole games."""
     register_game_ids(env_id)
+    outer = list(make_kwargs.get("wrappers") or [])
     if is_atari(env_id):
-        extra, wrappers = dict(ATARI_MAKE_KWARGS), atari_wrappers(training)
-    elif is_minigrid(env_id):
-        extra, wrappers = {}, minigrid_wrappers()
-    else:
-        return make_kwargs
-    return {**extra, **make_kwargs, "wrappers": wrappers + list(make_kwargs.get("wrappers") or [])}
+        kwargs, sticky = atari_make_kwargs(env_id, make_kwargs)
+        return {**kwargs, "wrappers": atari_wrappers(training, sticky) + outer}
+    if is_minigrid(env_id):
+        return {**make_kwargs, "wrappers": minigrid_wrappers() + outer}
+    return make_kwargs
