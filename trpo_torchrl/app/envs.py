@@ -32,7 +32,9 @@ from torchrl.envs.libs.gym import terminal_obs_reader
 
 from trpo_torchrl.collectors import gym_vector_env
 
+from .atari import atari_state, load_atari_state
 from .errors import AppError
+from .games import game_make_kwargs, register_game_ids
 from .spaces import AppObservation, SpaceError, check_action_space, needs_conversion
 
 
@@ -105,6 +107,8 @@ def resolve_env_id(env: str) -> str:
     """The registered id of ``env``: an id in gymnasium's registry, or ``module:Id`` (gymnasium's own
     syntax: the module is imported first, which registers its environments)."""
     module, sep, env_id = env.rpartition(":")
+    if not sep:
+        register_game_ids(env_id)  # ALE/ and MiniGrid- ids: their package registers them
     if sep:
         if not module or not env_id:
             raise EnvError(f"--env {env!r}: expected an id or module:Id (e.g. my_package.envs:MyTask-v0)")
@@ -134,13 +138,23 @@ def _rejected_kwargs(env: str, env_kwargs: dict[str, Any], err: Exception) -> En
 
 
 def make_vector_env(
-    env: str, num_envs: int, seed: int, *, env_kwargs: dict[str, Any] | None = None, wrappers=()
+    env: str,
+    num_envs: int,
+    seed: int,
+    *,
+    env_kwargs: dict[str, Any] | None = None,
+    wrappers=(),
+    training: bool = True,
 ) -> gym.vector.SyncVectorEnv:
-    """The raw Gymnasium vector env (same-step autoreset), seeded. Each sub-environment's
-    observation is converted to what the networks read (:class:`~.spaces.AppObservation`, when
-    needed), then ``wrappers`` are applied; a space the app cannot model is an EnvError."""
+    """The raw Gymnasium vector env (same-step autoreset), seeded. Atari games and MiniGrid tasks
+    get their own wrappers first (app/games.py; ``training=False``: an Atari game as evaluation
+    plays it); then each sub-environment's observation is converted to what the networks read
+    (:class:`~.spaces.AppObservation`, when needed), then ``wrappers`` are applied; a space the app
+    cannot model is an EnvError."""
     env_id = resolve_env_id(env)
     env_kwargs = dict(env_kwargs or {})
+    make_kwargs = game_make_kwargs(env_id, {**env_kwargs, "wrappers": []}, training=training)
+    game_wrappers = make_kwargs.pop("wrappers")
 
     def convert(sub: gym.Env) -> gym.Env:
         return AppObservation(sub) if needs_conversion(sub.observation_space) else sub
@@ -151,8 +165,8 @@ def make_vector_env(
             num_envs=num_envs,
             vectorization_mode="sync",
             vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
-            wrappers=[convert, *wrappers],
-            **env_kwargs,
+            wrappers=[*game_wrappers, convert, *wrappers],
+            **make_kwargs,
         )
     except gym.error.DependencyNotInstalled as err:
         raise EnvError(f"environment {env!r} needs an optional dependency: {err}") from None
@@ -222,6 +236,7 @@ def make_env(
     env_kwargs: dict[str, Any] | None = None,
     clip_actions: bool = True,
     device: str = "cpu",
+    training: bool = True,
 ) -> TransformedEnv:
     """A TorchRL env of batch size ``[num_envs]`` over a synchronous Gymnasium vector env.
 
@@ -232,7 +247,7 @@ def make_env(
     ``module:Id``; ``env_kwargs`` go to ``gymnasium.make``.
     """
     wrappers = [_float32_observations, _binary_actions_as_integers] + ([_clip_box_actions] if clip_actions else [])
-    venv = make_vector_env(env_id, num_envs, seed, env_kwargs=env_kwargs, wrappers=wrappers)
+    venv = make_vector_env(env_id, num_envs, seed, env_kwargs=env_kwargs, wrappers=wrappers, training=training)
     # MultiDiscrete actions as integer indices (one per dimension); Discrete ones stay one-hot
     integer_actions = isinstance(venv.single_action_space, gym.spaces.MultiDiscrete)
     with warnings.catch_warnings(), _torchrl_info_silenced():
@@ -294,6 +309,7 @@ def env_state(env: TransformedEnv) -> dict[str, Any]:
             {
                 "attributes": [_plain_attributes(obj) for obj in chain],
                 "mujoco": _mujoco_state(sub.unwrapped),
+                "atari": atari_state(sub),  # the emulator and frame buffers (None unless an Atari game)
             }
         )
     return {"vector": _plain_attributes(venv), "envs": envs}
@@ -319,3 +335,5 @@ def load_env_state(env: TransformedEnv, state: dict[str, Any]) -> None:
             u = sub.unwrapped
             mujoco.mj_setState(u.model, u.data, saved["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
             mujoco.mj_forward(u.model, u.data)
+        if saved.get("atari") is not None:
+            load_atari_state(sub, saved["atari"])

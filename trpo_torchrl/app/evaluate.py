@@ -34,7 +34,8 @@ def evaluate_actor(
     round_seed = seed
     while len(returns) < episodes:
         n = min(MAX_PARALLEL, episodes - len(returns))
-        env = make_env(env_id, n, seed=round_seed, device=str(device), env_kwargs=env_kwargs)
+        # training=False: an Atari game plays whole games with its own rewards (app/atari.py)
+        env = make_env(env_id, n, seed=round_seed, device=str(device), env_kwargs=env_kwargs, training=False)
         returns += _first_episodes(actor, env, max_steps)
         env.close()
         round_seed += n
@@ -70,10 +71,16 @@ def record_video(
     from tensordict import TensorDict
 
     from .envs import resolve_env_id
+    from .games import game_make_kwargs
     from .spaces import AppObservation, needs_conversion
 
     try:
-        env = gym.make(resolve_env_id(env_id), **{**(env_kwargs or {}), "render_mode": "rgb_array"})
+        env_id = resolve_env_id(env_id)
+        kwargs = game_make_kwargs(env_id, {**(env_kwargs or {}), "render_mode": "rgb_array"}, training=False)
+        wrappers = kwargs.pop("wrappers", [])  # an Atari game's or MiniGrid task's own, as evaluation has them
+        env = gym.make(env_id, **kwargs)
+        for wrap in wrappers:
+            env = wrap(env)
         if needs_conversion(env.observation_space):
             env = AppObservation(env)
         obs, _ = env.reset(seed=seed)

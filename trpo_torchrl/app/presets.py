@@ -8,6 +8,12 @@ critic_minibatch, ``n_critic_updates`` → critic_epochs, ``learning_rate`` → 
 normalize_observations + normalize_rewards, ``n_timesteps`` → total_frames. The zoo's MuJoCo
 entries are for the v4 tasks; they are applied to v5 here. Pendulum-v1's zoo entry uses gSDE,
 which this library does not implement: its preset keeps the zoo's other settings.
+
+rl-zoo3 has no TRPO settings for Atari or MiniGrid; their presets mirror its PPO ones
+(``hyperparams/ppo.yml``: ``atari`` and ``MiniGrid-DoorKey-5x5-v0``), with ``n_epochs`` → critic_epochs
+and the PPO-only settings (clip range, entropy and value-loss coefficients, the learning-rate
+schedule: here the rate is constant) left out. Every ale-py game (``ALE/...``) gets the ``atari``
+preset.
 """
 
 from __future__ import annotations
@@ -31,6 +37,34 @@ _MUJOCO = {
     "damping": 0.1,
     "critic_epochs": 20,
     "critic_lr": 1e-3,
+}
+
+# rl-zoo3 ppo.yml, "atari" (n_envs 8, n_steps 128, batch_size 256, n_epochs 4, learning_rate
+# lin_2.5e-4, n_timesteps 1e7; gamma and gae_lambda at their defaults, 0.99 and 0.95)
+_ATARI = {
+    "num_envs": 8,
+    "steps_per_env": 128,
+    "total_frames": 10_000_000,
+    "critic_minibatch": 256,
+    "critic_epochs": 4,
+    "critic_lr": 2.5e-4,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+}
+
+# rl-zoo3 ppo.yml, "MiniGrid-DoorKey-5x5-v0" (normalize, n_envs 8, n_steps 128, batch_size 64,
+# n_epochs 10, learning_rate 2.5e-4, gamma 0.99, gae_lambda 0.95). Its observation normalisation
+# is left out: the image is uint8 and scaled by the network. total_frames is the learning check's
+# budget (the zoo's is 1e5 for DoorKey).
+_MINIGRID = {
+    "normalize_rewards": True,
+    "num_envs": 8,
+    "steps_per_env": 128,
+    "critic_minibatch": 64,
+    "critic_epochs": 10,
+    "critic_lr": 2.5e-4,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -85,12 +119,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "Walker2d-v5": dict(_MUJOCO),
     "Humanoid-v5": {**_MUJOCO, "total_frames": 2_000_000},
     "Swimmer-v5": {**_MUJOCO, "gamma": 0.9999},
+    "atari": dict(_ATARI),
+    "MiniGrid-Empty-5x5-v0": {**_MINIGRID, "total_frames": 60_000},
+    "MiniGrid-DoorKey-5x5-v0": {**_MINIGRID, "total_frames": 500_000},
 }
 
 
 def preset_overrides(preset: str | None, env: str) -> dict[str, Any]:
     """The overrides of ``preset``, or of ``env``'s preset when ``preset`` is None (none if it has none)."""
     if preset is None:
+        if env not in PRESETS and env.startswith("ALE/"):  # every ale-py game
+            return dict(PRESETS["atari"])
         return dict(PRESETS.get(env, {}))
     if preset not in PRESETS:
         close = difflib.get_close_matches(preset, PRESETS, n=3)

@@ -44,6 +44,7 @@ from trpo_torchrl import CriticFit, TRPOLoss, TrustRegionUpdate
 from trpo_torchrl.collectors import gym_vector_env
 from trpo_torchrl.distributed import all_gather_cat, all_reduce_mean
 
+from .atari import game_score_reader
 from .checkpoint import (
     CHECKPOINT_DIR,
     CheckpointError,
@@ -243,6 +244,8 @@ class Trainer:
             rank_seed=self.rank_seed,
             device=self.device,
         )
+        # an Atari run reports whole games' unclipped scores, not the batch's clipped per-life sums
+        self.game_scores = game_score_reader(config.env, config.collector)
         self.iteration = 0
         self.frames = 0
         self.elapsed = 0.0
@@ -364,6 +367,9 @@ class Trainer:
         returns the batch's finished episodes' returns."""
         done = batch["next", "done"]
         episode_returns = batch["next", "episode_reward"][done]
+        if self.game_scores is not None:  # the games this batch finished (app/atari.py)
+            scores = self.game_scores(gym_vector_env(self.env))
+            episode_returns = torch.tensor(scores, dtype=torch.float64, device=episode_returns.device)
         if self.reward_scaler is not None:
             batch["next", "reward"] = self.reward_scaler(batch["next", "reward"], done)
         with torch.no_grad():
