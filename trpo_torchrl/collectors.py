@@ -730,8 +730,18 @@ class PopulationCollector:
         self._stepper = _Stepper(self.env_threads)
 
     def __iter__(self) -> Iterator[list[TensorDict]]:
-        while all(c._frames < c.total_frames for c in self.collectors):
-            yield self.rollout()
+        """Every member's batches, counted in each member's collector (its frames and iterations,
+        and its ``post_collect_hook``) as iterating over that collector counts them."""
+        members = self.collectors
+        while all(c._frames < c.total_frames for c in members):
+            for c in members:
+                c._iter += 1
+            batches = self.rollout()
+            for c, batch in zip(members, batches):
+                c._frames += batch.numel()
+                if c.post_collect_hook is not None:
+                    c.post_collect_hook(batch)
+            yield batches
 
     def _forward(self):
         """This batch's per-step forward over ``[M, num_envs, features]``: the members' stacked
@@ -759,8 +769,6 @@ class PopulationCollector:
         rollouts = [_Rollout(c, obs[:, m]) for m, c in enumerate(members)]
         forward, stacked = self._forward()
         chunks = self._stepper.chunks([w for m, (c, r) in enumerate(zip(members, rollouts)) for w in c._work(r, m)])
-        for c in members:
-            c._iter += 1
         for t in range(steps):
             out = forward(first._input(obs[t]))
             if stacked:  # [M, n, ...] or a (loc, scale) pair of them: member m's is row m
@@ -772,12 +780,7 @@ class PopulationCollector:
             self._stepper.step(chunks, t, actions)
             for r in rollouts:
                 r.end_step(t)
-        batches = [r.finish() for r in rollouts]
-        for c, batch in zip(members, batches):
-            c._frames += batch.numel()
-            if c.post_collect_hook is not None:
-                c.post_collect_hook(batch)
-        return batches
+        return [r.finish() for r in rollouts]
 
     def shutdown(self) -> None:
         """Stops the thread pool (the members' collectors and environments are their owners' to close)."""
