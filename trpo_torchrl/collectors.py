@@ -768,19 +768,39 @@ class PopulationCollector:
         obs = np.empty((steps + 1, len(members), n, first._obs.shape[-1]), np.float32)
         rollouts = [_Rollout(c, obs[:, m]) for m, c in enumerate(members)]
         forward, stacked = self._forward()
+        own_generators = all(c.generator is not None for c in members)
         chunks = self._stepper.chunks([w for m, (c, r) in enumerate(zip(members, rollouts)) for w in c._work(r, m)])
         for t in range(steps):
             out = forward(first._input(obs[t]))
-            if stacked:  # [M, n, ...] or a (loc, scale) pair of them: member m's is row m
-                out = [tuple(o[m] for o in out) if isinstance(out, tuple) else out[m] for m in range(len(members))]
-            drawn = [c._sample(o) for c, o in zip(members, out)]
-            actions = torch.stack([a for a, _ in drawn]).cpu().numpy()
-            for r, action, (_, dist_params) in zip(rollouts, actions, drawn):
+            if stacked and own_generators:
+                actions, params = self._draw_stacked(out)
+            else:
+                if stacked:  # [M, n, ...] or a (loc, scale) pair of them: member m's is row m
+                    out = [tuple(o[m] for o in out) if isinstance(out, tuple) else out[m] for m in range(len(members))]
+                drawn = [c._sample(o) for c, o in zip(members, out)]
+                actions, params = torch.stack([a for a, _ in drawn]), [p for _, p in drawn]
+            actions = actions.cpu().numpy()
+            for r, action, dist_params in zip(rollouts, actions, params):
                 r.record(t, action, dist_params)
             self._stepper.step(chunks, t, actions)
             for r in rollouts:
                 r.end_step(t)
         return [r.finish() for r in rollouts]
+
+    def _draw_stacked(self, out) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
+        """Every member's actions from the stacked output ``[M, n, ...]``: the elementwise and
+        row-wise work done once for all, each member's draws on its own generator with the calls of
+        :meth:`DirectCollector._sample` (so the same values)."""
+        members = self.collectors
+        if members[0]._discrete:
+            probs = torch.softmax(out - out.logsumexp(-1, keepdim=True), -1)
+            index = [torch.multinomial(probs[m], 1, True, generator=c.generator)[:, 0] for m, c in enumerate(members)]
+            return torch.stack(index), [(out[m],) for m in range(len(members))]
+        loc, scale = out
+        eps = torch.empty(loc.shape, dtype=loc.dtype, device=loc.device)
+        for m, c in enumerate(members):
+            eps[m].normal_(generator=c.generator)
+        return loc + eps * scale, [(loc[m], scale[m]) for m in range(len(members))]
 
     def shutdown(self) -> None:
         """Stops the thread pool (the members' collectors and environments are their owners' to close)."""
