@@ -309,7 +309,7 @@ def bench_collection(envs, members_list, steps, reps) -> list[dict]:
     return rows
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="M in {1, 4, 16}, 256 states per member, few repeats")
     ap.add_argument(
@@ -350,7 +350,7 @@ def main():
     )
     ap.add_argument("--collect-steps", type=int, default=256, help="steps per environment of --collection")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.collection:
         info = machine()
         print("machine:", json.dumps(info))
@@ -361,7 +361,7 @@ def main():
             reps=3 if args.quick else 7,
         )
         write_json(args.out, dict(machine=info, collection=rows))
-        return
+        return rows
     if args.end_to_end:
         info = machine()
         print("machine:", json.dumps(info))
@@ -380,7 +380,7 @@ def main():
             extra,
         )
         write_json(args.out, dict(machine=info, end_to_end=rows, env_threads=args.env_threads))
-        return
+        return rows
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = pick_devices(args.device)

@@ -59,7 +59,7 @@ def test_a_checkpoint_from_before_the_collect_generator_resumes(tmp_path):
     ckpt.save_checkpoint(path, {k: v for k, v in state.items() if k not in ("format", "version")})
     (run.run_dir / "checkpoints" / "final.pt").unlink()
     resumed = resume_trainer(path, {"total_frames": 256})
-    assert resumed.iteration == 1 and resumed.config.env_threads == 0
+    assert resumed.iteration == 1 and resumed.config.env_threads == 1
     saved = trainer_parameters(run)
     for key, value in trainer_parameters(resumed).items():
         assert torch.equal(value, saved[key]), key

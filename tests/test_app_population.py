@@ -126,6 +126,8 @@ def _group_argv(tmp_path, name, frames, *extra):
         "true",
         "--normalize-rewards",
         "true",
+        "--env-threads",  # the population's sub-environments stepped on two threads: the same runs
+        "2",
         *extra,
     ]
 

@@ -406,7 +406,7 @@ def test_population_thread_pool_gives_the_same_batches(env_id):
         for x, y in zip(a, b):
             assert (x == y).all()
     # auto: CartPole's pure-Python step stays on one thread, MuJoCo's goes on one per core
-    auto = PopulationCollector(members).env_threads
+    auto = PopulationCollector(members, env_threads=0).env_threads
     assert auto == 1 if env_id == "CartPole-v1" else auto == min(9, len(os.sched_getaffinity(0)))
 
 

@@ -7,10 +7,11 @@
 * :func:`gaussian_actor`, :func:`categorical_actor` – policies whose batches hold what TRPOLoss reads.
 * :class:`FusedGAE` – TorchRL's GAE value estimator on a fused C++/CUDA scan.
 * :class:`DirectCollector` – a TorchRL collector over a Gymnasium vector env at a fraction of ``Collector``'s per-step cost.
+* :class:`PopulationCollector` – several DirectCollectors' batches in one loop, their actors run as one batched network.
 * :mod:`trpo_torchrl.ops` – the compiled ops and their pure-PyTorch references.
 """
 
-from .collectors import DirectCollector
+from .collectors import DirectCollector, PopulationCollector
 from .critic import CriticFit
 from .loss import TRPOLoss
 from .ops import extension_loaded
@@ -25,6 +26,7 @@ __all__ = [
     "CriticFit",
     "DirectCollector",
     "FusedGAE",
+    "PopulationCollector",
     "PopulationTrustRegionUpdate",
     "StateIndependentScale",
     "TRPOLoss",

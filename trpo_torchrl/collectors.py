@@ -12,7 +12,12 @@ The batch has the layout and entries of TorchRL's ``Collector`` over the same en
 ``action_log_prob``, ``done``/``terminated``/``truncated``, ``episode_reward`` (when the env has a
 ``RewardSum``), the same under ``"next"`` with ``reward``, and ``("collector", "traj_ids")``. Actions
 are drawn with the same calls on torch's global generator as TorchRL's samplers, so from the same
-generator state the two give the same batch bit for bit (tests/test_collect.py).
+generator state the two give the same batch bit for bit (tests/test_collect.py); given a
+``generator``, with the same calls on it.
+
+:class:`PopulationCollector` collects for several DirectCollectors (the members of ``train --seeds
+M``) in one loop: their sub-environments stepped together, their actors run as one batched network,
+each member's draws on its own generator, each member's batch the one its own collector would give.
 
 At a step where an episode ends, ``("next", "observation")`` is the episode's real final
 observation (a truncated episode bootstraps from it) and the next step starts from the reset
@@ -692,12 +697,13 @@ class PopulationCollector:
             ``num_envs``, steps per batch, observation size and actor device.
 
     Keyword Args:
-        env_threads (int): threads stepping the members' sub-environments: 0 (default) one per core
-            for MuJoCo tasks (whose step releases the GIL), else 1; 1 steps them in turn on this
-            thread. The results do not depend on it.
+        env_threads (int): threads stepping the members' sub-environments: 1 (default) steps them
+            in turn on this thread; N > 1 on N threads (this one and a pool of N - 1); 0 one per
+            core for MuJoCo tasks (whose step releases the GIL), else 1. The results do not depend
+            on it.
     """
 
-    def __init__(self, collectors: Sequence[DirectCollector], *, env_threads: int = 0):
+    def __init__(self, collectors: Sequence[DirectCollector], *, env_threads: int = 1):
         collectors = list(collectors)
         if not collectors or not all(isinstance(c, DirectCollector) for c in collectors):
             raise ValueError(

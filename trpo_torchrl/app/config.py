@@ -47,11 +47,12 @@ class TrainConfig:
     changes how torch sums, so a run's numbers depend on it: with 1 the same command gives the same
     run whatever the machine's core count (same versions, same CPU type), at a small cost in speed (HalfCheetah on a 2-core
     machine: 6,390 frames/s with 1 thread, 6,700 with 2)."""
-    env_threads: int = 0
+    env_threads: int = 1
     """Threads stepping the environments of the ``direct`` collector (all members' together under
-    ``--seeds M``): 0 one per core for MuJoCo tasks, whose simulator releases the GIL while it steps,
-    and 1 for others (a pure-Python step such as CartPole's only slows down on threads); 1 steps them
-    in turn on the main thread. The results do not depend on it."""
+    ``--seeds M``): 1 steps them in turn on the main thread; N > 1 on N threads; 0 one per core for
+    MuJoCo tasks (whose simulator releases the GIL while it steps) and 1 for others (a pure-Python
+    step such as CartPole's only slows down on threads). The results do not depend on it; on the
+    shared 2-core machine measured, threads cost time (docs/population.md)."""
     logdir: str = "runs"
     """Folder under which each run gets its own directory."""
     run_name: str | None = None
