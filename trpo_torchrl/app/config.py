@@ -52,7 +52,7 @@ class TrainConfig:
     ``--seeds M``): 1 steps them in turn on the main thread; N > 1 on N threads; 0 one per core for
     MuJoCo tasks (whose simulator releases the GIL while it steps) and 1 for others (a pure-Python
     step such as CartPole's only slows down on threads). The results do not depend on it; on the
-    shared 2-core machine measured, threads cost time (docs/population.md)."""
+    shared 2-core machine measured, threads mostly cost time (docs/population.md)."""
     logdir: str = "runs"
     """Folder under which each run gets its own directory."""
     run_name: str | None = None
