@@ -736,18 +736,22 @@ class PopulationCollector:
         self._stepper = _Stepper(self.env_threads)
 
     def __iter__(self) -> Iterator[list[TensorDict]]:
-        """Every member's batches, counted in each member's collector (its frames and iterations,
+        """Every member's batches (:meth:`collect`) until a member reaches its ``total_frames``."""
+        while all(c._frames < c.total_frames for c in self.collectors):
+            yield self.collect()
+
+    def collect(self) -> list[TensorDict]:
+        """Every member's next batch, counted in each member's collector (its frames and iterations,
         and its ``post_collect_hook``) as iterating over that collector counts them."""
         members = self.collectors
-        while all(c._frames < c.total_frames for c in members):
-            for c in members:
-                c._iter += 1
-            batches = self.rollout()
-            for c, batch in zip(members, batches):
-                c._frames += batch.numel()
-                if c.post_collect_hook is not None:
-                    c.post_collect_hook(batch)
-            yield batches
+        for c in members:
+            c._iter += 1
+        batches = self.rollout()
+        for c, batch in zip(members, batches):
+            c._frames += batch.numel()
+            if c.post_collect_hook is not None:
+                c.post_collect_hook(batch)
+        return batches
 
     def _forward(self):
         """This batch's per-step forward over ``[M, num_envs, features]``: the members' stacked

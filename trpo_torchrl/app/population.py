@@ -80,15 +80,12 @@ class PopulationTrainer:
             if config.collector == "direct"
             else None
         )
-        self._batches = None
 
     def next_batches(self) -> list[TensorDictBase]:
         """Every member's next on-policy batch, ``[environments, time]`` on its learner's device."""
         if self.collection is None:
             return [trainer.next_batch() for trainer in self.members]
-        if self._batches is None:
-            self._batches = iter(self.collection)
-        return [batch.to(t.device) for batch, t in zip(next(self._batches), self.members)]
+        return [batch.to(t.device) for batch, t in zip(self.collection.collect(), self.members)]
 
     @torch.no_grad()
     def _gather(self) -> None:
