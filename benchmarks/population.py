@@ -13,15 +13,28 @@ most 6x at M = 16 on CPU, at most 2x at M = 64 on CUDA), and sequential / batche
 With --app-seeds N it also times whole training runs: `trpo-torchrl train --seeds N` (one process,
 batched actor steps) against N single runs one after another, same configuration, on CPU.
 
+With --end-to-end it times whole `trpo-torchrl train` processes instead (interpreter start, env
+construction, collection, updates, checkpoints; no evaluation): for each environment (its preset;
+default HalfCheetah-v5 and CartPole-v1) and each M (default 1, 2, 4, 8, 16), `train --seeds M` (one
+process: one collection loop and one batched actor step for all members) against M single runs one
+after another and M single processes side by side. Columns: seconds of wall time, each against
+`--seeds 1` of the same environment (the issue's targets on 2 cores, HalfCheetah at 40,960 frames
+per member: `--seeds 4` <= 2.0x, `--seeds 8` <= 3.5x), and the machine's core count.
+
 Warm-up calls are excluded; CUDA timings synchronise before reading the clock.
 Usage: python benchmarks/population.py [--quick] [--device cpu|cuda|all] [--states N] [--app-seeds N] [--out results.json]
+       python benchmarks/population.py --end-to-end [--e2e-members 1,4] [--e2e-envs HalfCheetah-v5]
+              [--e2e-frames 40960] [--e2e-modes population,sequential,parallel] [--env-threads N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +47,7 @@ from _common import machine, median_ms, pick_devices, write_json  # noqa: E402
 
 from trpo_torchrl import PopulationTrustRegionUpdate, TRPOLoss, TrustRegionUpdate, gaussian_actor
 
+ROOT = Path(__file__).resolve().parent.parent
 OBS, ACT, HIDDEN = 17, 6, 64
 
 
@@ -146,7 +160,156 @@ def bench_app(env: str, seeds: int, frames: int, logdir: Path):
     return row
 
 
-def main():
+def _train_command(env: str, frames: int, logdir: Path, name: str, *, seed: int = 0, seeds: int = 1, extra=()):
+    return [
+        sys.executable,
+        "-m",
+        "trpo_torchrl",
+        "train",
+        "--env",
+        env,
+        "--total-frames",
+        str(frames),
+        "--seed",
+        str(seed),
+        "--seeds",
+        str(seeds),
+        "--logdir",
+        str(logdir),
+        "--run-name",
+        name,
+        "--eval-episodes",
+        "0",
+        "--progress",
+        "false",
+        "--logger",
+        "none",
+        *extra,
+    ]
+
+
+def _run(commands: list[list[str]]) -> float:
+    """Wall time of ``commands`` started together, until the last one ends; a failure is an error."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in commands
+    ]
+    errors = [p.communicate()[1] for p in procs]
+    seconds = time.perf_counter() - t0
+    for p, err, c in zip(procs, errors, commands):
+        if p.returncode:
+            raise SystemExit(f"{' '.join(c)} failed ({p.returncode}):\n{err[-2000:]}")
+    return seconds
+
+
+def bench_end_to_end(envs, members_list, frames, modes, extra) -> list[dict]:
+    """Whole ``trpo-torchrl train`` processes: ``--seeds M`` against M single runs in a row and M
+    single processes side by side."""
+    rows = []
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"\nwhole training processes, wall clock in s ({cores} cores; {frames} frames per member)")
+    print(
+        f"{'env':>16} {'M':>3} {'--seeds M':>10} {'vs M=1':>7} {'M in a row':>11} {'vs M=1':>7} "
+        f"{'M side by side':>15} {'vs M=1':>7}"
+    )
+    for env in envs:
+        one = None  # this environment's --seeds 1 (the three modes are then the same single run)
+        for members in members_list:
+            times = {}
+            with tempfile.TemporaryDirectory() as logdir:
+                logdir = Path(logdir)
+                if "population" in modes or members == 1:
+                    command = _train_command(env, frames, logdir, "group", seeds=members, extra=extra)
+                    times["population"] = _run([command])
+                if members > 1 and "sequential" in modes:
+                    times["sequential"] = sum(
+                        _run([_train_command(env, frames, logdir, f"single{k}", seed=k, extra=extra)])
+                        for k in range(members)
+                    )
+                if members > 1 and "parallel" in modes:
+                    times["parallel"] = _run(
+                        [_train_command(env, frames, logdir, f"side{k}", seed=k, extra=extra) for k in range(members)]
+                    )
+            if members == 1:
+                one = times["population"]
+            row = dict(env=env, members=members, frames_per_member=frames, cores=cores, seconds=times)
+            row["over_seeds1"] = {k: v / one for k, v in times.items()} if one else {}
+            rows.append(row)
+
+            def cell(k, width):
+                if k not in times:
+                    return f"{'-':>{width}} {'-':>7}"
+                ratio = f"{times[k] / one:>6.2f}x" if one else f"{'-':>7}"
+                return f"{times[k]:>{width}.1f} {ratio}"
+
+            print(
+                f"{env:>16} {members:>3} {cell('population', 10)} {cell('sequential', 11)} {cell('parallel', 15)}",
+                flush=True,
+            )
+    return rows
+
+
+def bench_collection(envs, members_list, steps, reps) -> list[dict]:
+    """One batch for each of M members (each its own preset-sized environments, app-built actor,
+    generator): the members' own DirectCollectors one after another, against one PopulationCollector
+    with its sub-environments stepped in turn and on a thread pool of one thread per core. Best of
+    ``reps`` (the least disturbed by other load on the machine)."""
+    from trpo_torchrl.app.config import build_config
+    from trpo_torchrl.app.envs import make_env
+    from trpo_torchrl.app.models import build_models
+    from trpo_torchrl.collectors import DirectCollector, PopulationCollector, gym_vector_env
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    rows = []
+    print(f"\none batch per member, best of {reps}, ms ({cores} cores; {steps} steps per environment)")
+    print(f"{'env':>16} {'M':>3} {'envs':>5} {'own collectors':>15} {'one loop':>9} {'+ threads':>10} {'threads':>8}")
+    for env_id in envs:
+        for members in members_list:
+            config = build_config({"env": env_id, "logger": "none", "progress": False})
+            collectors = []
+            for m in range(members):
+                env = make_env(env_id, config.num_envs, seed=m)
+                venv = gym_vector_env(env)
+                torch.manual_seed(m)
+                actor, _, normalizer = build_models(config, venv.single_observation_space, venv.single_action_space)
+                normalizer.update(torch.randn(64, venv.single_observation_space.shape[0]))
+                generator = torch.Generator().manual_seed(m)
+                collectors.append(
+                    DirectCollector(env, actor, frames_per_batch=config.num_envs * steps, generator=generator)
+                )
+            loops = {
+                "one loop": PopulationCollector(collectors, env_threads=1),
+                "+ threads": PopulationCollector(collectors, env_threads=cores),
+            }
+            best = {"own collectors": float("inf"), **{k: float("inf") for k in loops}}
+            for _ in range(reps):  # interleaved, so a burst of load hits every variant alike
+                t0 = time.perf_counter()
+                for c in collectors:
+                    c.rollout()
+                best["own collectors"] = min(best["own collectors"], time.perf_counter() - t0)
+                for name, loop in loops.items():
+                    t0 = time.perf_counter()
+                    loop.rollout()
+                    best[name] = min(best[name], time.perf_counter() - t0)
+            threads = loops["+ threads"].env_threads
+            for loop in loops.values():
+                loop.shutdown()
+            for c in collectors:
+                c.shutdown()
+            ms = {k: 1000 * v for k, v in best.items()}
+            rows.append(
+                dict(env=env_id, members=members, num_envs=config.num_envs, steps=steps, ms=ms, threads=threads)
+            )
+            print(
+                f"{env_id:>16} {members:>3} {config.num_envs:>5} {ms['own collectors']:>15.1f} {ms['one loop']:>9.1f} "
+                f"{ms['+ threads']:>10.1f} {threads:>8}",
+                flush=True,
+            )
+    return rows
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="M in {1, 4, 16}, 256 states per member, few repeats")
     ap.add_argument(
@@ -166,8 +329,58 @@ def main():
     )
     ap.add_argument("--app-env", default="CartPole-v1", help="environment of the --app-seeds comparison")
     ap.add_argument("--app-frames", type=int, default=8192, help="frames per seed of the --app-seeds comparison")
+    ap.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="time whole `trpo-torchrl train` processes (--seeds M, M in a row, M side by side) instead",
+    )
+    ap.add_argument("--e2e-envs", default="HalfCheetah-v5,CartPole-v1", help="environments of --end-to-end")
+    ap.add_argument("--e2e-members", default="1,2,4,8,16", help="values of M of --end-to-end")
+    ap.add_argument("--e2e-frames", type=int, default=40_960, help="frames per member of --end-to-end")
+    ap.add_argument(
+        "--e2e-modes",
+        default="population,sequential,parallel",
+        help="which of population (--seeds M), sequential (M in a row), parallel (M side by side) to time",
+    )
+    ap.add_argument("--env-threads", type=int, default=None, help="pass --env-threads N to every run of --end-to-end")
+    ap.add_argument(
+        "--collection",
+        action="store_true",
+        help="time one batch per member: own DirectCollectors in turn vs one PopulationCollector (with/without threads)",
+    )
+    ap.add_argument("--collect-steps", type=int, default=256, help="steps per environment of --collection")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.collection:
+        info = machine()
+        print("machine:", json.dumps(info))
+        rows = bench_collection(
+            [e for e in args.e2e_envs.split(",") if e],
+            [int(m) for m in args.e2e_members.split(",")],
+            args.collect_steps,
+            reps=3 if args.quick else 7,
+        )
+        write_json(args.out, dict(machine=info, collection=rows))
+        return rows
+    if args.end_to_end:
+        info = machine()
+        print("machine:", json.dumps(info))
+        modes = [m for m in args.e2e_modes.split(",") if m]
+        unknown = sorted(set(modes) - {"population", "sequential", "parallel"})
+        if unknown:
+            raise SystemExit(
+                f"--e2e-modes: unknown {', '.join(unknown)} (choose from population, sequential, parallel)"
+            )
+        extra = ["--env-threads", str(args.env_threads)] if args.env_threads is not None else []
+        rows = bench_end_to_end(
+            [e for e in args.e2e_envs.split(",") if e],
+            [int(m) for m in args.e2e_members.split(",")],
+            args.e2e_frames,
+            modes,
+            extra,
+        )
+        write_json(args.out, dict(machine=info, end_to_end=rows, env_threads=args.env_threads))
+        return rows
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = pick_devices(args.device)

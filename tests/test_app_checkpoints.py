@@ -47,6 +47,25 @@ def test_resume_equals_uninterrupted_run(tmp_path, env, kw):
     assert any(not torch.equal(a[k], fresh[k]) for k in a if k.startswith("a."))
 
 
+def test_a_checkpoint_from_before_the_collect_generator_resumes(tmp_path):
+    # written before runs drew their actions on their own "collect" generator (and before the
+    # env_threads option): it loads, and the run goes on from its saved state
+    run = Trainer(app_config(tmp_path, "old", 128))
+    run.train()
+    path = run.run_dir / "checkpoints" / "last.pt"
+    state = ckpt.load_checkpoint(path)
+    del state["rng"]["generators"]["collect"]
+    del state["config"]["env_threads"]
+    ckpt.save_checkpoint(path, {k: v for k, v in state.items() if k not in ("format", "version")})
+    (run.run_dir / "checkpoints" / "final.pt").unlink()
+    resumed = resume_trainer(path, {"total_frames": 256})
+    assert resumed.iteration == 1 and resumed.config.env_threads == 1
+    saved = trainer_parameters(run)
+    for key, value in trainer_parameters(resumed).items():
+        assert torch.equal(value, saved[key]), key
+    assert resumed.train().iterations == 2
+
+
 def test_resume_from_the_run_directory_writes_into_it(tmp_path):
     first = Trainer(app_config(tmp_path / "logs", "r", 128))
     first.train()

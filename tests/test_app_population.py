@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 
 import pytest
 import torch
@@ -125,6 +126,8 @@ def _group_argv(tmp_path, name, frames, *extra):
         "true",
         "--normalize-rewards",
         "true",
+        "--env-threads",  # the population's sub-environments stepped on two threads: the same runs
+        "2",
         *extra,
     ]
 
@@ -136,18 +139,16 @@ def _member_states(group):
 @pytest.mark.slow
 def test_an_interrupted_population_resumes_exactly(tmp_path, monkeypatch, capsys):
     assert main(_group_argv(tmp_path, "full", 4 * 128)) == 0
-    from trpo_torchrl.app.train import Trainer
-
-    next_batch = Trainer.next_batch
+    next_batches = PopulationTrainer.next_batches
 
     def interrupted(self):  # Ctrl-C while the third iteration collects
-        if self.iteration == 2:
+        if self.members[0].iteration == 2:
             raise KeyboardInterrupt
-        return next_batch(self)
+        return next_batches(self)
 
-    monkeypatch.setattr(Trainer, "next_batch", interrupted)
+    monkeypatch.setattr(PopulationTrainer, "next_batches", interrupted)
     assert main(_group_argv(tmp_path, "part", 4 * 128)) == 130
-    monkeypatch.setattr(Trainer, "next_batch", next_batch)
+    monkeypatch.setattr(PopulationTrainer, "next_batches", next_batches)
     capsys.readouterr()
     # the group folder resumes the whole population, each member from its own checkpoint
     assert main(["train", "--resume", str(tmp_path / "part")]) == 0
@@ -179,3 +180,76 @@ def test_resuming_a_population_refuses_members_at_different_iterations(tmp_path,
     assert main(["train", "--resume", str(tmp_path / "g"), "--total-frames", "512"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "different iterations" in err and "CartPole-v1__seed1" in err
+
+
+def _float64(trainer):
+    """A test-only cast of a member's actor and critic (the normaliser they share included) to
+    float64, in place, before its first iteration: the same for a single run and a member."""
+    trainer.actor.double()
+    trainer.critic.double()
+    return trainer
+
+
+def _float64_batch(batch):
+    """The batch's float32 entries (observations, rewards: what the environments gave) in float64,
+    exactly, so the update and the critic fit run in float64 too."""
+    return batch.apply(lambda x: x.double() if x.dtype == torch.float32 else x)
+
+
+@pytest.mark.parametrize("env", ["CartPole-v1", "Pendulum-v1"])
+def test_each_member_takes_the_first_iteration_of_its_own_single_run(tmp_path, env):
+    """Member m of `--seeds 3` collects the batch, and takes the actor step and critic fit, of a
+    single run with seed + m (float64, to 1e-10): its own environments, action draws, normaliser
+    and reward scaler, through the batched collection and the batched update."""
+    from trpo_torchrl.app.population import member_config
+    from trpo_torchrl.app.train import Trainer
+    from trpo_torchrl.collectors import PopulationCollector
+
+    from ._app_runs import app_config, trainer_parameters
+
+    # a well-conditioned CG of few iterations: run into its rounding regime (the CartPole preset's
+    # damping 1e-3, 15 iterations) CG magnifies the last-bit differences between the population's
+    # batched products and a single run's to ~1e-7, which says nothing about what is checked here
+    config = app_config(
+        tmp_path,
+        "group",
+        128,
+        env=env,
+        seed=5,
+        seeds=3,
+        normalize_observations=True,
+        normalize_rewards=True,
+        damping=0.1,
+        cg_iters=5,
+    )
+    group = tmp_path / "group"
+    members = []
+    for m in range(config.seeds):
+        member = member_config(config, m)
+        members.append(_float64(Trainer(member, run_dir=group / member.run_name)))
+    population = PopulationTrainer(config, group_dir=group, members=members)
+    assert isinstance(population.collection, PopulationCollector)
+    batches = [_float64_batch(b) for b in population.next_batches()]
+    population.step(batches)
+    for m, member in enumerate(population.members):
+        single = _float64(Trainer(dataclasses.replace(member_config(config, m), run_name=f"single{m}")))
+        batch = _float64_batch(single.next_batch())
+        single.step(batch)
+        # the whole batch after the iteration: observations, actions, log-probabilities, rewards
+        # (scaled), advantages and value targets
+        assert set(batch.keys(True, True)) == set(batches[m].keys(True, True))
+        assert bool(batch["next", "done"].any()) or env == "Pendulum-v1"
+        for key in batch.keys(True, True):
+            torch.testing.assert_close(batches[m][key], batch[key], rtol=0, atol=1e-10, msg=f"member {m}: {key}")
+        assert batch["loc" if env == "Pendulum-v1" else "logits"].dtype == torch.float64
+        # the actor after the step, the critic after the fit, the normaliser statistics after both
+        want, got = trainer_parameters(single), trainer_parameters(member)
+        assert want.keys() == got.keys()
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-10, msg=f"member {m}: {key}")
+        single.shutdown()
+    # the members differ: each is its own run
+    assert not torch.equal(batches[0]["observation"], batches[1]["observation"])
+    population.collection.shutdown()
+    for member in population.members:
+        member.shutdown()

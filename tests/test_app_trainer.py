@@ -95,15 +95,15 @@ def test_an_interrupted_population_points_at_its_checkpoints(tmp_path, monkeypat
         }
     )
     trainer = PopulationTrainer(config)
-    calls, next_batch = [0], Trainer.next_batch
+    calls, next_batches = [0], PopulationTrainer.next_batches
 
     def interrupted(self):
         calls[0] += 1
-        if calls[0] == 3:  # the second iteration's first batch
+        if calls[0] == 2:  # the second iteration's batches
             raise KeyboardInterrupt
-        return next_batch(self)
+        return next_batches(self)
 
-    monkeypatch.setattr(Trainer, "next_batch", interrupted)
+    monkeypatch.setattr(PopulationTrainer, "next_batches", interrupted)
     results = trainer.train()
     assert [r.interrupted for r in results] == [True, True]
     assert [r.iterations for r in results] == [1, 1]

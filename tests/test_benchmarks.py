@@ -212,3 +212,23 @@ def test_recurrent_benchmark_tiny(tmp_path):
     for name in ("lstm", "gru", "mlp"):
         assert saved[name]["update_s"] > 0
     assert result["lstm"]["vs_mlp"] > 0
+
+
+def test_population_collection_benchmark_tiny(tmp_path):
+    out = tmp_path / "collection.json"
+    argv = ["--collection", "--quick", "--e2e-envs", "CartPole-v1", "--e2e-members", "1,2", "--collect-steps", "8"]
+    rows = load("population").main([*argv, "--out", str(out)])
+    assert [r["members"] for r in rows] == [1, 2]
+    assert all(v > 0 for r in rows for v in r["ms"].values())
+    assert json.loads(out.read_text())["collection"] == rows
+
+
+@pytest.mark.slow
+def test_population_end_to_end_benchmark_tiny(tmp_path):
+    # whole `trpo-torchrl train` processes: --seeds 1, --seeds 2 and two single runs side by side
+    out = tmp_path / "e2e.json"
+    argv = ["--end-to-end", "--e2e-envs", "CartPole-v1", "--e2e-members", "1,2", "--e2e-frames", "1024"]
+    rows = load("population").main([*argv, "--e2e-modes", "population,parallel", "--out", str(out)])
+    assert [sorted(r["seconds"]) for r in rows] == [["population"], ["parallel", "population"]]
+    assert rows[0]["over_seeds1"]["population"] == 1.0 and rows[1]["cores"] >= 1
+    assert json.loads(out.read_text())["end_to_end"][1]["seconds"] == rows[1]["seconds"]

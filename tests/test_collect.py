@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 
 import numpy as np
 import pytest
@@ -299,3 +300,126 @@ def test_training_runs_on_it_by_default(tmp_path):
     assert isinstance(trainer.collector, DirectCollector)
     result = trainer.train()
     assert result.frames == 128 and result.checkpoint.is_file()
+
+
+# -- per-run generators and the population collector -------------------------------------------------
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_a_generator_draws_what_the_global_generator_draws(env_id):
+    # the same calls on a collector's own generator as on torch's global one (Categorical.sample,
+    # Normal.rsample): from the same state the two give the same batch bit for bit
+    batches = []
+    for own in (False, True):
+        env, actor, _ = _setup(env_id, 2, seed=3)
+        generator = torch.Generator().manual_seed(11) if own else None
+        collector = DirectCollector(env, actor, frames_per_batch=env.batch_size[0] * 40, generator=generator)
+        torch.manual_seed(11 if not own else 999)  # the global state must not matter with a generator
+        batches.append(collector.rollout())
+    assert (batches[0] == batches[1]).all()
+    env, actor, _ = _setup("CartPole-v1", 2, seed=0)
+    with pytest.raises(ValueError, match="generator must be a torch.Generator"):
+        DirectCollector(env, actor, frames_per_batch=8, generator=7)
+    with pytest.raises(ValueError, match="env_threads must be an int >= 0"):
+        DirectCollector(env, actor, frames_per_batch=8, env_threads=-1)
+
+
+def _members(env_id, count, *, num_envs=2, steps=48, hidden=None, **kw):
+    """``count`` DirectCollectors, each over its own environments (seed 10 + m), actor (with its own
+    normaliser statistics) and generator."""
+    collectors = []
+    for m in range(count):
+        overrides = {"normalize_observations": True, **({"hidden_sizes": hidden[m]} if hidden else {})}
+        env, actor, normalizer = _setup(env_id, num_envs, seed=10 + m, **overrides)
+        normalizer.update(torch.randn(64, normalizer.moments.mean.shape[0]) * (m + 1))
+        g = torch.Generator().manual_seed(100 + m)
+        collectors.append(DirectCollector(env, actor, frames_per_batch=num_envs * steps, generator=g, **kw))
+    return collectors
+
+
+def _states(collectors):
+    from trpo_torchrl.app.envs import env_state
+
+    return [(c.state_dict(), env_state(c.env), c.generator.get_state()) for c in collectors]
+
+
+def _restore(collectors, states):
+    from trpo_torchrl.app.envs import load_env_state
+
+    for c, (carried, sims, rng) in zip(collectors, states):
+        c.load_state_dict(carried)
+        load_env_state(c.env, sims)
+        c.generator.set_state(rng)
+
+
+@pytest.mark.parametrize(
+    "env_id,hidden",
+    [
+        ("CartPole-v1", None),  # categorical, stacked forward
+        ("Pendulum-v1", None),  # Gaussian, stacked forward, one truncation at step 200 of every env
+        ("Pendulum-v1", [(16,), (8, 8), (16,)]),  # different networks: each member's own forward
+    ],
+)
+def test_population_batches_are_each_members_own(env_id, hidden):
+    from trpo_torchrl.collectors import PopulationCollector
+
+    members = _members(env_id, 3, steps=70, hidden=hidden)
+    for c in members:  # a first batch on their own: the population continues from any carried step
+        next(iter(c))
+    start = _states(members)
+    own = [[next(iter(c)) for c in members] for _ in range(3)]  # 210 steps: Pendulum's episodes end
+    counts = [(c._frames, c._iter) for c in members]
+    _restore(members, start)
+    population = PopulationCollector(members, env_threads=1)
+    batches = iter(population)
+    together = [next(batches) for _ in range(3)]
+    for it in range(3):
+        for m in range(3):
+            want, got = own[it][m], together[it][m]
+            assert set(got.keys(True, True)) == set(want.keys(True, True))
+            for key in want.keys(True, True):
+                assert got[key].dtype == want[key].dtype, key
+                # the stacked products are each member's own up to rounding (equal on the CPUs we test)
+                torch.testing.assert_close(got[key], want[key], rtol=1e-6, atol=1e-6, msg=f"{it} {m} {key}")
+            assert torch.equal(got["observation"][:, 0], want["observation"][:, 0])
+    assert any(bool(batches[0]["next", "done"].any()) for batches in together)
+    # the members' collectors carried the step and counted the frames: their state is a single run's
+    assert [(c._frames, c._iter) for c in members] == counts == [(4 * members[0].frames_per_batch, 3)] * 3
+    population.shutdown()
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", pytest.param("HalfCheetah-v5", marks=needs_mujoco)])
+def test_population_thread_pool_gives_the_same_batches(env_id):
+    # MuJoCo's step releases the GIL: there the threads really step side by side
+    from trpo_torchrl.collectors import PopulationCollector
+
+    members = _members(env_id, 3, num_envs=3, steps=40)
+    start = _states(members)
+    batches = {}
+    for threads in (1, 3):
+        _restore(members, start)
+        population = PopulationCollector(members, env_threads=threads)
+        assert population.env_threads == threads
+        batches[threads] = [population.rollout() for _ in range(2)]
+        population.shutdown()
+    for a, b in zip(batches[1], batches[3]):
+        for x, y in zip(a, b):
+            assert (x == y).all()
+    # auto: CartPole's pure-Python step stays on one thread, MuJoCo's goes on one per core
+    auto = PopulationCollector(members, env_threads=0).env_threads
+    assert auto == 1 if env_id == "CartPole-v1" else auto == min(9, len(os.sched_getaffinity(0)))
+
+
+def test_population_collector_refuses_members_it_cannot_step_together():
+    from trpo_torchrl.collectors import PopulationCollector
+
+    a = _members("CartPole-v1", 1, num_envs=2, steps=8)
+    b = _members("CartPole-v1", 1, num_envs=3, steps=8)
+    with pytest.raises(ValueError, match="same num_envs, steps per batch"):
+        PopulationCollector(a + b)
+    with pytest.raises(ValueError, match="its own collector and its own environments"):
+        PopulationCollector(a + a)
+    with pytest.raises(ValueError, match="collects for DirectCollectors"):
+        PopulationCollector([])
+    with pytest.raises(ValueError, match="env_threads must be an int >= 0"):
+        PopulationCollector(a, env_threads=1.5)

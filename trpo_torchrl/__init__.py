@@ -7,12 +7,13 @@
 * :func:`gaussian_actor`, :func:`categorical_actor` – policies whose batches hold what TRPOLoss reads.
 * :class:`FusedGAE` – TorchRL's GAE value estimator on a fused C++/CUDA scan.
 * :class:`DirectCollector` – a TorchRL collector over a Gymnasium vector env at a fraction of ``Collector``'s per-step cost.
+* :class:`PopulationCollector` – several DirectCollectors' batches in one loop, their actors run as one batched network.
 * :mod:`trpo_torchrl.ops` – the compiled ops and their pure-PyTorch references.
 * :mod:`trpo_torchrl.envs` – registers ``CartPoleNoVel-v1`` and ``PendulumNoVel-v1`` with gymnasium (velocities removed).
 """
 
 from . import envs  # noqa: F401  (registers the NoVel tasks with gymnasium)
-from .collectors import DirectCollector
+from .collectors import DirectCollector, PopulationCollector
 from .critic import CriticFit, fit_critics
 from .loss import TRPOLoss
 from .ops import extension_loaded
@@ -27,6 +28,7 @@ __all__ = [
     "CriticFit",
     "DirectCollector",
     "FusedGAE",
+    "PopulationCollector",
     "PopulationTrustRegionUpdate",
     "StateIndependentScale",
     "TRPOLoss",

@@ -12,7 +12,12 @@ The batch has the layout and entries of TorchRL's ``Collector`` over the same en
 ``action_log_prob``, ``done``/``terminated``/``truncated``, ``episode_reward`` (when the env has a
 ``RewardSum``), the same under ``"next"`` with ``reward``, and ``("collector", "traj_ids")``. Actions
 are drawn with the same calls on torch's global generator as TorchRL's samplers, so from the same
-generator state the two give the same batch bit for bit (tests/test_collect.py).
+generator state the two give the same batch bit for bit (tests/test_collect.py); given a
+``generator``, with the same calls on it.
+
+:class:`PopulationCollector` collects for several DirectCollectors (the members of ``train --seeds
+M``) in one loop: their sub-environments stepped together, their actors run as one batched network,
+each member's draws on its own generator, each member's batch the one its own collector would give.
 
 At a step where an episode ends, ``("next", "observation")`` is the episode's real final
 observation (a truncated episode bootstraps from it) and the next step starts from the reset
@@ -24,8 +29,10 @@ entries are not collected.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import gymnasium as gym
 import numpy as np
@@ -40,7 +47,7 @@ from torchrl.modules import IndependentNormal, OneHotCategorical
 from trpo_torchrl.modules import describe_mlp, gaussian_heads
 from trpo_torchrl.policies import StateIndependentScale
 
-__all__ = ["DirectCollector", "gym_vector_env"]
+__all__ = ["DirectCollector", "PopulationCollector", "default_env_threads", "gym_vector_env"]
 
 
 def gym_vector_env(env: EnvBase) -> gym.vector.SyncVectorEnv:
@@ -70,6 +77,38 @@ def _has_frozen_forward(module: torch.nn.Module) -> bool:
     return owner("forward") is owner("frozen_forward")
 
 
+_ACTIVATION_FNS = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+class _Plan:
+    """One network's forward pass for one batch: its parameter-free prefix (each module, or its frozen
+    form), its Linears' detached weights and biases with the hidden activations between them, and its
+    head: a state-independent scale computed once (``scale``), a tensordict head called as it is
+    (``head``), or none."""
+
+    def __init__(self, prefix, layers, activations, scale, head):
+        self.prefix = prefix
+        self.layers = layers
+        self.activations = activations
+        self.scale = scale
+        self.head = head
+
+    def run_prefix(self, x: torch.Tensor) -> torch.Tensor:
+        for step in self.prefix:
+            x = step(x)
+        return x
+
+    def __call__(self, x: torch.Tensor):
+        x = self.run_prefix(x)
+        for i, (weight, bias) in enumerate(self.layers):
+            x = torch.nn.functional.linear(x, weight, bias)
+            if i < len(self.activations):
+                x = _ACTIVATION_FNS[self.activations[i]](x)
+        if self.head is not None:
+            return self.head(x)
+        return x if self.scale is None else (x, self.scale.expand_as(x))
+
+
 class _FrozenForward:
     """The actor network's forward pass for one batch, with what stays fixed while a batch is
     collected (normaliser statistics, the state-independent scale) computed once
@@ -80,43 +119,239 @@ class _FrozenForward:
     returns ``None`` and the collector calls the network itself."""
 
     @staticmethod
-    def freeze(net: torch.nn.Module, dtype: torch.dtype):
-        """The per-step function for the network's current structure, parameters and statistics, or
+    def plan(net: torch.nn.Module, dtype: torch.dtype) -> _Plan | None:
+        """The :class:`_Plan` of the network's current structure, parameters and statistics, or
         ``None``. Described anew for each batch, so modules swapped or hooks added since the last one
         are seen."""
         description = describe_mlp(net, head_types=gaussian_heads())
         if not description:
             return None
-        steps: list[tuple] = []
+        prefix = []
         for m in description.prefix:  # parameter-free: the module itself, or its frozen form
             forward = m.frozen_forward(dtype) if _has_frozen_forward(m) else m
             if forward is not None:
-                steps.append(("call", forward))
-        for i, linear in enumerate(description.linears):
-            steps.append(("linear", linear.weight.detach(), linear.bias.detach()))
-            if i < len(description.activations):
-                steps.append((description.activations[i],))
+                prefix.append(forward)
+        layers = [(linear.weight.detach(), linear.bias.detach()) for linear in description.linears]
         head = description.head
         scale = head.log_std.detach().exp() if type(head) is StateIndependentScale else None
         # tensordict's heads map the output (or their parameter) at each call: run as they are
         call_head = head if head is not None and scale is None else None
+        return _Plan(prefix, layers, description.activations, scale, call_head)
 
-        def forward(x: torch.Tensor):
-            for step in steps:
-                kind = step[0]
-                if kind == "linear":
-                    x = torch.nn.functional.linear(x, step[1], step[2])
-                elif kind == "tanh":
-                    x = torch.tanh(x)
-                elif kind == "relu":
-                    x = torch.relu(x)
-                else:
-                    x = step[1](x)
-            if call_head is not None:
-                return call_head(x)
-            return x if scale is None else (x, scale.expand_as(x))
+    @staticmethod
+    def freeze(net: torch.nn.Module, dtype: torch.dtype):
+        """The per-step function for the network's current state (a :class:`_Plan`), or ``None``."""
+        return _FrozenForward.plan(net, dtype)
 
-        return forward
+
+class _StackedForward:
+    """Several members' plain-MLP plans as one forward pass over ``[M, n, features]``: each member's
+    prefix (its own observation normaliser) on its own slice, then one batched matrix product per
+    layer over the members' stacked weights. :meth:`of` returns ``None`` when the plans do not stack
+    (a network that is not a plain MLP, different layer shapes or activations, a tensordict head)."""
+
+    def __init__(self, plans: list[_Plan]):
+        self.plans = plans
+        self.has_prefix = any(p.prefix for p in plans)
+        depth = len(plans[0].layers)
+        # baddbmm(bias [M, 1, out], x [M, n, in], weightᵀ [M, in, out]): each member's F.linear
+        self.weights = [torch.stack([p.layers[i][0] for p in plans]).transpose(1, 2) for i in range(depth)]
+        self.biases = [torch.stack([p.layers[i][1] for p in plans]).unsqueeze(1) for i in range(depth)]
+        self.activations = [_ACTIVATION_FNS[a] for a in plans[0].activations]
+        first = plans[0].scale
+        self.scale = None if first is None else torch.stack([p.scale for p in plans]).unsqueeze(1)
+
+    @staticmethod
+    def of(plans: list[_Plan | None]) -> _StackedForward | None:
+        if any(p is None or p.head is not None for p in plans):
+            return None
+        first = plans[0]
+
+        def signature(p: _Plan) -> tuple:
+            tensors = [t for layer in p.layers for t in layer] + ([] if p.scale is None else [p.scale])
+            return (p.activations, p.scale is None, tuple((t.shape, t.dtype, t.device) for t in tensors))
+
+        if any(signature(p) != signature(first) for p in plans):
+            return None
+        return _StackedForward(plans)
+
+    def __call__(self, x: torch.Tensor):
+        if self.has_prefix:
+            x = torch.stack([p.run_prefix(x[m]) for m, p in enumerate(self.plans)])
+        last = len(self.weights) - 1
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(bias, x, weight)
+            if i < last:
+                x = self.activations[i](x)
+        return x if self.scale is None else (x, self.scale.expand_as(x))
+
+
+# -- stepping the sub-environments ----------------------------------------------------------------
+
+
+def _releases_gil(env: gym.Env) -> bool:
+    """Whether a sub-environment's step spends most of its time in a simulator that releases the GIL
+    while it runs (MuJoCo's ``mj_step``), so stepping several on threads runs them in parallel."""
+    unwrapped = getattr(env, "unwrapped", env)
+    return getattr(unwrapped, "model", None) is not None and getattr(unwrapped, "data", None) is not None
+
+
+def default_env_threads(envs: Sequence[gym.Env]) -> int:
+    """The threads :class:`DirectCollector` and :class:`PopulationCollector` step ``envs`` on when
+    asked for ``env_threads=0``: one per core available to this process (at most one per
+    sub-environment) for simulators that release the GIL (MuJoCo), else 1 (a pure-Python step, such
+    as CartPole's, only slows down on threads: ``benchmarks/population.py`` measures both)."""
+    if not envs or not all(_releases_gil(e) for e in envs):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, len(envs)))
+
+
+def _check_env_threads(owner: str, env_threads) -> int:
+    if isinstance(env_threads, bool) or not isinstance(env_threads, int) or env_threads < 0:
+        raise ValueError(
+            f"{owner}: env_threads must be an int >= 0 (0: one per core for MuJoCo tasks, 1: no thread pool), "
+            f"got {env_threads!r}"
+        )
+    return env_threads
+
+
+class _Stepper:
+    """Steps a list of sub-environments once per call: in turn on this thread, or, with ``threads``
+    > 1, split into ``threads`` contiguous chunks, this thread stepping the first while a
+    ``ThreadPoolExecutor`` steps the others. Each sub-environment writes only its own entries of its
+    batch's buffers, so the results are those of stepping them in turn."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="trpo-env") if threads > 1 else None
+
+    def chunks(self, items: list) -> list[list]:
+        k = min(self.threads, len(items))
+        bounds = [len(items) * j // k for j in range(k + 1)]
+        return [items[a:b] for a, b in zip(bounds, bounds[1:])]
+
+    def step(self, chunks: list[list], t: int, actions: list[np.ndarray]) -> None:
+        """Steps every ``(rollout, member, i)`` of ``chunks`` at step ``t`` with ``actions[member][i]``."""
+
+        def run(chunk):
+            for rollout, member, i in chunk:
+                rollout.step_env(t, i, actions[member][i])
+
+        if self.pool is None or len(chunks) == 1:
+            for chunk in chunks:
+                run(chunk)
+            return
+        futures = [self.pool.submit(run, chunk) for chunk in chunks[1:]]
+        try:
+            run(chunks[0])
+        finally:  # an error or Ctrl-C here: the other threads finish their step before it propagates
+            wait(futures)
+        for future in futures:
+            future.result()
+
+    def shutdown(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+
+
+class _Rollout:
+    """One batch of a :class:`DirectCollector` being collected: numpy buffers ``[steps(+1),
+    num_envs, ...]`` filled a step at a time, then the batch's TensorDict. ``obs`` may be a view into
+    a larger buffer (:class:`PopulationCollector` reads every member's observations at once)."""
+
+    def __init__(self, collector: DirectCollector, obs: np.ndarray | None = None):
+        c = self.collector = collector
+        n, steps = c.num_envs, c.steps
+        self.envs = c.venv.envs
+        self.obs = np.empty((steps + 1, n, c._obs.shape[-1]), np.float32) if obs is None else obs
+        self.obs[0] = c._obs
+        self.reward = np.empty((steps, n), np.float32)
+        self.terminated = np.empty((steps, n), bool)
+        self.truncated = np.empty((steps, n), bool)
+        self.ep_before = np.empty((steps, n), np.float32)  # the running return before each step
+        self.traj_ids = np.empty((steps, n), np.int64)
+        shape = () if c._discrete else c._action_shape
+        self.actions = np.empty((steps, n, *shape), np.int64 if c._discrete else np.float32)
+        self.params: list[tuple[torch.Tensor, ...]] = []
+        self.finals: list[tuple[int, int, np.ndarray]] = []
+
+    def record(self, t: int, action: np.ndarray, dist_params: tuple[torch.Tensor, ...]) -> None:
+        self.params.append(dist_params)
+        self.actions[t] = action
+
+    def step_env(self, t: int, i: int, action: np.ndarray) -> None:
+        """Sub-environment ``i``'s step ``t``, as gymnasium's SyncVectorEnv does it with same-step
+        autoreset, without its per-step merging of every sub-environment's info dict."""
+        sub = self.envs[i]
+        o, r, term, trunc, _ = sub.step(action)
+        if term or trunc:
+            self.finals.append((t, i, np.array(o, dtype=np.float32)))
+            o, _ = sub.reset()
+        self.obs[t + 1, i] = o
+        self.reward[t, i] = r
+        self.terminated[t, i] = term
+        self.truncated[t, i] = trunc
+
+    def end_step(self, t: int) -> None:
+        """Running returns and trajectory ids after step ``t``; the collector's carried step follows."""
+        c = self.collector
+        self.traj_ids[t] = ids = c._traj_ids
+        self.ep_before[t] = c._episode_reward
+        episode = c._episode_reward + self.reward[t]
+        done = self.terminated[t] | self.truncated[t]
+        if done.any():
+            ended = np.flatnonzero(done)
+            episode = np.where(done, np.float32(0), episode)
+            ids = ids.copy()
+            ids[ended] = np.arange(c._next_traj_id, c._next_traj_id + len(ended))
+            c._next_traj_id += len(ended)
+        # the carried step follows the simulators at every step: a checkpoint written when a
+        # Ctrl-C lands mid-batch then still matches them (the partial batch is dropped)
+        c._obs, c._episode_reward, c._traj_ids = self.obs[t + 1], episode, ids
+
+    def finish(self) -> TensorDict:
+        """The batch, ``[num_envs, steps]``, with its log-probabilities."""
+        c = self.collector
+        n, steps = c.num_envs, c.steps
+        obs = self.obs
+        c._obs = obs[steps].copy()  # not a view: the batch's buffer is released
+        next_obs = obs[1:].copy()
+        for t, i, final in self.finals:
+            next_obs[t, i] = final
+
+        def batch(a: np.ndarray | torch.Tensor) -> torch.Tensor:  # [steps, n, ...] -> [n, steps, ...]
+            x = a if isinstance(a, torch.Tensor) else torch.from_numpy(a)
+            return x.transpose(0, 1).contiguous().to(c.device)
+
+        terminated, truncated, reward, ep_before = self.terminated, self.truncated, self.reward, self.ep_before
+        not_done = torch.zeros(n, steps, 1, dtype=torch.bool, device=c.device)
+        root = {
+            c._obs_key: batch(obs[:steps]),
+            c._action_key: c._action_tensor(batch(self.actions)),
+            "done": not_done,
+            "terminated": not_done.clone(),
+            "truncated": not_done.clone(),
+            "collector": {"traj_ids": batch(self.traj_ids)},
+        }
+        after = {
+            c._obs_key: batch(next_obs),
+            "reward": batch(reward[..., None]),
+            "done": batch((terminated | truncated)[..., None]),
+            "terminated": batch(terminated[..., None]),
+            "truncated": batch(truncated[..., None]),
+        }
+        if c._episode_reward_key is not None:
+            root[c._episode_reward_key] = batch(ep_before[..., None])
+            after[c._episode_reward_key] = batch((ep_before + reward)[..., None])  # the same float32 sums
+        td = TensorDict({**root, "next": after}, batch_size=[n, steps], device=c.device)
+        # the parameters each action was drawn with, and its log-probability under them
+        for key, values in zip(c._param_keys, zip(*self.params)):
+            td.set(key, batch(torch.stack(values)))
+        dist = c.policy.module[-1].get_dist(td)
+        td.set(c._log_prob_key, dist.log_prob(td.get(c._action_key)))
+        return td
 
 
 # -- the collector --------------------------------------------------------------------------------
@@ -151,6 +386,12 @@ class DirectCollector(BaseCollector):
         total_frames (int, optional): frames after which iteration stops (the last batch completes,
             as in TorchRL's collectors); ``-1`` or ``None`` (default) collects forever.
         device (torch.device, optional): where the batch is stored. Defaults to ``"cpu"``.
+        generator (torch.Generator, optional): draws the actions (on the actor's device). ``None``
+            (default) draws them on torch's global generator, as TorchRL's samplers do; a run's own
+            generator makes its batches independent of any other draws in the process.
+        env_threads (int): threads stepping the sub-environments: 1 (default) steps them in turn
+            on this thread; 0 one per core for MuJoCo tasks (whose step releases the GIL), else 1;
+            N > 1 that many. The results do not depend on it.
 
     Examples:
         >>> import gymnasium as gym
@@ -178,6 +419,8 @@ class DirectCollector(BaseCollector):
         frames_per_batch: int,
         total_frames: int | None = -1,
         device: str | torch.device | None = None,
+        generator: torch.Generator | None = None,
+        env_threads: int = 1,
     ):
         super().__init__()
         env = create_env_fn if isinstance(create_env_fn, EnvBase) else create_env_fn()
@@ -220,6 +463,20 @@ class DirectCollector(BaseCollector):
         self._episode_reward_key = next(
             (t.out_keys[0] for t in self._transforms(env) if isinstance(t, RewardSum)), None
         )
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(
+                f"DirectCollector: generator must be a torch.Generator or None, got {type(generator).__name__}"
+            )
+        actor_device = next(self._net.parameters()).device
+        if generator is not None and generator.device.type != actor_device.type:
+            raise ValueError(
+                f"DirectCollector: the generator is on {generator.device}, the actor on {actor_device}; "
+                "actions are drawn where the actor runs"
+            )
+        self.generator = generator
+        threads = _check_env_threads("DirectCollector", env_threads)
+        self.env_threads = threads or default_env_threads(self.venv.envs)
+        self._stepper = _Stepper(self.env_threads)
         self._frames = 0
         self._iter = -1
         self.closed = False
@@ -340,6 +597,7 @@ class DirectCollector(BaseCollector):
         if self.closed:
             return
         self.closed = True
+        self._stepper.shutdown()
         if close_env and not self.env.is_closed:
             self.env.close(raise_if_closed=raise_on_error)
 
@@ -352,13 +610,19 @@ class DirectCollector(BaseCollector):
     # -- one batch ------------------------------------------------------------------------------
 
     def _sample(self, out) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """One step's action and distribution parameters, drawn with the same calls on torch's global
-        generator as the TorchRL actor (``Normal.rsample``, ``Categorical.sample``), so the same
-        generator state gives the same actions."""
+        """One step's action and distribution parameters, drawn with the same calls as the TorchRL
+        actor (``Normal.rsample``, ``Categorical.sample``): on torch's global generator by default,
+        so the same generator state gives the same actions, or on the collector's ``generator``."""
+        g = self.generator
         if self._discrete:
-            return torch.distributions.Categorical(logits=out).sample(), (out,)
+            if g is None:
+                return torch.distributions.Categorical(logits=out).sample(), (out,)
+            # Categorical(logits).sample(): softmax of the normalised logits, one multinomial draw per row
+            probs = torch.softmax(out - out.logsumexp(-1, keepdim=True), -1)
+            index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, True, generator=g).T
+            return index.reshape(out.shape[:-1]), (out,)
         loc, scale = out
-        eps = torch.empty(loc.shape, dtype=loc.dtype, device=loc.device).normal_()
+        eps = torch.empty(loc.shape, dtype=loc.dtype, device=loc.device).normal_(generator=g)
         return loc + eps * scale, (loc, scale)
 
     def _action_tensor(self, actions: torch.Tensor) -> torch.Tensor:
@@ -378,10 +642,23 @@ class DirectCollector(BaseCollector):
         ]
         if hooked:
             raise RuntimeError(
-                f"DirectCollector: the policy's {', '.join(hooked)} has forward hooks, which this collector would "
-                "skip (it runs the network inside the TensorDictModule directly); remove them or use "
+                f"{type(self).__name__}: the policy's {', '.join(hooked)} has forward hooks, which this collector "
+                "would skip (it runs the network inside the TensorDictModule directly); remove them or use "
                 "torchrl.collectors.Collector"
             )
+
+    def _forward(self):
+        """This batch's per-step forward pass: the network's :class:`_Plan`, or the network itself."""
+        first = next(self._net.parameters())
+        return _FrozenForward.freeze(self._net, first.dtype) or self._net
+
+    def _input(self, obs: np.ndarray) -> torch.Tensor:
+        """One step's observations as the network's input (its device and dtype)."""
+        first = next(self._net.parameters())
+        return torch.from_numpy(obs).to(device=first.device, dtype=first.dtype)
+
+    def _work(self, rollout: _Rollout, member: int = 0) -> list[tuple[_Rollout, int, int]]:
+        return [(rollout, member, i) for i in range(self.num_envs)]
 
     @torch.no_grad()
     def rollout(self) -> TensorDict:
@@ -389,86 +666,159 @@ class DirectCollector(BaseCollector):
         if self.pre_collect_hook is not None:
             self.pre_collect_hook()
         self._check_no_wrapper_hooks()
-        n, steps = self.num_envs, self.steps
-        first = next(self._net.parameters())
-        obs = np.empty((steps + 1, n, self._obs.shape[-1]), np.float32)
-        reward = np.empty((steps, n), np.float32)
-        terminated = np.empty((steps, n), bool)
-        truncated = np.empty((steps, n), bool)
-        ep_before = np.empty((steps, n), np.float32)  # the running return before each step
-        traj_ids = np.empty((steps, n), np.int64)
-        finals: list[tuple[int, int, np.ndarray]] = []
-        shape = () if self._discrete else self._action_shape
-        actions = np.empty((steps, n, *shape), np.int64 if self._discrete else np.float32)
-        params: list[tuple[torch.Tensor, ...]] = []
-        device = first.device
-        envs = self.venv.envs
-        forward = _FrozenForward.freeze(self._net, first.dtype) or self._net
-        obs[0] = self._obs
-        episode, ids = self._episode_reward, self._traj_ids
-        for t in range(steps):
-            x = torch.from_numpy(obs[t])
-            action, dist_params = self._sample(forward(x if device.type == "cpu" else x.to(device)))
-            params.append(dist_params)
+        rollout = _Rollout(self)
+        forward = self._forward()
+        chunks = self._stepper.chunks(self._work(rollout))
+        for t in range(self.steps):
+            action, dist_params = self._sample(forward(self._input(rollout.obs[t])))
             action = action.cpu().numpy()
-            actions[t] = action
-            # the sub-environments stepped as gymnasium's SyncVectorEnv does with same-step
-            # autoreset, without its per-step merging of every sub-environment's info dict
-            for i, sub in enumerate(envs):
-                o, r, term, trunc, _ = sub.step(action[i])
-                if term or trunc:
-                    finals.append((t, i, np.array(o, dtype=np.float32)))
-                    o, _ = sub.reset()
-                obs[t + 1, i] = o
-                reward[t, i] = r
-                terminated[t, i] = term
-                truncated[t, i] = trunc
-            traj_ids[t] = ids
-            ep_before[t] = episode
-            episode = episode + reward[t]
-            done = terminated[t] | truncated[t]
-            if done.any():
-                ended = np.flatnonzero(done)
-                episode = np.where(done, np.float32(0), episode)
-                ids = ids.copy()
-                ids[ended] = np.arange(self._next_traj_id, self._next_traj_id + len(ended))
-                self._next_traj_id += len(ended)
-            # the carried step follows the simulators at every step: a checkpoint written when a
-            # Ctrl-C lands mid-batch then still matches them (the partial batch is dropped)
-            self._obs, self._episode_reward, self._traj_ids = obs[t + 1], episode, ids
-        self._obs = obs[steps].copy()  # not a view: the batch's buffer is released
+            rollout.record(t, action, dist_params)
+            self._stepper.step(chunks, t, [action])
+            rollout.end_step(t)
+        return rollout.finish()
 
-        next_obs = obs[1:].copy()
-        for t, i, final in finals:
-            next_obs[t, i] = final
 
-        def batch(a: np.ndarray | torch.Tensor) -> torch.Tensor:  # [steps, n, ...] -> [n, steps, ...]
-            x = a if isinstance(a, torch.Tensor) else torch.from_numpy(a)
-            return x.transpose(0, 1).contiguous().to(self.device)
+class PopulationCollector:
+    """Collects the next batch of several :class:`DirectCollector` s ("members") in one loop: their
+    sub-environments stepped together (on a thread pool where the simulator releases the GIL), one
+    batched forward pass per step for every member's actor.
 
-        not_done = torch.zeros(n, steps, 1, dtype=torch.bool, device=self.device)
-        root = {
-            self._obs_key: batch(obs[:steps]),
-            self._action_key: self._action_tensor(batch(actions)),
-            "done": not_done,
-            "terminated": not_done.clone(),
-            "truncated": not_done.clone(),
-            "collector": {"traj_ids": batch(traj_ids)},
-        }
-        after = {
-            self._obs_key: batch(next_obs),
-            "reward": batch(reward[..., None]),
-            "done": batch((terminated | truncated)[..., None]),
-            "terminated": batch(terminated[..., None]),
-            "truncated": batch(truncated[..., None]),
-        }
-        if self._episode_reward_key is not None:
-            root[self._episode_reward_key] = batch(ep_before[..., None])
-            after[self._episode_reward_key] = batch((ep_before + reward)[..., None])  # the same float32 sums
-        td = TensorDict({**root, "next": after}, batch_size=[n, steps], device=self.device)
-        # the parameters each action was drawn with, and its log-probability under them
-        for key, values in zip(self._param_keys, zip(*params)):
-            td.set(key, batch(torch.stack(values)))
-        dist = self.policy.module[-1].get_dist(td)
-        td.set(self._log_prob_key, dist.log_prob(td.get(self._action_key)))
-        return td
+    Each member's batch is the one its own collector's :meth:`~DirectCollector.rollout` would give:
+    the same entries and layout, its actions drawn with the same calls on its own ``generator``, its
+    carried step, frame and iteration counts kept in its own collector (so its ``state_dict`` is as
+    exact as a single run's). The members' actors are run as one network when every one is a plain
+    MLP of the same shapes (:func:`~trpo_torchrl.modules.describe_mlp`, with a state-independent
+    scale or no head): each member's parameter-free prefix (its own observation normaliser) on its own
+    observations, then one batched matrix product per layer over the members' stacked weights; other
+    actors are called one member at a time (the same batch, more calls).
+
+    Args:
+        collectors: the members' collectors, each over its own environments and actor, with the same
+            ``num_envs``, steps per batch, observation size and actor device.
+
+    Keyword Args:
+        env_threads (int): threads stepping the members' sub-environments: 1 (default) steps them
+            in turn on this thread; N > 1 on N threads (this one and a pool of N - 1); 0 one per
+            core for MuJoCo tasks (whose step releases the GIL), else 1. The results do not depend
+            on it.
+    """
+
+    def __init__(self, collectors: Sequence[DirectCollector], *, env_threads: int = 1):
+        collectors = list(collectors)
+        if not collectors or not all(isinstance(c, DirectCollector) for c in collectors):
+            raise ValueError(
+                f"PopulationCollector collects for DirectCollectors, got "
+                f"{[type(c).__name__ for c in collectors] or 'none'}"
+            )
+        first = collectors[0]
+
+        def layout(c: DirectCollector) -> tuple:
+            p = next(c._net.parameters())
+            return (c.num_envs, c.steps, c._obs.shape[-1], p.device, c.device)
+
+        if any(layout(c) != layout(first) for c in collectors):
+            shown = ", ".join(
+                f"(num_envs={n}, steps={s}, observation size={o}, actor on {d}, batch on {b})"
+                for n, s, o, d, b in map(layout, collectors)
+            )
+            raise ValueError(
+                "PopulationCollector steps its members together and stacks their observations: every "
+                f"member needs the same num_envs, steps per batch, observation size and devices; got {shown}"
+            )
+        if len({id(c) for c in collectors}) != len(collectors) or len({id(c.venv) for c in collectors}) != len(
+            collectors
+        ):
+            raise ValueError("PopulationCollector: each member needs its own collector and its own environments")
+        self.collectors = collectors
+        envs = [e for c in collectors for e in c.venv.envs]
+        threads = _check_env_threads("PopulationCollector", env_threads)
+        self.env_threads = threads or default_env_threads(envs)
+        self._stepper = _Stepper(self.env_threads)
+
+    def __iter__(self) -> Iterator[list[TensorDict]]:
+        """Every member's batches (:meth:`collect`) until a member reaches its ``total_frames``."""
+        while all(c._frames < c.total_frames for c in self.collectors):
+            yield self.collect()
+
+    def collect(self) -> list[TensorDict]:
+        """Every member's next batch, counted in each member's collector (its frames and iterations,
+        and its ``post_collect_hook``) as iterating over that collector counts them."""
+        members = self.collectors
+        for c in members:
+            c._iter += 1
+        batches = self.rollout()
+        for c, batch in zip(members, batches):
+            c._frames += batch.numel()
+            if c.post_collect_hook is not None:
+                c.post_collect_hook(batch)
+        return batches
+
+    def _forward(self):
+        """This batch's per-step forward over ``[M, num_envs, features]``: the members' stacked
+        plans, else each member's own forward on its slice."""
+        plans = [_FrozenForward.plan(c._net, next(c._net.parameters()).dtype) for c in self.collectors]
+        stacked = _StackedForward.of(plans)
+        if stacked is not None:
+            return stacked, True
+        forwards = [plan or c._net for plan, c in zip(plans, self.collectors)]
+        return (lambda x: [f(x[m]) for m, f in enumerate(forwards)]), False
+
+    @torch.no_grad()
+    def rollout(self) -> list[TensorDict]:
+        """One batch per member, ``[num_envs, steps]`` each, collected together."""
+        members = self.collectors
+        for c in members:
+            if c.closed:
+                raise RuntimeError("PopulationCollector: a member's collector was shut down")
+            if c.pre_collect_hook is not None:
+                c.pre_collect_hook()
+            c._check_no_wrapper_hooks()
+        first = members[0]
+        steps, n = first.steps, first.num_envs
+        obs = np.empty((steps + 1, len(members), n, first._obs.shape[-1]), np.float32)
+        rollouts = [_Rollout(c, obs[:, m]) for m, c in enumerate(members)]
+        forward, stacked = self._forward()
+        own_generators = all(c.generator is not None for c in members)
+        chunks = self._stepper.chunks([w for m, (c, r) in enumerate(zip(members, rollouts)) for w in c._work(r, m)])
+        for t in range(steps):
+            out = forward(first._input(obs[t]))
+            if stacked and own_generators:
+                actions, params = self._draw_stacked(out)
+            else:
+                if stacked:  # [M, n, ...] or a (loc, scale) pair of them: member m's is row m
+                    out = [tuple(o[m] for o in out) if isinstance(out, tuple) else out[m] for m in range(len(members))]
+                drawn = [c._sample(o) for c, o in zip(members, out)]
+                actions, params = torch.stack([a for a, _ in drawn]), [p for _, p in drawn]
+            actions = actions.cpu().numpy()
+            for r, action, dist_params in zip(rollouts, actions, params):
+                r.record(t, action, dist_params)
+            self._stepper.step(chunks, t, actions)
+            for r in rollouts:
+                r.end_step(t)
+        return [r.finish() for r in rollouts]
+
+    def _draw_stacked(self, out) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
+        """Every member's actions from the stacked output ``[M, n, ...]``: the elementwise and
+        row-wise work done once for all, each member's draws on its own generator with the calls of
+        :meth:`DirectCollector._sample` (so the same values)."""
+        members = self.collectors
+        if members[0]._discrete:
+            probs = torch.softmax(out - out.logsumexp(-1, keepdim=True), -1)
+            index = [torch.multinomial(probs[m], 1, True, generator=c.generator)[:, 0] for m, c in enumerate(members)]
+            return torch.stack(index), [(out[m],) for m in range(len(members))]
+        loc, scale = out
+        eps = torch.empty(loc.shape, dtype=loc.dtype, device=loc.device)
+        for m, c in enumerate(members):
+            eps[m].normal_(generator=c.generator)
+        return loc + eps * scale, [(loc[m], scale[m]) for m in range(len(members))]
+
+    def shutdown(self) -> None:
+        """Stops the thread pool (the members' collectors and environments are their owners' to close)."""
+        self._stepper.shutdown()
+
+    def __repr__(self) -> str:
+        first = self.collectors[0]
+        return (
+            f"{type(self).__name__}(members={len(self.collectors)}, num_envs={first.num_envs}, "
+            f"frames_per_batch={first.frames_per_batch}, env_threads={self.env_threads})"
+        )

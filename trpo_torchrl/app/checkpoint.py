@@ -268,11 +268,14 @@ def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
 
 
 def load_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
-    """Restores what :func:`rng_state` saved."""
+    """Restores what :func:`rng_state` saved. A generator the saved state lacks (a checkpoint written
+    before the run had it) keeps its state."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state["generators"]
     for k, g in generators.items():
-        g.set_state(state["generators"][k])
+        if k in saved:
+            g.set_state(saved[k])

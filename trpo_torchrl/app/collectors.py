@@ -143,15 +143,24 @@ def make_collector(
     steps_per_shard: int,
     rank_seed: int,
     device: torch.device,
+    generator: torch.Generator | None = None,
 ) -> CollectorAdapter:
     """The adapter for ``config.collector``: ``env`` is this process's env (one-process kinds),
     ``make_env(seed)`` builds each worker's own; a worker collects ``steps_per_shard`` steps of each
-    of its ``config.num_envs`` environments per batch."""
+    of its ``config.num_envs`` environments per batch. ``generator`` draws the ``direct`` collector's
+    actions (TorchRL's collectors draw on torch's global generator)."""
     shard_frames = config.num_envs * steps_per_shard  # per worker
     # each worker builds its own environments with its own seed
     worker_envs = [partial(make_env, rank_seed + 1000 * (w + 1)) for w in range(config.workers)]
     if config.collector == "direct":
-        collector = DirectCollector(env, actor, frames_per_batch=shard_frames, device=device)
+        collector = DirectCollector(
+            env,
+            actor,
+            frames_per_batch=shard_frames,
+            device=device,
+            generator=generator,
+            env_threads=config.env_threads,
+        )
         return DirectAdapter(collector, device, env)
     if config.collector == "sync":
         collector = Collector(

@@ -53,6 +53,12 @@ class TrainConfig:
     changes how torch sums, so a run's numbers depend on it: with 1 the same command gives the same
     run whatever the machine's core count (same versions, same CPU type), at a small cost in speed (HalfCheetah on a 2-core
     machine: 6,390 frames/s with 1 thread, 6,700 with 2)."""
+    env_threads: int = 1
+    """Threads stepping the environments of the ``direct`` collector (all members' together under
+    ``--seeds M``): 1 steps them in turn on the main thread; N > 1 on N threads; 0 one per core for
+    MuJoCo tasks (whose simulator releases the GIL while it steps) and 1 for others (a pure-Python
+    step such as CartPole's only slows down on threads). The results do not depend on it; on the
+    shared 2-core machine measured, threads mostly cost time (docs/population.md)."""
     logdir: str = "runs"
     """Folder under which each run gets its own directory."""
     run_name: str | None = None
@@ -175,6 +181,7 @@ class TrainConfig:
             ("total_frames", self.total_frames >= 1, "must be >= 1"),
             ("seeds", self.seeds >= 1, "must be >= 1"),
             ("threads", self.threads >= 0, "must be >= 0 (0: torch's default)"),
+            ("env_threads", self.env_threads >= 0, "must be >= 0 (0: one per core for MuJoCo tasks, 1: none)"),
             ("num_envs", self.num_envs >= 1, "must be >= 1"),
             ("steps_per_env", self.steps_per_env >= 1, "must be >= 1"),
             ("workers", self.workers >= 1, "must be >= 1"),

@@ -1,12 +1,17 @@
-"""``trpo-torchrl train --seeds M``: M independent runs in one process, their actor steps batched.
+"""``trpo-torchrl train --seeds M``: M independent runs in one process, their collection and actor
+steps batched.
 
 Each member is an ordinary :class:`~trpo_torchrl.app.train.Trainer` with its own seed
-(``seed + m``), environments, collector, observation normaliser, reward scaler, critic and critic
-optimiser, and its own run directory (``progress.csv``, ``config.yaml``, checkpoints) — so ``eval``
-and ``--resume`` treat a member exactly like a single run, and ``plot`` on the group folder draws the
-mean ± std across the members. What the members share is the TRPO actor step: their batches are
-stacked and one :class:`~trpo_torchrl.PopulationTrustRegionUpdate` gives every member its own trust
-region in one batched update. The critics are fitted one after another with their own CriticFit.
+(``seed + m``), environments, collector, action generator, observation normaliser, reward scaler,
+critic and critic optimiser, and its own run directory (``progress.csv``, ``config.yaml``,
+checkpoints) — so ``eval`` and ``--resume`` treat a member exactly like a single run, and ``plot`` on
+the group folder draws the mean ± std across the members. What the members share is the work: with
+the ``direct`` collector one :class:`~trpo_torchrl.collectors.PopulationCollector` steps every
+member's environments together and runs their actors as one batched network (each member's batch is
+the one its own collector would give); their batches are stacked and one
+:class:`~trpo_torchrl.PopulationTrustRegionUpdate` gives every member its own trust region in one
+batched update. The critics are fitted one after another with their own CriticFit. Other collector
+kinds collect member by member.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 
 from trpo_torchrl import PopulationTrustRegionUpdate
+from trpo_torchrl.collectors import PopulationCollector
 
 from .checkpoint import CHECKPOINT_DIR, CheckpointError, load_checkpoint, resolve_checkpoint
 from .config import ConfigError, TrainConfig, config_from_dict, load_yaml, save_yaml
@@ -67,6 +73,19 @@ class PopulationTrainer:
             **config.trust_region_kwargs(),
             generator=first.generator,
         )
+        # one collection loop for every member (each member's collector keeps its carried step,
+        # so each member's checkpoint holds its own, as a single run's does)
+        self.collection = (
+            PopulationCollector([t.collector for t in self.members], env_threads=config.env_threads)
+            if config.collector == "direct"
+            else None
+        )
+
+    def next_batches(self) -> list[TensorDictBase]:
+        """Every member's next on-policy batch, ``[environments, time]`` on its learner's device."""
+        if self.collection is None:
+            return [trainer.next_batch() for trainer in self.members]
+        return [batch.to(t.device) for batch, t in zip(self.collection.collect(), self.members)]
 
     @torch.no_grad()
     def _gather(self) -> None:
@@ -110,6 +129,9 @@ class PopulationTrainer:
                 return self._loop(total, stop)
         except KeyboardInterrupt:
             return [trainer.stop_interrupted() for trainer in self.members]
+        finally:
+            if self.collection is not None:
+                self.collection.shutdown()
 
     def _loop(self, total: int, stop: StopRequest) -> list[RunResult]:
         """The iterations; between two of them, a stop that SIGTERM or a first Ctrl-C asked for."""
@@ -118,7 +140,7 @@ class PopulationTrainer:
             if stop.signum:
                 return [trainer.stop_at_boundary(stop.signum) for trainer in self.members]
             start = time.perf_counter()
-            batches = [trainer.next_batch() for trainer in self.members]
+            batches = self.next_batches()
             rows = self.step(batches)
             dt = time.perf_counter() - start
             frames = sum(batch.numel() for batch in batches)

@@ -209,6 +209,9 @@ class Trainer:
         self.generators = {
             "update": torch.Generator(device=self.device).manual_seed(self.rank_seed + 1),
             "critic": torch.Generator().manual_seed(self.rank_seed + 2),
+            # the direct collector's action draws: a run's batches do not depend on other draws in
+            # the process, so member m of `--seeds M` draws what a single run with seed + m draws
+            "collect": torch.Generator(device=self.device).manual_seed(self.rank_seed + 3),
         }
         self.actor_step = TrustRegionUpdate(
             self.loss,
@@ -243,6 +246,7 @@ class Trainer:
             steps_per_shard=self.steps_per_shard,
             rank_seed=self.rank_seed,
             device=self.device,
+            generator=self.generators["collect"],
         )
         # an Atari run reports whole games' unclipped scores, not the batch's clipped per-life sums
         self.game_scores = game_score_reader(config.env, config.collector)
@@ -564,7 +568,16 @@ def resume_trainer(
         )
     state = load_checkpoint(checkpoint_path, trust=trust)
     config = config_from_dict(state["config"])
-    allowed = {"total_frames", "checkpoint_every", "progress", "eval_episodes", "eval_every", "logger", "threads"}
+    allowed = {
+        "total_frames",
+        "checkpoint_every",
+        "progress",
+        "eval_episodes",
+        "eval_every",
+        "logger",
+        "threads",
+        "env_threads",
+    }
     if overrides:
         bad = sorted(set(k.replace("-", "_") for k in overrides) - allowed)
         if bad:
