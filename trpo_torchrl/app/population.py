@@ -10,8 +10,9 @@ the ``direct`` collector one :class:`~trpo_torchrl.collectors.PopulationCollecto
 member's environments together and runs their actors as one batched network (each member's batch is
 the one its own collector would give); their batches are stacked and one
 :class:`~trpo_torchrl.PopulationTrustRegionUpdate` gives every member its own trust region in one
-batched update. The critics are fitted one after another with their own CriticFit. Other collector
-kinds collect member by member.
+batched update, and :func:`~trpo_torchrl.fit_critics` fits their critics in one call of the fused
+critic-fit op (each member's own critic, Adam state and minibatch order). Other collector kinds
+collect member by member.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-from trpo_torchrl import PopulationTrustRegionUpdate
+from trpo_torchrl import PopulationTrustRegionUpdate, fit_critics
 from trpo_torchrl.collectors import PopulationCollector
 
 from .checkpoint import CHECKPOINT_DIR, CheckpointError, load_checkpoint, resolve_checkpoint
@@ -106,8 +107,12 @@ class PopulationTrainer:
         self._gather()
         actor = self.update(torch.stack(list(batches)))  # 2. every member's trust-region step at once
         self._scatter()
+        critics = [None] * len(self.members)
+        fits = [trainer.critic_fit for trainer in self.members]
+        if all(fit is not None for fit in fits):  # 3. every member's critic fit in one call
+            critics = fit_critics(fits, batches)
         return [
-            trainer.after_actor_step(batch, episode_returns, {k: actor[k][m] for k in ACTOR_METRICS})
+            trainer.after_actor_step(batch, episode_returns, {k: actor[k][m] for k in ACTOR_METRICS}, critics[m])
             for m, (trainer, batch, episode_returns) in enumerate(zip(self.members, batches, returns))
         ]
 

@@ -380,10 +380,14 @@ class Trainer:
             self.loss.value_estimator(batch)  # 1. advantages and λ-returns
         return episode_returns
 
-    def after_actor_step(self, batch: TensorDictBase, episode_returns: torch.Tensor, actor: dict) -> dict[str, float]:
-        """The critic fit, the statistics and the policy sync after the actor step whose metrics
-        are ``actor``; returns the iteration's metrics."""
-        critic = self.critic_fit(batch) if self.critic_fit else None  # 3. the critic
+    def after_actor_step(
+        self, batch: TensorDictBase, episode_returns: torch.Tensor, actor: dict, critic: TensorDictBase | None = None
+    ) -> dict[str, float]:
+        """The critic fit (unless ``critic`` holds the metrics of one already done, as a population
+        fits its members' critics together), the statistics and the policy sync after the actor
+        step whose metrics are ``actor``; returns the iteration's metrics."""
+        if critic is None and self.critic_fit:
+            critic = self.critic_fit(batch)  # 3. the critic
         # statistics for the next batch, from every rank's observations so all ranks keep one normaliser
         for key, normalizer in observation_normalizers(self.normalizer):
             observations = batch[key].reshape(-1, batch[key].shape[-1])
