@@ -206,8 +206,6 @@ class CriticFit:
         key = self.loss_module.tensor_keys.value_target
         if tensordict.get(key, None) is None:
             raise KeyError(f"CriticFit: the batch has no value target {key!r}; run loss.value_estimator(batch) first")
-        if self.loss_module._recurrent_critic:
-            return self._fit_sequences(tensordict)
         data = self._valid_states(tensordict.reshape(-1))
         target = data.get(key)
         if not target.is_floating_point():
@@ -245,8 +243,61 @@ class CriticFit:
             explained = 1 - (target - value).var(correction=0) / target.var(correction=0).clamp_min(1e-8)
         return TensorDict({"loss_critic": last_epoch.mean(), "explained_variance": explained}, batch_size=[])
 
+    def _fit_sequences(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """The fit of a recurrent critic: minibatches of whole ``[envs, time]`` rows (as many rows as
+        fit in ``minibatch_size`` states, at least one), each run over its sequences in TorchRL's
+        recurrent mode; a padded batch's mask leaves its padding out of every mean."""
+        loss = self.loss_module
+        sequences = loss._sequences(tensordict, "critic")
+        key = loss.tensor_keys.value_target
+        target = sequences.get(key)
+        if not target.is_floating_point():
+            raise TypeError(f"CriticFit: the value target {key!r} must be a floating-point tensor, got {target.dtype}")
+        torch._assert_async(torch.isfinite(target).all(), f"CriticFit: the value target {key!r} has non-finite values")
+        if self._eager_reason is None:
+            self._eager_reason = "the critic is recurrent: minibatches of whole sequences"
+            _log.info("CriticFit fits the critic with the eager loop: %s", self._eager_reason)
+        mask = sequences.get(_mask_key(loss), None)
+        rows, steps = sequences.batch_size
+        per_minibatch = max(1, self.minibatch_size // steps)
+        last_epoch = []
+        with _frozen(self.shared_parameters):
+            for _ in range(self.epochs):
+                perm = torch.randperm(rows, generator=self.generator).to(sequences.device)
+                last_epoch = []
+                for start in range(0, rows, per_minibatch):
+                    chosen = perm[start : start + per_minibatch]
+                    if mask is not None and not bool(mask[chosen].any()):
+                        continue  # rows of padding alone: nothing to fit
+                    value_loss = loss.critic_loss(sequences[chosen])
+                    self.optimizer.zero_grad(set_to_none=True)
+                    value_loss.backward()
+                    if self.process_group is not None:
+                        self._average_gradients()
+                    if self.max_grad_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
+                    self.optimizer.step()
+                    last_epoch.append(value_loss.detach())
+        with torch.no_grad(), loss._critic_mode():
+            inputs = sequences.select(*loss.critic_network.in_keys, strict=False).copy()
+            value = loss.critic_network(inputs).get(loss.tensor_keys.value).reshape(-1)
+            target = target.reshape(-1)
+            if mask is not None:
+                value, target = value[mask.reshape(-1)], target[mask.reshape(-1)]
+            explained = 1 - (target - value).var(correction=0) / target.var(correction=0).clamp_min(1e-8)
+        return TensorDict(
+            {"loss_critic": torch.stack(last_epoch).mean(), "explained_variance": explained}, batch_size=[]
+        )
+
     def __call__(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Runs the fit; returns the mean critic loss of the last epoch and the explained variance after."""
+        if self.loss_module._recurrent_critic:
+            key = self.loss_module.tensor_keys.value_target
+            if tensordict.get(key, None) is None:
+                raise KeyError(
+                    f"CriticFit: the batch has no value target {key!r}; run loss.value_estimator(batch) first"
+                )
+            return self._fit_sequences(tensordict)
         data = self._prepare(tensordict)
         plan = self._plan(data)
         with _frozen(self.shared_parameters):
@@ -285,6 +336,10 @@ def fit_critics(fits: Sequence[CriticFit], batches: Sequence[TensorDictBase]) ->
         raise ValueError(f"fit_critics: one batch per fit is needed, got {len(fits)} fits and {len(batches)} batches")
     if not fits:
         return []
+    if any(fit.loss_module._recurrent_critic for fit in fits):
+        # a recurrent critic is fitted over whole sequences by its own CriticFit (no fused op)
+        _log.info("fit_critics fits the %d critics one after another: a critic is recurrent", len(fits))
+        return [fit(batch) for fit, batch in zip(fits, batches)]
     # every batch is checked (and every fused=True honoured) before any critic moves
     data = [fit._prepare(batch) for fit, batch in zip(fits, batches)]
     plans = [fit._plan(d) for fit, d in zip(fits, data)]
@@ -359,52 +414,6 @@ def _fit_members(fits: list[CriticFit], plans: list[_FusedPlan]) -> list[torch.T
             )
             plan.advance(st, orders.shape[1])
     return [member.split(first.per_epoch)[-1] for member in losses]
-
-    def _fit_sequences(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """The fit of a recurrent critic: minibatches of whole ``[envs, time]`` rows (as many rows as
-        fit in ``minibatch_size`` states, at least one), each run over its sequences in TorchRL's
-        recurrent mode; a padded batch's mask leaves its padding out of every mean."""
-        loss = self.loss_module
-        sequences = loss._sequences(tensordict, "critic")
-        key = loss.tensor_keys.value_target
-        target = sequences.get(key)
-        if not target.is_floating_point():
-            raise TypeError(f"CriticFit: the value target {key!r} must be a floating-point tensor, got {target.dtype}")
-        torch._assert_async(torch.isfinite(target).all(), f"CriticFit: the value target {key!r} has non-finite values")
-        if self._eager_reason is None:
-            self._eager_reason = "the critic is recurrent: minibatches of whole sequences"
-            _log.info("CriticFit fits the critic with the eager loop: %s", self._eager_reason)
-        mask = sequences.get(_mask_key(loss), None)
-        rows, steps = sequences.batch_size
-        per_minibatch = max(1, self.minibatch_size // steps)
-        last_epoch = []
-        with _frozen(self.shared_parameters):
-            for _ in range(self.epochs):
-                perm = torch.randperm(rows, generator=self.generator).to(sequences.device)
-                last_epoch = []
-                for start in range(0, rows, per_minibatch):
-                    chosen = perm[start : start + per_minibatch]
-                    if mask is not None and not bool(mask[chosen].any()):
-                        continue  # rows of padding alone: nothing to fit
-                    value_loss = loss.critic_loss(sequences[chosen])
-                    self.optimizer.zero_grad(set_to_none=True)
-                    value_loss.backward()
-                    if self.process_group is not None:
-                        self._average_gradients()
-                    if self.max_grad_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
-                    self.optimizer.step()
-                    last_epoch.append(value_loss.detach())
-        with torch.no_grad(), loss._critic_mode():
-            inputs = sequences.select(*loss.critic_network.in_keys, strict=False).copy()
-            value = loss.critic_network(inputs).get(loss.tensor_keys.value).reshape(-1)
-            target = target.reshape(-1)
-            if mask is not None:
-                value, target = value[mask.reshape(-1)], target[mask.reshape(-1)]
-            explained = 1 - (target - value).var(correction=0) / target.var(correction=0).clamp_min(1e-8)
-        return TensorDict(
-            {"loss_critic": torch.stack(last_epoch).mean(), "explained_variance": explained}, batch_size=[]
-        )
 
 
 def _storage(p: torch.Tensor):
