@@ -33,6 +33,15 @@ _MUJOCO = {
     "critic_lr": 1e-3,
 }
 
+# Recurrent tasks: rl-zoo3 has no TRPO entry for them; these mirror its recurrent PPO entries
+# (hyperparams/ppo_lstm.yml of DLR-RM/rl-baselines3-zoo, e.g. CartPoleNoVel-v1: n_envs 8, n_steps 32,
+# batch_size 256, gamma 0.98, gae_lambda 0.8, normalize obs (not rewards), policy_kwargs
+# lstm_hidden_size=64, activation_fn=nn.ReLU, net_arch pi=[64] vf=[64]) in what applies to TRPO: the
+# batch layout, discounting, normalisation and network; learning_rate and batch_size go to the critic
+# fit (critic_lr, critic_minibatch), n_epochs and clip_range have no TRPO counterpart (the trust region
+# is max_kl, sb3-contrib's default). Pendulum's entry uses gSDE, which this library does not implement.
+_RECURRENT = {"policy": "lstm", "rnn_hidden": 64, "hidden_sizes": (64,), "activation": "relu"}
+
 PRESETS: dict[str, dict[str, Any]] = {
     # the default when an environment has no preset: Stable-Baselines3-contrib's TRPO defaults
     "sb3-default": {},
@@ -78,6 +87,29 @@ PRESETS: dict[str, dict[str, Any]] = {
         "total_frames": 100_000,
         "steps_per_env": 1024,
         "critic_epochs": 20,
+    },
+    "CartPoleNoVel-v1": {
+        **_RECURRENT,
+        "normalize_observations": True,
+        "num_envs": 8,
+        "steps_per_env": 32,
+        "total_frames": 100_000,
+        "gamma": 0.98,
+        "gae_lambda": 0.8,
+        "critic_lr": 1e-3,
+        "critic_minibatch": 256,
+    },
+    "PendulumNoVel-v1": {
+        **_RECURRENT,
+        "normalize_observations": True,
+        "normalize_rewards": True,
+        "num_envs": 4,
+        "steps_per_env": 1024,
+        "total_frames": 100_000,
+        "gamma": 0.9,
+        "gae_lambda": 0.95,
+        "critic_lr": 1e-3,
+        "critic_epochs": 10,
     },
     "Ant-v5": dict(_MUJOCO),
     "HalfCheetah-v5": {**_MUJOCO, "max_kl": 0.04},
