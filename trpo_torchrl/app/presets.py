@@ -34,12 +34,13 @@ _MUJOCO = {
 }
 
 # Recurrent tasks: rl-zoo3 has no TRPO entry for them; these mirror its recurrent PPO entries
-# (hyperparams/ppo_lstm.yml of DLR-RM/rl-baselines3-zoo, e.g. CartPoleNoVel-v1: n_envs 8, n_steps 32,
-# batch_size 256, gamma 0.98, gae_lambda 0.8, normalize obs (not rewards), policy_kwargs
-# lstm_hidden_size=64, activation_fn=nn.ReLU, net_arch pi=[64] vf=[64]) in what applies to TRPO: the
-# batch layout, discounting, normalisation and network; learning_rate and batch_size go to the critic
-# fit (critic_lr, critic_minibatch), n_epochs and clip_range have no TRPO counterpart (the trust region
-# is max_kl, sb3-contrib's default). Pendulum's entry uses gSDE, which this library does not implement.
+# (hyperparams/ppo_lstm.yml of DLR-RM/rl-baselines3-zoo, as the sb3 organisation's published
+# ppo_lstm-CartPoleNoVel-v1 / ppo_lstm-PendulumNoVel-v1 model cards reprint them: n_envs, n_steps,
+# gamma, gae_lambda, normalize with norm_obs only, learning_rate, CartPole's batch_size 256;
+# policy_kwargs lstm_hidden_size=64, activation_fn=nn.ReLU, net_arch pi=[64] vf=[64]) in what applies
+# to TRPO. learning_rate and batch_size go to the critic fit; n_epochs and clip_range have no TRPO
+# counterpart (the trust region is sb3-contrib's default max_kl); Pendulum's gSDE is not implemented
+# here; the zoo's LSTM critic (enable_critic_lstm) is an MLP critic here (app/models.py says why).
 _RECURRENT = {"policy": "lstm", "rnn_hidden": 64, "hidden_sizes": (64,), "activation": "relu"}
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -102,7 +103,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "PendulumNoVel-v1": {
         **_RECURRENT,
         "normalize_observations": True,
-        "normalize_rewards": True,
         "num_envs": 4,
         "steps_per_env": 1024,
         "total_frames": 100_000,
