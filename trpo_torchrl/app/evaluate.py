@@ -1,4 +1,5 @@
-"""Deterministic evaluation: the policy's mode on fresh environments, normaliser statistics frozen."""
+"""Deterministic evaluation: the policy's mode on fresh environments, normaliser statistics frozen;
+a recurrent policy starts each episode from a zero hidden state and carries it from step to step."""
 
 from __future__ import annotations
 
@@ -91,13 +92,15 @@ def record_video(
         for step in range(max_steps):
             parts = obs if isinstance(obs, dict) else {"observation": obs}
             td = TensorDict({k: _as_tensor(v, device) for k, v in parts.items()}, [])
-            if memory is not None:  # one step of a batch of one, fed the state the last step left
+            if memory is None:
+                td = actor(td)
+            else:  # one step of a batch of one, fed the state the last step left
                 td = td.unsqueeze(0).update(memory)
                 td["is_init"] = torch.tensor([[step == 0]], device=device)
                 td = actor(td)
                 memory = {key: td["next", key] for key in memory}
                 td = td[0]
-            action = actor(td)["action"].cpu().numpy() if memory is None else td["action"].cpu().numpy()
+            action = td["action"].cpu().numpy()
             space = env.action_space
             if isinstance(space, gym.spaces.Discrete):
                 action = int(np.argmax(action))
