@@ -118,7 +118,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, env_id, kw):
             ["--env", ENVS + "MultiBinaryMatch-v0", "--env-kwargs", "{sise: 3}"],
             "environment 'tests._envs:MultiBinaryMatch-v0' rejected the keyword 'sise'",
         ),
-        (["--policy", "lstm"], "policy='lstm' must be one of auto, mlp, cnn"),
+        (["--policy", "rnn"], "policy='rnn' must be one of auto, mlp, cnn, lstm, gru"),
         (["--policy", "cnn"], "--policy cnn needs an image in the observation"),
     ],
 )

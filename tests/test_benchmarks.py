@@ -232,3 +232,15 @@ def test_population_end_to_end_benchmark_tiny(tmp_path):
     assert [sorted(r["seconds"]) for r in rows] == [["population"], ["parallel", "population"]]
     assert rows[0]["over_seeds1"]["population"] == 1.0 and rows[1]["cores"] >= 1
     assert json.loads(out.read_text())["end_to_end"][1]["seconds"] == rows[1]["seconds"]
+
+
+@pytest.mark.slow
+def test_learning_recurrent_benchmark_tiny(tmp_path):
+    out = tmp_path / "recurrent_learning.json"
+    result = load("learning_recurrent").main_(["--tiny", "--logdir", str(tmp_path / "runs"), "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert [r["policy"] for r in saved["runs"]] == ["lstm", "mlp"] == [r["policy"] for r in result["runs"]]
+    for row in result["runs"]:
+        # the tiny runs' evaluation is the CLI's: a return of whole steps within CartPole's 500
+        assert 1 <= row["eval_mean"] <= 500 and row["frames"] == 512
+        assert (tmp_path / "runs" / f"CartPoleNoVel-v1__{row['policy']}__seed0" / "progress.csv").is_file()

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
             "config.yaml records what was used. Your own environment: --env module:Id [--env-kwargs MAPPING]. "
             "Spaces: Discrete, MultiDiscrete, MultiBinary and flat Box actions; flat Box, uint8 image "
             "(HxWxC or CxHxW), Discrete/MultiDiscrete/MultiBinary (one-hot) and Dict observations; "
-            "--policy auto|mlp|cnn (docs/usage.md, 'Your own environment')."
+            "--policy auto|mlp|cnn|lstm|gru (docs/usage.md, 'Your own environment', 'Recurrent policies')."
         ),
     )
     _add_train_flags(train)

@@ -26,7 +26,8 @@ class ConfigError(AppError):
     """A configuration key or value that cannot be used."""
 
 
-POLICIES = ("auto", "mlp", "cnn")
+POLICIES = ("auto", "mlp", "cnn", "lstm", "gru")
+RECURRENT_POLICIES = ("lstm", "gru")
 
 
 @dataclass
@@ -120,7 +121,11 @@ class TrainConfig:
 
     policy: str = "auto"
     """Network kind: ``mlp``, ``cnn`` (a CNN encoder per image entry of the observation, the
-    rest concatenated, then the MLP) or ``auto`` (``cnn`` when the observation holds an image)."""
+    rest concatenated, then the MLP), ``lstm`` or ``gru`` (the vector observation through a one-layer
+    TorchRL LSTMModule/GRUModule, then the MLP head; collected by TorchRL's Collector) or ``auto``
+    (``cnn`` when the observation holds an image, else ``mlp``)."""
+    rnn_hidden: int = 64
+    """State size of the ``lstm``/``gru`` policy's recurrent layer (rl-zoo3's recurrent PPO uses 64)."""
     hidden_sizes: tuple[int, ...] = (64, 64)
     """Hidden layer widths of the actor and critic MLPs."""
     activation: str = "tanh"
@@ -207,6 +212,7 @@ class TrainConfig:
             ),
             ("activation", self.activation in ("tanh", "relu"), "must be 'tanh' or 'relu'"),
             ("policy", self.policy in POLICIES, f"must be one of {', '.join(POLICIES)}"),
+            ("rnn_hidden", self.rnn_hidden >= 1, "must be >= 1"),
             ("eval_episodes", self.eval_episodes >= 0, "must be >= 0"),
             ("eval_every", self.eval_every >= 0, "must be >= 0"),
             ("checkpoint_every", self.checkpoint_every >= 0, "must be >= 0"),
@@ -227,6 +233,17 @@ class TrainConfig:
                 raise ConfigError(f"config: {name}={getattr(self, name)!r} {why}")
         if self.collector in ("direct", "sync") and self.workers != 1:
             raise ConfigError(f"config: workers={self.workers} needs collector='multisync' or 'ray'")
+        if self.policy in RECURRENT_POLICIES:
+            if self.seeds > 1:
+                raise ConfigError(
+                    f"config: seeds={self.seeds} with policy={self.policy!r}: the population step (--seeds M > 1) "
+                    "refuses recurrent actors; train each seed as its own run (--seed S)"
+                )
+            if self.collector not in ("direct", "sync"):
+                raise ConfigError(
+                    f"config: collector={self.collector!r} with policy={self.policy!r}: only the one-process "
+                    "collector (sync, which direct becomes) carries the recurrent state; use --collector sync"
+                )
         if self.ray_address is not None and self.collector != "ray":
             raise ConfigError(f"config: ray_address={self.ray_address!r} needs collector='ray'")
         self.check_split(1)

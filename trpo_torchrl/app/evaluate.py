@@ -1,4 +1,5 @@
-"""Deterministic evaluation: the policy's mode on fresh environments, normaliser statistics frozen."""
+"""Deterministic evaluation: the policy's mode on fresh environments, normaliser statistics frozen;
+a recurrent policy starts each episode from a zero hidden state and carries it from step to step."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from .envs import gym_vector_env, make_env
+from .models import recurrent_env_transforms
 
 MAX_PARALLEL = 16
 EVAL_SEED_OFFSET = 10_000
@@ -36,6 +38,8 @@ def evaluate_actor(
         n = min(MAX_PARALLEL, episodes - len(returns))
         # training=False: an Atari game plays whole games with its own rewards (app/atari.py)
         env = make_env(env_id, n, seed=round_seed, device=str(device), env_kwargs=env_kwargs, training=False)
+        for transform in recurrent_env_transforms(actor):  # a recurrent actor's state starts at zero per episode
+            env.append_transform(transform)
         returns += _first_episodes(actor, env, max_steps)
         env.close()
         round_seed += n
@@ -90,11 +94,20 @@ def record_video(
 
         raise EnvError(f"rendering {env_id} needs more packages: pip install 'trpo-torchrl[video]' ({err})") from None
     frames, total = [first], 0.0
+    memory = _zero_states(actor, device)  # a recurrent actor's hidden state, zero at the episode start
     with set_exploration_type(ExplorationType.DETERMINISTIC):
-        for _ in range(max_steps):
+        for step in range(max_steps):
             parts = obs if isinstance(obs, dict) else {"observation": obs}
             td = TensorDict({k: _as_tensor(v, device) for k, v in parts.items()}, [])
-            action = actor(td)["action"].cpu().numpy()
+            if memory is None:
+                td = actor(td)
+            else:  # one step of a batch of one, fed the state the last step left
+                td = td.unsqueeze(0).update(memory)
+                td["is_init"] = torch.tensor([[step == 0]], device=device)
+                td = actor(td)
+                memory = {key: td["next", key] for key in memory}
+                td = td[0]
+            action = td["action"].cpu().numpy()
             space = env.action_space
             if isinstance(space, gym.spaces.Discrete):
                 action = int(np.argmax(action))
@@ -110,6 +123,20 @@ def record_video(
     env.close()
     imageio.mimsave(str(path), frames, duration=1000 / fps)
     return total
+
+
+def _zero_states(actor, device) -> dict[str, torch.Tensor] | None:
+    """``{state key: zeros [1, layers, hidden]}`` for each LSTMModule/GRUModule of ``actor`` (None
+    for a memoryless actor)."""
+    from trpo_torchrl.recurrent import RECURRENT_MODULES
+
+    states = {}
+    for m in actor.modules():
+        if isinstance(m, RECURRENT_MODULES):
+            rnn = m.lstm if hasattr(m, "lstm") else m.gru
+            for key in m.in_keys[1:-1]:  # the stored state(s) between the input and is_init
+                states[key] = torch.zeros(1, rnn.num_layers, rnn.hidden_size, device=device)
+    return states or None
 
 
 def _as_tensor(value, device) -> torch.Tensor:

@@ -15,6 +15,15 @@ state-independent scale, ``MultiDiscrete`` independent categoricals (one per dim
 ``[..., d, max n]``, the classes a dimension lacks at probability 0) and ``MultiBinary`` independent
 Bernoullis — the last two ``Independent`` forms of distributions whose Fisher the trust-region step
 takes in closed form (:mod:`trpo_torchrl.distributions`).
+
+``--policy lstm|gru``: the (normalised) vector observation through a one-layer TorchRL
+``LSTMModule``/``GRUModule``, then the MLP head and the action head above, as sb3-contrib's
+``MlpLstmPolicy`` (rl-zoo3's recurrent settings: 64 units, ``net_arch`` pi=[64]). The critic is an MLP
+on the same observation: the collector never runs the critic, so a recurrent critic would have no
+stored state at a row's first step and would restart from zero there mid-episode, and it would add
+another step-by-step pass over every row to each critic epoch. The environment stores the actor's
+hidden state at every step (:func:`recurrent_env_transforms`); TRPOLoss re-runs the recurrence over
+the ``[envs, T]`` rows (:mod:`trpo_torchrl.recurrent`).
 """
 
 from __future__ import annotations
@@ -23,15 +32,17 @@ import math
 
 import gymnasium as gym
 import torch
-from tensordict.nn import InteractionType, TensorDictModule
+from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
 from torch import distributions as D
 from torch import nn
-from torchrl.modules import IndependentNormal, ProbabilisticActor
+from torchrl.envs import InitTracker, Transform
+from torchrl.modules import GRUModule, IndependentNormal, LSTMModule, OneHotCategorical, ProbabilisticActor
 
 from trpo_torchrl import categorical_actor, gaussian_actor
 from trpo_torchrl.policies import StateIndependentScale
+from trpo_torchrl.recurrent import RECURRENT_MODULES
 
-from .config import TrainConfig
+from .config import RECURRENT_POLICIES, TrainConfig
 from .normalize import ObservationNormalizer
 from .spaces import Part, SpaceError, channels_first, observation_parts
 
@@ -236,8 +247,15 @@ def action_outputs(action_space: gym.Space) -> int:
 
 
 def resolve_policy(policy: str, parts: list[Part]) -> str:
-    """``mlp`` or ``cnn``: ``auto`` picks ``cnn`` when an image is among the observation's parts."""
+    """``mlp``, ``cnn``, ``lstm`` or ``gru``: ``auto`` picks ``cnn`` when an image is among the
+    observation's parts; a recurrent policy over an image is refused (no CNN+RNN encoder)."""
     images = any(part.kind == "image" for part in parts)
+    if policy in RECURRENT_POLICIES and images:
+        image = next(part for part in parts if part.kind == "image")
+        raise SpaceError(
+            f"--policy {policy}: the observation holds an image ({image.key!r}, uint8 {'x'.join(map(str, image.shape))}); "
+            f"the CNN+{policy.upper()} combination is not supported (lstm/gru read vector observations); use --policy cnn"
+        )
     if policy == "auto":
         return "cnn" if images else "mlp"
     if policy == "cnn" and not images:
@@ -266,7 +284,10 @@ def build_models(config: TrainConfig, observation_space: gym.Space, action_space
     if is_plain(observation_space, action_space, config.policy):
         return _plain_models(config, observation_space, action_space)
     parts = observation_parts(observation_space)
-    cnn = resolve_policy(config.policy, parts) == "cnn"
+    kind = resolve_policy(config.policy, parts)
+    if kind in RECURRENT_POLICIES:
+        return _recurrent_models(config, parts, action_space, kind)
+    cnn = kind == "cnn"
     normalizers = nn.ModuleList(
         ObservationNormalizer(part.shape, enabled=config.normalize_observations)
         for part in parts
@@ -312,6 +333,65 @@ def _plain_models(config: TrainConfig, observation_space: gym.Space, action_spac
     critic = TensorDictModule(critic_net, in_keys=["observation"], out_keys=["state_value"])
     device = torch.device(config.device)
     return actor.to(device), critic.to(device), normalizer
+
+
+def _recurrent_models(config: TrainConfig, parts: list[Part], action_space: gym.Space, kind: str):
+    """``--policy lstm|gru``: encoder (normalised vectors) → LSTMModule/GRUModule → MLP head →
+    the action distribution; an MLP critic on the encoder's output (see the module docstring)."""
+    normalizers = nn.ModuleList(
+        ObservationNormalizer(part.shape, enabled=config.normalize_observations) for part in parts
+    )
+    encoder = ObservationEncoder(parts, normalizers, cnn=False)
+    in_keys = [part.key for part in parts]
+    rnn_class = LSTMModule if kind == "lstm" else GRUModule
+    rnn = rnn_class(
+        input_size=encoder.features, hidden_size=config.rnn_hidden, in_key="rnn_input", out_key="rnn_features"
+    )
+    hidden, act = tuple(config.hidden_sizes), config.activation
+    outputs = action_outputs(action_space)
+    head = mlp(config.rnn_hidden, outputs, hidden, act, out_gain=0.01)
+    if isinstance(action_space, gym.spaces.Discrete):
+        out_keys, distribution = ["logits"], OneHotCategorical
+    elif isinstance(action_space, gym.spaces.Box):
+        head = nn.Sequential(head, StateIndependentScale(outputs, config.init_log_std))
+        out_keys, distribution = ["loc", "scale"], IndependentNormal
+    elif isinstance(action_space, gym.spaces.MultiDiscrete):
+        head = nn.Sequential(head, MultiDiscreteLogits(action_space.nvec.tolist()))
+        out_keys, distribution = ["logits"], IndependentCategorical
+    else:  # MultiBinary (action_outputs refused anything else)
+        out_keys, distribution = ["logits"], IndependentBernoulli
+    network = TensorDictSequential(
+        TensorDictModule(encoder, in_keys=in_keys, out_keys=["rnn_input"]),
+        rnn,
+        TensorDictModule(head, in_keys=["rnn_features"], out_keys=out_keys),
+    )
+    actor = ProbabilisticActor(
+        network,
+        in_keys=out_keys,
+        distribution_class=distribution,
+        return_log_prob=True,
+        default_interaction_type=InteractionType.RANDOM,
+    )
+    critic_net = EncodedNet(encoder, mlp(encoder.features, 1, hidden, act, out_gain=1.0))
+    critic = TensorDictModule(critic_net, in_keys=in_keys, out_keys=["state_value"])
+    device = torch.device(config.device)
+    keyed = PartNormalizers(in_keys, normalizers)
+    return actor.to(device), critic.to(device), keyed
+
+
+def is_recurrent(actor: nn.Module) -> bool:
+    """Whether ``actor`` holds a TorchRL LSTMModule/GRUModule (a hidden state carried between steps)."""
+    return any(isinstance(m, RECURRENT_MODULES) for m in actor.modules())
+
+
+def recurrent_env_transforms(actor: nn.Module) -> list[Transform]:
+    """What an environment needs to run a recurrent ``actor`` one step at a time: ``InitTracker``
+    (``is_init`` marks episode starts, where the module zeroes its state) and each module's primer
+    (its hidden state stored at every step, zero after a reset). None for a memoryless actor."""
+    modules = [m for m in actor.modules() if isinstance(m, RECURRENT_MODULES)]
+    if not modules:
+        return []
+    return [InitTracker(), *(m.make_tensordict_primer() for m in modules)]
 
 
 class PartNormalizers:

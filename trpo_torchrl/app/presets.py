@@ -67,6 +67,16 @@ _MINIGRID = {
     "gae_lambda": 0.95,
 }
 
+# Recurrent tasks: rl-zoo3 has no TRPO entry for them; these mirror its recurrent PPO entries
+# (hyperparams/ppo_lstm.yml of DLR-RM/rl-baselines3-zoo, as the sb3 organisation's published
+# ppo_lstm-CartPoleNoVel-v1 / ppo_lstm-PendulumNoVel-v1 model cards reprint them: n_envs, n_steps,
+# gamma, gae_lambda, normalize with norm_obs only, learning_rate, CartPole's batch_size 256;
+# policy_kwargs lstm_hidden_size=64, activation_fn=nn.ReLU, net_arch pi=[64] vf=[64]) in what applies
+# to TRPO. learning_rate and batch_size go to the critic fit; n_epochs and clip_range have no TRPO
+# counterpart (the trust region is sb3-contrib's default max_kl); Pendulum's gSDE is not implemented
+# here; the zoo's LSTM critic (enable_critic_lstm) is an MLP critic here (app/models.py says why).
+_RECURRENT = {"policy": "lstm", "rnn_hidden": 64, "hidden_sizes": (64,), "activation": "relu"}
+
 PRESETS: dict[str, dict[str, Any]] = {
     # the default when an environment has no preset: Stable-Baselines3-contrib's TRPO defaults
     "sb3-default": {},
@@ -112,6 +122,28 @@ PRESETS: dict[str, dict[str, Any]] = {
         "total_frames": 100_000,
         "steps_per_env": 1024,
         "critic_epochs": 20,
+    },
+    "CartPoleNoVel-v1": {
+        **_RECURRENT,
+        "normalize_observations": True,
+        "num_envs": 8,
+        "steps_per_env": 32,
+        "total_frames": 100_000,
+        "gamma": 0.98,
+        "gae_lambda": 0.8,
+        "critic_lr": 1e-3,
+        "critic_minibatch": 256,
+    },
+    "PendulumNoVel-v1": {
+        **_RECURRENT,
+        "normalize_observations": True,
+        "num_envs": 4,
+        "steps_per_env": 1024,
+        "total_frames": 100_000,
+        "gamma": 0.9,
+        "gae_lambda": 0.95,
+        "critic_lr": 1e-3,
+        "critic_epochs": 10,
     },
     "Ant-v5": dict(_MUJOCO),
     "HalfCheetah-v5": {**_MUJOCO, "max_kl": 0.04},

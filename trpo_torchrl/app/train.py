@@ -60,7 +60,7 @@ from .collectors import make_collector
 from .config import ConfigError, TrainConfig, config_from_dict, save_yaml
 from .envs import EnvError, make_env
 from .evaluate import evaluate_actor, evaluation_seed
-from .models import build_models, is_plain, observation_normalizers
+from .models import build_models, is_plain, observation_normalizers, recurrent_env_transforms
 from .normalize import RewardScaler
 from .rundir import ProgressLog, RunDirError, default_run_name, earlier_run, make_logger, unwritable
 from .scale import init_learner_ranks
@@ -187,7 +187,18 @@ class Trainer:
         except SpaceError as err:
             self.env.close()
             raise EnvError(f"environment {config.env!r}: {err}") from None
-        if config.collector == "direct" and not is_plain(
+        transforms = recurrent_env_transforms(self.actor)
+        for transform in transforms:  # is_init and the stored hidden state, for the collector and the loss
+            self.env.append_transform(transform)
+        if transforms and config.collector == "direct":
+            # the hidden state rides in the env's TensorDicts, which only TorchRL's Collector carries
+            self.config = config = dataclasses.replace(config, collector="sync")
+            if self.ranks.is_main:
+                say_once(
+                    f"collector: the recurrent policy (--policy {config.policy}) goes through TorchRL's "
+                    "Collector (collector=sync), which carries its hidden state from step to step"
+                )
+        elif config.collector == "direct" and not is_plain(
             venv.single_observation_space, venv.single_action_space, config.policy
         ):
             # DirectCollector runs a flat observation and a one-hot or Gaussian actor only
