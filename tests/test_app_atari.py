@@ -420,3 +420,11 @@ def test_minigrid_benchmark_tiny(tmp_path):
     (row,) = result["rows"]
     assert row["frames"] == 256 and len(row["evaluations"]) >= 2
     assert json.loads(out.read_text())["rows"][0]["env"] == "MiniGrid-Empty-5x5-v0"
+    assert row["cut"] and row["task_budget"] == 60_000  # a smoke run is a cut one too
+
+
+@needs_minigrid
+def test_minigrid_benchmark_cut_budget(tmp_path):
+    """--frames trains a cut budget and the row says so (the task's own budget kept beside it)."""
+    (row,) = _load_benchmark("learning_minigrid").main(["--tiny", "--task", "doorkey", "--frames", "128"])["rows"]
+    assert (row["frames"], row["budget"], row["task_budget"], row["cut"]) == (128, 128, 500_000, True)
