@@ -397,6 +397,21 @@ def test_every_ale_game_gets_the_atari_preset():
     assert build_config({"env": "MiniGrid-Empty-5x5-v0"}).total_frames == 60_000
 
 
+def test_preset_name_is_the_preset_a_run_takes():
+    """What `train` prints: the ale-py games' shared preset by name, an explicit --preset as given."""
+    from trpo_torchrl.app.presets import PRESETS, preset_name, preset_overrides
+
+    cases = {
+        ("ALE/Breakout-v5", None): "atari",
+        ("MiniGrid-Empty-5x5-v0", None): "MiniGrid-Empty-5x5-v0",
+        ("FrozenLake-v1", None): "sb3-default",
+        ("ALE/Pong-v5", "CartPole-v1"): "CartPole-v1",
+    }
+    for (env, preset), name in cases.items():
+        assert preset_name(preset, env) == name
+        assert preset_overrides(preset, env) == PRESETS[name]
+
+
 def _load_benchmark(name: str):
     from tests.test_benchmarks import load
 
