@@ -13,6 +13,7 @@ evaluation reached the target and the final evaluation.
 
     python benchmarks/learning_minigrid.py                          # both tasks, seed 0
     python benchmarks/learning_minigrid.py --task empty --seeds 3
+    python benchmarks/learning_minigrid.py --task doorkey --frames 200000   # a cut budget
     python benchmarks/learning_minigrid.py --tiny                   # smoke test: 2 iterations of 2 x 64 steps
 
 (Not named minigrid.py: run from this folder, that name would shadow the minigrid package.)
@@ -79,6 +80,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--eval-every", type=int, default=5, help="iterations between evaluations")
     ap.add_argument("--eval-episodes", type=int, default=20, help="episodes per evaluation")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument(
+        "--frames", type=int, default=None, help="train this many frames instead of the task's budget (a cut run)"
+    )
     ap.add_argument("--logdir", default=None, help="keep the run directories here (default: a temporary folder)")
     ap.add_argument("--tiny", action="store_true", help="2 iterations of 2 x 64 steps: smoke test only")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -90,11 +94,14 @@ def main(argv=None) -> dict:
         for task in tasks:
             env, budget = TASKS[task]
             for seed in range(args.seeds):
-                rows.append(run(env, 256 if args.tiny else budget, seed, args, logdir))
+                frames = args.frames or (256 if args.tiny else budget)
+                rows.append(run(env, frames, seed, args, logdir))
                 r = rows[-1]
+                r["task_budget"], r["cut"] = budget, frames < budget
                 print(
                     f"{env} seed {seed}: final eval {r['final_eval']:.3f}, target {TARGET} reached at "
-                    f"{r['frames_to_target']} frames (budget {r['budget']}), {r['seconds']:.0f} s",
+                    f"{r['frames_to_target']} frames (budget {r['budget']}"
+                    f"{f', cut from {budget}' if r['cut'] else ''}), {r['seconds']:.0f} s",
                     flush=True,
                 )
     print(f"\n{'task':26} {'seed':>4} {'budget':>8} {'to target':>9} {'final eval':>10} {'passed':>6}")

@@ -397,6 +397,21 @@ def test_every_ale_game_gets_the_atari_preset():
     assert build_config({"env": "MiniGrid-Empty-5x5-v0"}).total_frames == 60_000
 
 
+def test_preset_name_is_the_preset_a_run_takes():
+    """What `train` prints: the ale-py games' shared preset by name, an explicit --preset as given."""
+    from trpo_torchrl.app.presets import PRESETS, preset_name, preset_overrides
+
+    cases = {
+        ("ALE/Breakout-v5", None): "atari",
+        ("MiniGrid-Empty-5x5-v0", None): "MiniGrid-Empty-5x5-v0",
+        ("FrozenLake-v1", None): "sb3-default",
+        ("ALE/Pong-v5", "CartPole-v1"): "CartPole-v1",
+    }
+    for (env, preset), name in cases.items():
+        assert preset_name(preset, env) == name
+        assert preset_overrides(preset, env) == PRESETS[name]
+
+
 def _load_benchmark(name: str):
     from tests.test_benchmarks import load
 
@@ -420,3 +435,11 @@ def test_minigrid_benchmark_tiny(tmp_path):
     (row,) = result["rows"]
     assert row["frames"] == 256 and len(row["evaluations"]) >= 2
     assert json.loads(out.read_text())["rows"][0]["env"] == "MiniGrid-Empty-5x5-v0"
+    assert row["cut"] and row["task_budget"] == 60_000  # a smoke run is a cut one too
+
+
+@needs_minigrid
+def test_minigrid_benchmark_cut_budget(tmp_path):
+    """--frames trains a cut budget and the row says so (the task's own budget kept beside it)."""
+    (row,) = _load_benchmark("learning_minigrid").main(["--tiny", "--task", "doorkey", "--frames", "128"])["rows"]
+    assert (row["frames"], row["budget"], row["task_budget"], row["cut"]) == (128, 128, 500_000, True)

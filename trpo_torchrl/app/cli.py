@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .presets import preset_name
     from .train import Trainer, resume_trainer
 
     cli = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}
@@ -123,7 +124,7 @@ def _train(args: argparse.Namespace) -> int:
         ranks = f" on {trainer.ranks.world_size} learner ranks" if trainer.ranks.world_size > 1 else ""
         if trainer.ranks.is_main:
             print(
-                f"training {config.env} (preset {config.preset or (config.env + ' if defined, else sb3-default')}) "
+                f"training {config.env} (preset {preset_name(config.preset, config.env)}) "
                 f"for {config.frames_note()}, seed {config.seed}{ranks} -> {trainer.run_dir}"
             )
     result = trainer.train()

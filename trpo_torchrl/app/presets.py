@@ -157,12 +157,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def preset_name(preset: str | None, env: str) -> str:
+    """The name of the preset a run of ``env`` takes: ``preset`` when given, else ``env``'s own
+    (``atari`` for every ale-py game), else ``sb3-default``."""
+    if preset is not None:
+        return preset
+    if env in PRESETS:
+        return env
+    return "atari" if env.startswith("ALE/") else "sb3-default"
+
+
 def preset_overrides(preset: str | None, env: str) -> dict[str, Any]:
     """The overrides of ``preset``, or of ``env``'s preset when ``preset`` is None (none if it has none)."""
     if preset is None:
-        if env not in PRESETS and env.startswith("ALE/"):  # every ale-py game
-            return dict(PRESETS["atari"])
-        return dict(PRESETS.get(env, {}))
+        return dict(PRESETS[preset_name(None, env)])
     if preset not in PRESETS:
         close = difflib.get_close_matches(preset, PRESETS, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
