@@ -117,9 +117,16 @@ def sb3_trpo(config, env=None, *, verbose: int = 0):
             )
     activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[config.activation]
     hidden = list(config.hidden_sizes)
-    return TRPO(
-        "MlpPolicy",
-        env,
+    policy_kwargs = dict(
+        net_arch=dict(pi=hidden, vf=hidden), activation_fn=activation, log_std_init=config.init_log_std
+    )
+    return TRPO("MlpPolicy", env, policy_kwargs=policy_kwargs, verbose=verbose, **sb3_trpo_kwargs(config))
+
+
+def sb3_trpo_kwargs(config) -> dict[str, Any]:
+    """sb3-contrib ``TRPO``'s keyword arguments for our ``config``'s TRPO settings (the policy and
+    its network are the caller's): each name mapped as in :mod:`trpo_torchrl.app.presets`."""
+    return dict(
         learning_rate=config.critic_lr,
         n_steps=config.steps_per_env,
         batch_size=config.critic_minibatch,
@@ -133,12 +140,8 @@ def sb3_trpo(config, env=None, *, verbose: int = 0):
         normalize_advantage=config.normalize_advantage,
         target_kl=config.max_kl,
         sub_sampling_factor=max(1, round(1 / config.fvp_subsample)),
-        policy_kwargs=dict(
-            net_arch=dict(pi=hidden, vf=hidden), activation_fn=activation, log_std_init=config.init_log_std
-        ),
         seed=config.seed,
         device=config.device,
-        verbose=verbose,
     )
 
 

@@ -7,8 +7,9 @@ life-loss episodes and sign-clipped rewards for training, the same number of env
 steps per batch and the same TRPO settings (the app's ``atari`` preset, rl-zoo3's PPO Atari
 numbers). Ours: the training app's ``Trainer`` (app/atari.py's wrappers, ``--policy cnn``). Peer:
 ``sb3_contrib.TRPO("CnnPolicy")`` on ``make_atari_env(id, env_kwargs={"frameskip": 1})`` +
-``VecFrameStack(4)`` (Stable-Baselines3's AtariWrapper: the same preprocessing, plus a FIRE press
-after resets in games that have one; its frame stack starts from zeros, ours from the first frame).
+``VecFrameStack(4)`` (Stable-Baselines3's AtariWrapper: the same preprocessing, FIRE pressed at the
+start of each life in games that wait for it as ours does; its frame stack starts from zeros, ours
+from the first frame).
 A frame is one agent step (4 emulator frames) on both sides.
 
 fps (default): runs alternate (ours, peer, ...) in one process, construction not timed; the table
@@ -33,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Stopwatch, machine, median, our_config, sb3_available, write_json  # noqa: E402
+from _common import Stopwatch, machine, median, our_config, sb3_available, sb3_trpo_kwargs, write_json  # noqa: E402
 
 
 def atari_config(env: str, **overrides):
@@ -56,26 +57,7 @@ def sb3_atari_trpo(config, *, verbose: int = 0):
     gym.register_envs(ale_py)
     env = make_atari_env(config.env, n_envs=config.num_envs, seed=config.seed, env_kwargs={"frameskip": 1})
     env = VecFrameStack(env, n_stack=4)
-    return TRPO(
-        "CnnPolicy",
-        env,
-        learning_rate=config.critic_lr,
-        n_steps=config.steps_per_env,
-        batch_size=config.critic_minibatch,
-        gamma=config.gamma,
-        cg_max_steps=config.cg_iters,
-        cg_damping=config.damping,
-        line_search_shrinking_factor=config.backtrack_coeff,
-        line_search_max_iter=config.backtrack_iters,
-        n_critic_updates=config.critic_epochs,
-        gae_lambda=config.gae_lambda,
-        normalize_advantage=config.normalize_advantage,
-        target_kl=config.max_kl,
-        sub_sampling_factor=max(1, round(1 / config.fvp_subsample)),
-        seed=config.seed,
-        device=config.device,
-        verbose=verbose,
-    )
+    return TRPO("CnnPolicy", env, verbose=verbose, **sb3_trpo_kwargs(config))
 
 
 def run_ours(config, tmp: Path) -> dict:

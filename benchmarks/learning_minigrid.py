@@ -6,8 +6,9 @@ the frame budget?
 
 A MiniGrid return is 1 − 0.9 · steps / max_steps on reaching the goal and 0 otherwise, so 0.8 means
 every evaluated episode reached the goal, quickly. Each run uses the task's preset (rl-zoo3's PPO
-DoorKey settings: 8 environments × 128 steps; the Dict observation, image and direction, goes to
-the app's ``--policy auto`` networks) and evaluates deterministically every ``--eval-every``
+DoorKey settings: 8 environments × 128 steps, the grid and direction as one normalised flat vector
+through an MLP, as the zoo's FlatObsWrapper runs do; app/minigrid.py) and evaluates
+deterministically every ``--eval-every``
 iterations on ``--eval-episodes`` episodes; the table gives the first frame count at which the
 evaluation reached the target and the final evaluation.
 

@@ -13,6 +13,7 @@ import sys
 import gymnasium as gym
 import numpy as np
 import pytest
+import yaml
 from gymnasium.vector import AutoresetMode
 
 needs_atari = pytest.mark.skipif(
@@ -119,10 +120,15 @@ def test_a_step_is_four_emulator_frames_max_pooled_over_the_last_two():
         obs, reward, *_ = env.step(action)
         after = ale.cloneState(include_rng=True)
         ale.restoreState(before)
-        frames, raw_reward = [], 0.0
+        frames, raw_reward, lives = [], 0.0, ale.lives()
         for _ in range(4):
             raw_reward += ale.act(env.unwrapped._action_set[action])
             frames.append(ale.getScreenGrayscale().copy())
+        if 0 < ale.lives() < lives:  # FireReset: a lost life's step goes on with a FIRE step
+            frames = []
+            for _ in range(4):
+                raw_reward += ale.act(env.unwrapped._action_set[1])
+                frames.append(ale.getScreenGrayscale().copy())
         assert after.serialize() == ale.cloneState(include_rng=True).serialize()  # the replay is the step
         pooled = np.maximum(frames[2], frames[3])
         np.testing.assert_allclose(obs[-1], _area_resize(pooled, 84), atol=1.0)
@@ -148,8 +154,10 @@ def test_noop_reset_takes_1_to_30_noops():
             seed=seed,
         )
         raw = recorder[0]
-        assert set(raw.actions) <= {0}  # only no-ops at reset
-        counts.append(len(raw.actions))
+        # the no-ops, then FireReset's FIRE and action 2 (Pong waits for FIRE), 4 frames each
+        noops = len(raw.actions) - 8
+        assert raw.actions == [0] * noops + [1] * 4 + [2] * 4
+        counts.append(noops)
         env.close()
     assert all(1 <= c <= 30 for c in counts)
     assert len(set(counts)) > 1  # drawn, not fixed
@@ -170,10 +178,12 @@ def test_training_clips_rewards_and_reports_the_raw_game_score():
     raw, score = recorder[0], _find(env, GameScore)
     lost_lives = 0
     for _ in range(20_000):
-        before = len(raw.rewards)
+        before, lives = len(raw.rewards), env.unwrapped.ale.lives()
         _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
-        assert len(raw.rewards) == before + 1  # one raw (frame-skipped) step per agent step
-        assert reward == np.sign(raw.rewards[-1])
+        # one raw (frame-skipped) step per agent step; FireReset's FIRE after a lost life is a second
+        fired = 0 < env.unwrapped.ale.lives() < lives
+        assert len(raw.rewards) == before + 1 + fired
+        assert reward == np.sign(sum(raw.rewards[before:]))
         if terminated or truncated:
             lost_lives += not raw.game_ends[-1]
             if len(score.finished) == 2:
@@ -221,7 +231,32 @@ def test_a_lost_life_ends_a_training_episode_but_not_the_game():
     evaluation.close()
 
 
-def _vector_env(env_id, num_envs, seed, training=True, **make_kwargs):
+@needs_atari
+@pytest.mark.parametrize("training", [True, False])
+def test_breakout_starts_every_life_with_fire(training):
+    """Breakout waits for FIRE to serve: FireReset serves after each reset and each lost life, so a
+    policy that only ever stands still still loses its five lives and the game ends (without it,
+    the ball would never come into play and the game would run to its time limit)."""
+    from trpo_torchrl.app.atari import FireReset, needs_fire
+
+    env = _chain("ALE/Breakout-v5", training, seed=1)
+    assert _find(env, FireReset).active
+    game_over, steps, lives_seen = False, 0, set()
+    while not game_over and steps < 5_000:
+        _, _, terminated, truncated, _ = env.step(0)  # NOOP only
+        steps += 1
+        lives_seen.add(env.unwrapped.ale.lives())
+        game_over = env.unwrapped.ale.game_over()
+        if (terminated or truncated) and not game_over:
+            env.reset()  # training: a lost life ends the episode, the reset continues the game
+    assert game_over and lives_seen >= {1, 2, 3, 4} and steps < 5_000
+    env.close()
+    freeway = gym.make("ALE/Freeway-v5")
+    assert needs_fire(gym.make("ALE/Pong-v5")) and not needs_fire(freeway)
+    assert not FireReset(freeway).active
+
+
+def _vector_env(env_id, num_envs, seed, training=True, policy="auto", **make_kwargs):
     from trpo_torchrl.app.games import game_make_kwargs
 
     venv = gym.make_vec(
@@ -229,7 +264,7 @@ def _vector_env(env_id, num_envs, seed, training=True, **make_kwargs):
         num_envs=num_envs,
         vectorization_mode="sync",
         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
-        **game_make_kwargs(env_id, make_kwargs, training=training),
+        **game_make_kwargs(env_id, make_kwargs, training=training, policy=policy),
     )
     venv.reset(seed=seed)
     venv.action_space.seed(seed)
@@ -334,10 +369,10 @@ def test_a_missing_package_is_named_with_its_extra(monkeypatch):
 
 @needs_minigrid
 @pytest.mark.parametrize("training", [True, False])
-def test_minigrid_keeps_the_dict_observation_without_the_mission(training):
+def test_minigrid_cnn_keeps_the_dict_observation_without_the_mission(training):
     from trpo_torchrl.app.minigrid import make_minigrid_env
 
-    venv = _vector_env("MiniGrid-Empty-5x5-v0", 2, seed=0, training=training)
+    venv = _vector_env("MiniGrid-Empty-5x5-v0", 2, seed=0, training=training, policy="cnn")
     space = venv.single_observation_space
     assert isinstance(space, gym.spaces.Dict) and sorted(space.spaces) == ["direction", "image"]
     assert space["image"] == gym.spaces.Box(0, 255, (7, 7, 3), np.uint8)
@@ -345,7 +380,7 @@ def test_minigrid_keeps_the_dict_observation_without_the_mission(training):
     obs, *_ = venv.step(venv.action_space.sample())
     assert obs["image"].shape == (2, 7, 7, 3) and obs["image"].dtype == np.uint8
     # the same observation as the task itself gives, less the mission
-    env = make_minigrid_env("MiniGrid-Empty-5x5-v0")
+    env = make_minigrid_env("MiniGrid-Empty-5x5-v0", policy="cnn")
     plain = gym.make("MiniGrid-Empty-5x5-v0")
     a, _ = env.reset(seed=4)
     b, _ = plain.reset(seed=4)
@@ -353,6 +388,55 @@ def test_minigrid_keeps_the_dict_observation_without_the_mission(training):
     np.testing.assert_array_equal(a["image"], b["image"])
     assert a["direction"] == b["direction"]
     venv.close()
+
+
+@needs_minigrid
+@pytest.mark.parametrize("policy", ["auto", "mlp", "lstm"])
+def test_minigrid_is_a_flat_vector_of_the_grid_and_the_direction(policy):
+    """Every policy but cnn reads MiniGrid as rl-zoo3 does: the symbolic grid flattened (object,
+    colour, state per cell), then the one-hot direction, as float32."""
+    from trpo_torchrl.app.minigrid import make_minigrid_env
+
+    venv = _vector_env("MiniGrid-DoorKey-5x5-v0", 2, seed=0, training=True, policy=policy)
+    assert venv.single_observation_space.shape == (7 * 7 * 3 + 4,)
+    assert venv.single_observation_space.dtype == np.float32
+    env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", policy=policy)
+    plain = gym.make("MiniGrid-DoorKey-5x5-v0")
+    for seed in (1, 2):
+        a, _ = env.reset(seed=seed)
+        b, _ = plain.reset(seed=seed)
+        for action in (0, 0, 2, 1, 2):
+            np.testing.assert_array_equal(a[:147], b["image"].reshape(-1).astype(np.float32))
+            direction = np.zeros(4, np.float32)
+            direction[b["direction"]] = 1.0
+            np.testing.assert_array_equal(a[147:], direction)
+            a, *_ = env.step(action)
+            b, *_ = plain.step(action)
+    venv.close()
+
+
+def test_flat_minigrid_refuses_another_observation():
+    from trpo_torchrl.app.minigrid import FlatMiniGrid
+
+    with pytest.raises(ValueError, match="FlatMiniGrid needs MiniGrid's Dict of 'image' and 'direction'"):
+        FlatMiniGrid(gym.make("CartPole-v1"))
+
+
+@needs_minigrid
+@pytest.mark.slow
+def test_train_and_evaluate_minigrid_from_the_command_line(tmp_path, capsys):
+    """A MiniGrid task trains on the flat observation with the direct collector; eval rebuilds it."""
+    from trpo_torchrl.app.cli import main
+
+    run = tmp_path / "grid"
+    args = ["--env", "MiniGrid-Empty-5x5-v0", "--total-frames", "2048", "--logdir", str(tmp_path)]
+    assert main(["train", *args, "--run-name", "grid", "--eval-episodes", "2", "--progress", "false"]) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (config["collector"], config["policy"], config["normalize_observations"]) == ("direct", "auto", True)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run / "checkpoints" / "final.pt"), "--episodes", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= result["mean_return"] <= 1.0
 
 
 @needs_atari

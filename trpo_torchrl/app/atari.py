@@ -14,11 +14,16 @@ One sub-environment, innermost first (``training`` adds the three marked wrapper
    drawn from the game's generator), frame skip 4 with the max over the last two frames,
    84×84 grayscale. Its ``terminal_on_life_loss`` is left off: its reset restarts the whole
    game, so a run would only ever play first lives.
-3. :class:`GameScore` (training): sums the unclipped rewards of a whole game, across lost lives.
-4. :class:`EpisodicLife` (training): a lost life terminates the training episode (the value
+3. :class:`FireReset`, in games whose second action is FIRE and that wait for it (Breakout, Pong,
+   ...; the games Stable-Baselines3's ``AtariWrapper`` gives its ``FireResetEnv``): FIRE then the
+   game's third action after each reset, and FIRE after each lost life, so every life starts in
+   play (in Breakout a policy that never picks FIRE would otherwise stand still until the game's
+   time limit). The steps it takes count in the returned reward and the game's episode.
+4. :class:`GameScore` (training): sums the unclipped rewards of a whole game, across lost lives.
+5. :class:`EpisodicLife` (training): a lost life terminates the training episode (the value
    target is cut there) but not the game; the next reset continues it with one no-op step.
-5. Reward clipping to {-1, 0, 1} (training): ``gymnasium.wrappers.TransformReward(sign)``.
-6. ``gymnasium.wrappers.FrameStackObservation(4)``: observations are ``uint8 (4, 84, 84)``,
+6. Reward clipping to {-1, 0, 1} (training): ``gymnasium.wrappers.TransformReward(sign)``.
+7. ``gymnasium.wrappers.FrameStackObservation(4)``: observations are ``uint8 (4, 84, 84)``,
    channels first; at a reset the stack is filled with the first frame.
 
 Evaluation plays full games (no life-loss termination) with the game's own rewards.
@@ -76,6 +81,48 @@ def is_atari(env_id: str) -> bool:
 
 def _sign(reward: float) -> float:
     return float(np.sign(reward))
+
+
+def needs_fire(env: gym.Env) -> bool:
+    """Whether the game waits for FIRE to start play: its action 1 is FIRE and it has at least 3
+    actions (Stable-Baselines3's test for its ``FireResetEnv``)."""
+    meanings = env.unwrapped.get_action_meanings()
+    return len(meanings) >= 3 and meanings[1] == "FIRE"
+
+
+class FireReset(gym.Wrapper):
+    """FIRE (then action 2) after each reset, and FIRE after each lost life that does not end the
+    game, for games that wait for FIRE to start play (:func:`needs_fire`); other games pass through.
+
+    The reset's two steps are taken as Stable-Baselines3's ``FireResetEnv`` takes them (a step that
+    ends the game resets it again); their rewards are not returned, as a reset returns none (in the
+    games concerned they are 0). The FIRE after a lost life is part of the step that lost it: its
+    reward is added to the step's, and an episode end it causes is the step's."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.active = needs_fire(env)
+        self.lives = 0
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        if self.active:
+            for action in (1, 2):
+                obs, _, terminated, truncated, info = self.env.step(action)
+                if terminated or truncated:
+                    obs, info = self.env.reset(**{k: v for k, v in kwargs.items() if k != "seed"})
+        self.lives = self.env.unwrapped.ale.lives()
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        lives = self.env.unwrapped.ale.lives()
+        if self.active and not (terminated or truncated) and 0 < lives < self.lives:
+            obs, fire_reward, terminated, truncated, info = self.env.step(1)
+            reward = reward + fire_reward
+            lives = self.env.unwrapped.ale.lives()
+        self.lives = lives
+        return obs, reward, terminated, truncated, info
 
 
 class GameScore(gym.Wrapper):
@@ -154,9 +201,9 @@ def atari_wrappers(training: bool, sticky: float) -> list[Callable[[gym.Env], gy
     )
     stack = lambda env: gym.wrappers.FrameStackObservation(env, FRAME_STACK)  # noqa: E731
     if not training:
-        return [*first, preprocess, stack]
+        return [*first, preprocess, FireReset, stack]
     clip = lambda env: gym.wrappers.TransformReward(env, _sign)  # noqa: E731
-    return [*first, preprocess, GameScore, EpisodicLife, clip, stack]
+    return [*first, preprocess, FireReset, GameScore, EpisodicLife, clip, stack]
 
 
 def make_atari_env(env_id: str, training: bool, **make_kwargs) -> gym.Env:

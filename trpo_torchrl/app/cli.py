@@ -170,7 +170,7 @@ def _eval(args: argparse.Namespace) -> int:
     seed = evaluation_seed(config) if args.seed is None else args.seed
     if config.threads:
         torch.set_num_threads(config.threads)  # the run's own thread count: its numbers, not another's
-    venv = make_vector_env(config.env, 1, seed=seed, env_kwargs=config.env_kwargs)
+    venv = make_vector_env(config.env, 1, seed=seed, env_kwargs=config.env_kwargs, policy=config.policy)
     try:
         actor, critic, _ = build_models(config, venv.single_observation_space, venv.single_action_space)
     except SpaceError as err:
@@ -186,13 +186,27 @@ def _eval(args: argparse.Namespace) -> int:
         ) from None
     actor.eval()
     returns = evaluate_actor(
-        actor, config.env, args.episodes, seed=seed, device=torch.device(config.device), env_kwargs=config.env_kwargs
+        actor,
+        config.env,
+        args.episodes,
+        seed=seed,
+        device=torch.device(config.device),
+        env_kwargs=config.env_kwargs,
+        policy=config.policy,
     )
     mean, std = float(np.mean(returns)), float(np.std(returns))
     if args.video:
         Path(args.video).mkdir(parents=True, exist_ok=True)
         gif = Path(args.video) / "episode.gif"
-        record_video(actor, config.env, gif, seed=seed, device=config.device, env_kwargs=config.env_kwargs)
+        record_video(
+            actor,
+            config.env,
+            gif,
+            seed=seed,
+            device=config.device,
+            env_kwargs=config.env_kwargs,
+            policy=config.policy,
+        )
         print(f"video: {gif}", file=sys.stderr)
     if args.json:
         print(

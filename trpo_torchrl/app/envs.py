@@ -145,15 +145,17 @@ def make_vector_env(
     env_kwargs: dict[str, Any] | None = None,
     wrappers=(),
     training: bool = True,
+    policy: str = "auto",
 ) -> gym.vector.SyncVectorEnv:
     """The raw Gymnasium vector env (same-step autoreset), seeded. Atari games and MiniGrid tasks
     get their own wrappers first (app/games.py; ``training=False``: an Atari game as evaluation
     plays it); then each sub-environment's observation is converted to what the networks read
     (:class:`~.spaces.AppObservation`, when needed), then ``wrappers`` are applied; a space the app
-    cannot model is an EnvError."""
+    cannot model is an EnvError. ``policy`` is the run's ``--policy`` (MiniGrid's observation
+    depends on it: app/minigrid.py)."""
     env_id = resolve_env_id(env)
     env_kwargs = dict(env_kwargs or {})
-    make_kwargs = game_make_kwargs(env_id, {**env_kwargs, "wrappers": []}, training=training)
+    make_kwargs = game_make_kwargs(env_id, {**env_kwargs, "wrappers": []}, training=training, policy=policy)
     game_wrappers = make_kwargs.pop("wrappers")
 
     def convert(sub: gym.Env) -> gym.Env:
@@ -237,6 +239,7 @@ def make_env(
     clip_actions: bool = True,
     device: str = "cpu",
     training: bool = True,
+    policy: str = "auto",
 ) -> TransformedEnv:
     """A TorchRL env of batch size ``[num_envs]`` over a synchronous Gymnasium vector env.
 
@@ -244,10 +247,12 @@ def make_env(
     sub-environment, float64 box observations are cast to float32 and, when ``clip_actions``, box
     actions are clipped to the box on their way to the simulator (so the action spec it reports is
     unbounded: the policy's samples go in as they are and the batch keeps them). ``env_id`` may be
-    ``module:Id``; ``env_kwargs`` go to ``gymnasium.make``.
+    ``module:Id``; ``env_kwargs`` go to ``gymnasium.make``; ``policy`` is the run's ``--policy``.
     """
     wrappers = [_float32_observations, _binary_actions_as_integers] + ([_clip_box_actions] if clip_actions else [])
-    venv = make_vector_env(env_id, num_envs, seed, env_kwargs=env_kwargs, wrappers=wrappers, training=training)
+    venv = make_vector_env(
+        env_id, num_envs, seed, env_kwargs=env_kwargs, wrappers=wrappers, training=training, policy=policy
+    )
     # MultiDiscrete actions as integer indices (one per dimension); Discrete ones stay one-hot
     integer_actions = isinstance(venv.single_action_space, gym.spaces.MultiDiscrete)
     with warnings.catch_warnings(), _torchrl_info_silenced():

@@ -23,7 +23,15 @@ def evaluation_seed(config) -> int:
 
 @torch.no_grad()
 def evaluate_actor(
-    actor, env_id: str, episodes: int, *, seed: int, device="cpu", max_steps: int = 100_000, env_kwargs=None
+    actor,
+    env_id: str,
+    episodes: int,
+    *,
+    seed: int,
+    device="cpu",
+    max_steps: int = 100_000,
+    env_kwargs=None,
+    policy: str = "auto",
 ) -> list[float]:
     """Undiscounted returns of ``episodes`` episodes, run up to MAX_PARALLEL at a time.
 
@@ -37,7 +45,9 @@ def evaluate_actor(
     while len(returns) < episodes:
         n = min(MAX_PARALLEL, episodes - len(returns))
         # training=False: an Atari game plays whole games with its own rewards (app/atari.py)
-        env = make_env(env_id, n, seed=round_seed, device=str(device), env_kwargs=env_kwargs, training=False)
+        env = make_env(
+            env_id, n, seed=round_seed, device=str(device), env_kwargs=env_kwargs, training=False, policy=policy
+        )
         for transform in recurrent_env_transforms(actor):  # a recurrent actor's state starts at zero per episode
             env.append_transform(transform)
         returns += _first_episodes(actor, env, max_steps)
@@ -67,7 +77,16 @@ def _first_episodes(actor, env, max_steps: int) -> list[float]:
 
 @torch.no_grad()
 def record_video(
-    actor, env_id: str, path, *, seed: int, device="cpu", max_steps: int = 10_000, fps: int = 30, env_kwargs=None
+    actor,
+    env_id: str,
+    path,
+    *,
+    seed: int,
+    device="cpu",
+    max_steps: int = 10_000,
+    fps: int = 30,
+    env_kwargs=None,
+    policy: str = "auto",
 ) -> float:
     """Renders one deterministic episode to ``path`` (a GIF); returns its return."""
     import gymnasium as gym
@@ -80,7 +99,9 @@ def record_video(
 
     try:
         env_id = resolve_env_id(env_id)
-        kwargs = game_make_kwargs(env_id, {**(env_kwargs or {}), "render_mode": "rgb_array"}, training=False)
+        kwargs = game_make_kwargs(
+            env_id, {**(env_kwargs or {}), "render_mode": "rgb_array"}, training=False, policy=policy
+        )
         wrappers = kwargs.pop("wrappers", [])  # an Atari game's or MiniGrid task's own, as evaluation has them
         env = gym.make(env_id, **kwargs)
         for wrap in wrappers:

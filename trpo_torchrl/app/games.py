@@ -32,15 +32,19 @@ def register_game_ids(env_id: str) -> None:
                 gym.register_envs(module)
 
 
-def game_make_kwargs(env_id: str, make_kwargs: dict[str, Any], *, training: bool) -> dict[str, Any]:
+def game_make_kwargs(
+    env_id: str, make_kwargs: dict[str, Any], *, training: bool, policy: str = "auto"
+) -> dict[str, Any]:
     """``gym.make_vec`` keyword arguments for ``env_id``: ``make_kwargs`` plus an Atari game's or
     MiniGrid task's own arguments, its wrappers placed first (innermost). ``training`` selects the
-    Atari training wrappers (life-loss episodes, clipped rewards); evaluation plays whole games."""
+    Atari training wrappers (life-loss episodes, clipped rewards); evaluation plays whole games.
+    ``policy`` (the run's ``--policy``) selects MiniGrid's observation: a flat vector, or the Dict
+    with its image for ``cnn``."""
     register_game_ids(env_id)
     outer = list(make_kwargs.get("wrappers") or [])
     if is_atari(env_id):
         kwargs, sticky = atari_make_kwargs(env_id, make_kwargs)
         return {**kwargs, "wrappers": atari_wrappers(training, sticky) + outer}
     if is_minigrid(env_id):
-        return {**make_kwargs, "wrappers": minigrid_wrappers() + outer}
+        return {**make_kwargs, "wrappers": minigrid_wrappers(policy) + outer}
     return make_kwargs

@@ -52,11 +52,12 @@ _ATARI = {
     "gae_lambda": 0.95,
 }
 
-# rl-zoo3 ppo.yml, "MiniGrid-DoorKey-5x5-v0" (normalize, n_envs 8, n_steps 128, batch_size 64,
-# n_epochs 10, learning_rate 2.5e-4, gamma 0.99, gae_lambda 0.95). Its observation normalisation
-# is left out: the image is uint8 and scaled by the network. total_frames is the learning check's
-# budget (the zoo's is 1e5 for DoorKey).
+# rl-zoo3 ppo.yml, "MiniGrid-DoorKey-5x5-v0" (FlatObsWrapper, normalize, n_envs 8, n_steps 128,
+# batch_size 64, n_epochs 10, learning_rate 2.5e-4, gamma 0.99, gae_lambda 0.95): the observation is
+# the flat vector of app/minigrid.py, normalised as the zoo's VecNormalize does. total_frames is the
+# learning check's budget (the zoo's is 1e5 for DoorKey).
 _MINIGRID = {
+    "normalize_observations": True,
     "normalize_rewards": True,
     "num_envs": 8,
     "steps_per_env": 128,

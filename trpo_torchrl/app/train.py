@@ -176,7 +176,12 @@ class Trainer:
         self.steps_per_shard = config.steps_per_env // (self.ranks.world_size * config.workers)
         self.rank_seed = config.seed + 100_003 * self.ranks.rank
         make = partial(
-            make_env, config.env, config.num_envs, env_kwargs=config.env_kwargs, clip_actions=config.clip_actions
+            make_env,
+            config.env,
+            config.num_envs,
+            env_kwargs=config.env_kwargs,
+            clip_actions=config.clip_actions,
+            policy=config.policy,
         )
         self.env = make(self.rank_seed)  # also the source of the spaces for the models
         venv = gym_vector_env(self.env)
@@ -432,6 +437,7 @@ class Trainer:
             seed=evaluation_seed(self.config),
             device=self.device,
             env_kwargs=self.config.env_kwargs,
+            policy=self.config.policy,
         )
         return float(np.mean(returns)), float(np.std(returns))
 
