@@ -5,6 +5,7 @@ against plain torch; a resumed run equals the uninterrupted one; each bad input 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import gymnasium as gym
@@ -211,3 +212,17 @@ def test_a_discrete_observation_is_one_hot_and_keeps_the_direct_collector(tmp_pa
     env = AppObservation(gym.make("FrozenLake-v1"))
     obs, _ = env.reset(seed=0)
     np.testing.assert_array_equal(obs, np.eye(16, dtype=np.float32)[0])
+
+
+def test_run_directories_of_namespaced_ids_are_one_folder():
+    """``ALE/Pong-v5`` and ``module:Id`` name one folder each (no nesting, no ':'), for a single
+    run and for the members of a population."""
+    from trpo_torchrl.app.config import build_config
+    from trpo_torchrl.app.population import default_group_name, member_config
+    from trpo_torchrl.app.rundir import default_run_name
+
+    for env, slug in [("ALE/Pong-v5", "ALE-Pong-v5"), ("tests._envs:SignCopy-v0", "tests._envs-SignCopy-v0")]:
+        config = build_config({"env": "CartPole-v1", "seeds": 2})
+        config = dataclasses.replace(config, env=env)
+        for name in (default_run_name(config), default_group_name(config), member_config(config, 1).run_name):
+            assert name.startswith(slug + "__") and "/" not in name and ":" not in name

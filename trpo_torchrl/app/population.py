@@ -31,6 +31,7 @@ from trpo_torchrl.collectors import PopulationCollector
 
 from .checkpoint import CHECKPOINT_DIR, CheckpointError, load_checkpoint, resolve_checkpoint
 from .config import ConfigError, TrainConfig, config_from_dict, load_yaml, save_yaml
+from .rundir import env_slug
 from .train import ACTOR_METRICS, RunResult, StopRequest, Trainer, resume_trainer
 
 __all__ = ["PopulationTrainer", "resume_population", "train_population"]
@@ -40,12 +41,12 @@ def member_config(config: TrainConfig, m: int) -> TrainConfig:
     """Member ``m``'s own config: seed ``seed + m`` and ``seeds=1``, so its checkpoint resumes and
     evaluates as a single run; its run directory is ``<group>/<env>__seed<seed + m>``."""
     seed = config.seed + m
-    return dataclasses.replace(config, seed=seed, seeds=1, run_name=f"{config.env}__seed{seed}")
+    return dataclasses.replace(config, seed=seed, seeds=1, run_name=f"{env_slug(config.env)}__seed{seed}")
 
 
 def default_group_name(config: TrainConfig) -> str:
     last = config.seed + config.seeds - 1
-    return f"{config.env}__seeds{config.seed}-{last}__{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return f"{env_slug(config.env)}__seeds{config.seed}-{last}__{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 class PopulationTrainer:

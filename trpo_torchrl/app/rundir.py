@@ -38,8 +38,14 @@ PROGRESS_FIELDS = [
 ]
 
 
+def env_slug(env: str) -> str:
+    """``env`` as one folder name: the ``/`` of ``ALE/Pong-v5`` and the ``:`` of ``module:Id``
+    become ``-`` (a run directory is one folder, with a name every file system takes)."""
+    return env.replace("/", "-").replace(":", "-")
+
+
 def default_run_name(config: TrainConfig) -> str:
-    return f"{config.env}__seed{config.seed}__{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return f"{env_slug(config.env)}__seed{config.seed}__{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def earlier_run(run_dir: Path) -> str | None:
