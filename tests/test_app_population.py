@@ -253,3 +253,22 @@ def test_each_member_takes_the_first_iteration_of_its_own_single_run(tmp_path, e
     population.collection.shutdown()
     for member in population.members:
         member.shutdown()
+
+
+@pytest.mark.slow
+def test_seeds_with_a_space_the_direct_collector_does_not_step(tmp_path, capsys):
+    """A Dict observation switches every member to TorchRL's Collector: the population collects
+    member by member, and the group's config.yaml records the collector the members ran."""
+    import yaml
+
+    import tests._envs  # noqa: F401 - registers DictObservation-v0
+
+    argv = ["train", "--env", "DictObservation-v0", "--logdir", str(tmp_path), "--run-name", "g", *TINY]
+    assert main([*argv, "--total-frames", "256", "--seeds", "2", "--eval-episodes", "1"]) == 0
+    assert "collector: sync (TorchRL's Collector)" in capsys.readouterr().out
+    group = tmp_path / "g"
+    for config in [group / "config.yaml", *(group / f"DictObservation-v0__seed{s}" / "config.yaml" for s in (0, 1))]:
+        assert yaml.safe_load(config.read_text())["collector"] == "sync", config
+    for s in (0, 1):
+        state = load_checkpoint(group / f"DictObservation-v0__seed{s}" / "checkpoints" / "final.pt")
+        assert state["iteration"] == 2 and state["config"]["seed"] == s

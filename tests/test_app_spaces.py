@@ -48,7 +48,7 @@ def test_each_space_trains_and_evaluates_from_the_command_line(tmp_path, capsys,
     out = capsys.readouterr().out
     assert code == 0
     # the spaces DirectCollector does not run go through TorchRL's Collector, said once
-    assert out.count("go through TorchRL's Collector (collector=sync)") == 1
+    assert out.count("collector: sync (TorchRL's Collector)") == 1
     if env_id == "DictObservation-v0":
         assert out.count("observation: left out the non-numeric entries 'mission' (Text)") == 1
     state = load_checkpoint(tmp_path / "run")

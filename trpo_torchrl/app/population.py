@@ -27,7 +27,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 
 from trpo_torchrl import PopulationTrustRegionUpdate, fit_critics
-from trpo_torchrl.collectors import PopulationCollector
+from trpo_torchrl.collectors import DirectCollector, PopulationCollector
 
 from .checkpoint import CHECKPOINT_DIR, CheckpointError, load_checkpoint, resolve_checkpoint
 from .config import ConfigError, TrainConfig, config_from_dict, load_yaml, save_yaml
@@ -65,6 +65,8 @@ class PopulationTrainer:
                 member = member_config(config, m)
                 members.append(Trainer(member, run_dir=self.group_dir / member.run_name))
         self.members: list[Trainer] = members
+        # what the members run: a space the direct collector does not step switches each to "sync"
+        self.config = dataclasses.replace(self.config, collector=members[0].config.collector)
         actors = [t.actor for t in self.members]
         # the stack is the update's working copy; each member's actor stays the one its collector runs
         self.params = TensorDict.from_modules(*actors, as_module=True)
@@ -79,7 +81,7 @@ class PopulationTrainer:
         # so each member's checkpoint holds its own, as a single run's does)
         self.collection = (
             PopulationCollector([t.collector for t in self.members], env_threads=config.env_threads)
-            if config.collector == "direct"
+            if all(isinstance(t.collector, DirectCollector) for t in self.members)
             else None
         )
 

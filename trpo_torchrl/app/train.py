@@ -36,6 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from tensordict import TensorDictBase
@@ -138,6 +139,13 @@ class StopRequest:
             raise KeyboardInterrupt
 
 
+def _space_name(space) -> str:
+    """A space in a few words for a log line: its class, and the shape of a Box."""
+    if isinstance(space, gym.spaces.Box):
+        return f"Box{tuple(space.shape)} {space.dtype}"
+    return type(space).__name__
+
+
 class Trainer:
     """Builds a run from a :class:`TrainConfig` and trains it; see the module docstring."""
 
@@ -210,8 +218,10 @@ class Trainer:
             self.config = config = dataclasses.replace(config, collector="sync")
             if self.ranks.is_main:
                 say_once(
-                    f"collector: {config.env}'s spaces ({venv.single_observation_space}, "
-                    f"{venv.single_action_space}) go through TorchRL's Collector (collector=sync)"
+                    f"collector: sync (TorchRL's Collector), as the direct collector steps a flat Box "
+                    f"observation with an MLP and a Box or Discrete action only; {config.env} has "
+                    f"{_space_name(venv.single_observation_space)} observations and "
+                    f"{_space_name(venv.single_action_space)} actions with --policy {config.policy}"
                 )
         # ranks sample their own actions from here on (the models were built above, identically)
         seed_everything(self.rank_seed)
