@@ -145,7 +145,7 @@ def test_scale_out_errors(tmp_path, monkeypatch, capsys, args, env, message):
     assert message in capsys.readouterr().err
 
 
-def _learner_rank(rank: int, world: int, port: int, logdir: str, out: str) -> None:
+def _learner_rank(rank: int, world: int, port: int, logdir: str, out: str, model: dict | None = None) -> None:
     """One learner rank, launched the way torchrun launches one: the rendezvous in the environment."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
@@ -156,7 +156,7 @@ def _learner_rank(rank: int, world: int, port: int, logdir: str, out: str) -> No
         def config(name, frames):
             return build_config(
                 dict(
-                    env="CartPole-v1",
+                    {"env": "CartPole-v1", **(model or {})},
                     total_frames=frames,
                     num_envs=2,
                     steps_per_env=32,
@@ -192,11 +192,18 @@ def _learner_rank(rank: int, world: int, port: int, logdir: str, out: str) -> No
 
 
 @pytest.mark.slow
-def test_learner_ranks_train_identically_and_resume_exactly(tmp_path):
+@pytest.mark.parametrize(
+    "model",
+    [{}, {"env": "CartPoleNoVel-v1", "policy": "lstm", "rnn_hidden": 8, "hidden_sizes": (8,)}],
+    ids=["mlp", "lstm"],
+)
+def test_learner_ranks_train_identically_and_resume_exactly(tmp_path, model):
+    """Two learner ranks (an MLP, and an LSTM whose batches are re-run sequence by sequence)."""
     world, port = 2, free_port()
     ctx = mp.get_context("spawn")
     procs = [
-        ctx.Process(target=_learner_rank, args=(r, world, port, str(tmp_path), str(tmp_path))) for r in range(world)
+        ctx.Process(target=_learner_rank, args=(r, world, port, str(tmp_path), str(tmp_path), model))
+        for r in range(world)
     ]
     for p in procs:
         p.start()
