@@ -18,8 +18,12 @@ and (b) with use_linearize=True (J v from a traced jvp: products about as cheap,
 plan TrustRegionUpdate uses for such policies (trpo_torchrl.backends.mlp: explicit matrix products
 over the activations of one forward pass), with its setup (that forward pass).
 
+Part 3 (``--cnn STATES``, alone): the same product for the app's Nature-CNN categorical policy on
+STATES Atari frames, J v by the transpose trick against linearize (what the update takes for a
+policy with convolutions), per product, per set-up and per step (set-up + 16 products).
+
 Warm-up calls are excluded; CUDA timings synchronise before reading the clock.
-Usage: python benchmarks/cg.py [--quick] [--device cpu|cuda|all] [--out results.json]
+Usage: python benchmarks/cg.py [--quick] [--device cpu|cuda|all] [--cnn 1024] [--out results.json]
 """
 
 from __future__ import annotations
@@ -216,6 +220,52 @@ def bench_fvp(device, hiddens, reps):
     return rows
 
 
+def bench_cnn_fvp(device, states: int, reps: int, products: int = 16) -> dict:
+    """The Gauss-Newton product of the app's Nature-CNN categorical policy (6 actions, ``uint8
+    4×84×84`` frames): J v by the transpose of the recorded pullback against ``linearize``, each
+    product and its set-up, and one step's ``products`` products with their set-up."""
+    from torch import nn
+    from torch.func import functional_call
+
+    from trpo_torchrl.app.models import ImageCNN, mlp
+
+    torch.manual_seed(0)
+    net = nn.Sequential(ImageCNN((4, 84, 84)), mlp(512, 6, (), "tanh", 0.01)).to(device)
+    frames = torch.randint(0, 256, (states, 4, 84, 84), dtype=torch.uint8, device=device)
+    names = [name for name, _ in net.named_parameters()]
+    shapes = [p.shape for p in net.parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+
+    def dist_fn(flat):
+        named = dict(zip(names, (t.view(shape) for t, shape in zip(flat.split([s.numel() for s in shapes]), shapes))))
+        return functional_call(net, named, (frames,))
+
+    v = torch.randn_like(theta)
+    row = dict(device=device.type, policy="nature-cnn", params=theta.numel(), states=states)
+    products_out = {}
+    for form, linear in (("transpose", False), ("linearize", True)):
+        setup = median_ms(
+            lambda: gauss_newton_fisher_vector_product(dist_fn, theta, "categorical", use_linearize=linear),
+            device,
+            max(2, reps // 2),
+        )
+        fvp = gauss_newton_fisher_vector_product(dist_fn, theta, "categorical", use_linearize=linear)
+        products_out[form] = fvp(v)
+        each = median_ms(lambda: fvp(v), device, reps)
+        row[f"{form}_ms"], row[f"{form}_setup_ms"] = each, setup
+        row[f"{form}_step_ms"] = setup + products * each
+    a, b = products_out["transpose"], products_out["linearize"]
+    row["rel_diff"] = ((a - b).norm() / a.norm()).item()
+    row["step_speedup"] = row["transpose_step_ms"] / row["linearize_step_ms"]
+    print(
+        f"{device.type:>4} nature-cnn {states:>6} {row['params']:>8} {row['transpose_ms']:>10.0f} "
+        f"{row['transpose_setup_ms']:>10.0f} {row['linearize_ms']:>10.0f} {row['linearize_setup_ms']:>10.0f} "
+        f"{row['step_speedup']:>8.2f}x  {row['rel_diff']:.1e}",
+        flush=True,
+    )
+    return row
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="CG on n in {5k, 70k} and B in {1, 8} only; fewer repeats")
@@ -225,9 +275,27 @@ def main():
     ap.add_argument("--max-iter", type=int, default=10, help="CG iterations per solve")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    ap.add_argument(
+        "--cnn",
+        type=int,
+        default=0,
+        metavar="STATES",
+        help="only the Nature-CNN policy's product forms on this many frames (1024: the atari preset's batch)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cnn:
+        info = machine()
+        print("machine:", json.dumps(info))
+        print(f"\nGauss-Newton product of the Nature-CNN policy, {args.cnn} frames; ms; a step = set-up + 16 products")
+        print(
+            f"{'dev':>4} {'policy':>10} {'states':>6} {'params':>8} {'transpose':>10} {'setup':>10} "
+            f"{'linearize':>10} {'setup':>10} {'step t/l':>9}  rel.diff"
+        )
+        rows = [bench_cnn_fvp(dev, args.cnn, 3 if args.quick else 5) for dev in pick_devices(args.device)]
+        write_json(args.out, dict(machine=info, cnn_fvp=rows))
+        return
 
     devices = pick_devices(args.device)
     sizes = [5_000, 70_000] if args.quick else [5_000, 70_000, 1_000_000]

@@ -172,3 +172,65 @@ def test_fisher_argument_errors():
         fvp(torch.ones(n + 1, dtype=torch.float64))
     with pytest.raises(ValueError, match="v is torch.float32"):
         fvp(torch.ones(n))
+
+
+def _conv_actor(seed: int = 0):
+    """A categorical policy whose network holds a convolution (the observation read as a
+    one-channel signal), float64."""
+    from torch import nn
+
+    from tests._trpo_batches import NUM_ACTIONS, OBS_DIM
+    from trpo_torchrl.policies import categorical_actor
+
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Unflatten(-1, (1, OBS_DIM)),
+        nn.Conv1d(1, 4, 2),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(4 * (OBS_DIM - 1), NUM_ACTIONS),
+    ).double()
+    return categorical_actor(net)
+
+
+@pytest.mark.parametrize("max_kl,accept_ratio", [(0.02, 0.0), (3.0, 0.9)])
+def test_a_convolutional_policy_takes_linearize_and_the_same_step(max_kl, accept_ratio):
+    """A CPU policy with a convolution gets J v from linearize (cheaper than the transpose trick
+    through a convolution's backward) and its line-search candidates one at a time: the step equals
+    the transpose trick's with every candidate at once, to float64 rounding; an MLP policy keeps
+    the transpose trick."""
+    from tests._trpo_batches import assert_same_step, collect, make_actor, make_critic
+    from trpo_torchrl import TRPOLoss, TrustRegionUpdate
+
+    results, passes = [], {}
+    for convolutional in (True, False):
+        actor = _conv_actor()
+        td = collect(actor, 128, dtype=torch.float64)
+        update = TrustRegionUpdate(
+            TRPOLoss(actor, make_critic(dtype=torch.float64)),
+            max_kl=max_kl,
+            accept_ratio=accept_ratio,
+            backtrack_iters=6,
+            generator=torch.Generator().manual_seed(1),
+        )
+        backend = update.backends.functional
+        assert backend.convolutional
+        backend.convolutional = convolutional  # False: the transpose trick, every candidate at once
+        evaluate = backend.candidate_terms
+        passes[convolutional] = []
+
+        def counted(batch, candidates, buffers=None, record=passes[convolutional], evaluate=evaluate):
+            record.append(candidates.shape[0])
+            return evaluate(batch, candidates, buffers)
+
+        backend.candidate_terms = counted
+        metrics = update(td)
+        assert bool(metrics["step_accepted"])
+        results.append((update.flat_parameters(), metrics))
+    assert_same_step(*results)
+    # one candidate per pass, stopping at the accepted one; else all six in one pass
+    accepted_at = int(results[0][1]["backtrack_steps"])
+    assert (accepted_at > 0) == (accept_ratio > 0)  # the second case backtracks: several passes
+    assert passes == {True: [1] * (accepted_at + 1), False: [6]}
+    mlp = TrustRegionUpdate(TRPOLoss(make_actor("categorical", dtype=torch.float64), make_critic(dtype=torch.float64)))
+    assert not mlp.backends.functional.convolutional

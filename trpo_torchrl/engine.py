@@ -12,7 +12,12 @@ One function, :func:`trust_region_step`, does the step in the algorithm's order 
 
 How the policy is evaluated (``torch.func`` on any module, or explicit matrix products for a plain
 MLP) is the backend's business (:mod:`trpo_torchrl.backends`); what is averaged over data-parallel
-ranks is this module's. Nothing reads a tensor back to the host.
+ranks is this module's. Nothing reads a tensor back to the host, with one exception an evaluation
+asks for: ``candidates_per_pass = k`` evaluates the candidates k at a time, in order, and stops
+after the first pass in which every member has an acceptable candidate (a host read per pass; the
+candidates not evaluated are never chosen, so the step is the one all candidates would give). The
+``torch.func`` backend asks for it on a CPU policy with convolutions, where each candidate costs a
+forward pass of the network and the first is usually accepted.
 """
 
 from __future__ import annotations
@@ -90,6 +95,13 @@ class Evaluation(Protocol):
 
     def candidate_terms(self, candidates: torch.Tensor) -> torch.Tensor:
         """``[3, K, *lead]``: objective, surrogate and KL of the candidates ``[K, *lead, n]``."""
+
+
+def _candidates_per_pass(evaluation: Evaluation, k: int) -> int:
+    """How many line-search candidates one pass evaluates: ``evaluation.candidates_per_pass`` when
+    it sets one (an int >= 1), else all ``k`` at once."""
+    per_pass = getattr(evaluation, "candidates_per_pass", None)
+    return k if per_pass is None else max(1, min(int(per_pass), k))
 
 
 def _along_k(values: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
@@ -201,17 +213,36 @@ def trust_region_step(
     k = torch.arange(settings.backtrack_iters, device=theta_old.device, dtype=theta_old.dtype)
     fractions = settings.backtrack_coeff**k
     candidates = theta_old + _along_k(fractions, lead).unsqueeze(-1) * full_step  # [K, *lead, n]
+
+    def acceptable_among(terms: torch.Tensor, cands: torch.Tensor, fracs: torch.Tensor) -> torch.Tensor:
+        objective, _, kl = terms.unbind()
+        gain = objective - objective_old
+        return (
+            torch.isfinite(cands).all(-1)
+            & torch.isfinite(objective)
+            & torch.isfinite(kl)
+            & (kl <= max_kl)
+            & (gain > 0)
+            & (gain >= settings.accept_ratio * expected_improvement * _along_k(fracs, lead))
+        )  # [K, *lead]
+
+    num_candidates = settings.backtrack_iters
+    per_pass = _candidates_per_pass(evaluation, num_candidates)
     with torch.no_grad():
-        cand_objective, cand_surrogate, cand_kl = mean_over_ranks(evaluation.candidate_terms(candidates)).unbind()
+        if per_pass >= num_candidates:
+            terms = mean_over_ranks(evaluation.candidate_terms(candidates))
+        else:
+            # in order, a pass at a time, until every member has an acceptable candidate; the
+            # candidates left out are NaN, so never acceptable (the first acceptable is among those run)
+            terms = torch.full((3, *candidates.shape[:-1]), float("nan"), dtype=objective_old.dtype, device=g.device)
+            for start in range(0, num_candidates, per_pass):
+                stop = min(start + per_pass, num_candidates)
+                terms[:, start:stop] = mean_over_ranks(evaluation.candidate_terms(candidates[start:stop]))
+                if bool(acceptable_among(terms[:, :stop], candidates[:stop], fractions[:stop]).any(0).all()):
+                    break
+    cand_objective, cand_surrogate, cand_kl = terms.unbind()
     improvement = cand_objective - objective_old
-    acceptable = (
-        torch.isfinite(candidates).all(-1)
-        & torch.isfinite(cand_objective)
-        & torch.isfinite(cand_kl)
-        & (cand_kl <= max_kl)
-        & (improvement > 0)
-        & (improvement >= settings.accept_ratio * expected_improvement * _along_k(fractions, lead))
-    )  # [K, *lead]
+    acceptable = acceptable_among(terms, candidates, fractions)
     accepted = acceptable.any(0)
     first = acceptable.to(torch.int32).argmax(dim=0)  # [*lead]; 0 where none, masked below
 

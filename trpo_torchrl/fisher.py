@@ -252,6 +252,8 @@ def gauss_newton_fisher_vector_product(
             # torch's constant folding inside linearize warns about its own graph bookkeeping on
             # every call; it says nothing the user can act on
             warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node", category=UserWarning)
+            # and its tracing touches torch.jit.script, whose deprecation notice is torch's own business
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
             _, push = linearize(dist_fn, theta)
     else:
         push = _transpose_of_pullback(pullback, out)

@@ -34,7 +34,9 @@ class TrustRegionUpdate:
        expected one is taken, chosen by a mask. When none is, the parameters are left bit-identical.
 
     Nothing reads a tensor back to the host: acceptance, the chosen step and a failed search are
-    tensors in the returned metrics. A non-positive or non-finite curvature ``xᵀFx`` gives a zero step,
+    tensors in the returned metrics. (One exception: a policy with convolutions on the CPU takes
+    ``J v`` from ``torch.func.linearize`` and evaluates its candidates one at a time, stopping at the
+    first acceptable one, which reads a flag back per candidate; the step is the same.) A non-positive or non-finite curvature ``xᵀFx`` gives a zero step,
     which the search rejects (``fisher_curvature`` in the metrics shows it).
 
     The proposal (:meth:`propose`) is a pure function of the flat parameter vector θ_old, and the

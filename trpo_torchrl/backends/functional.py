@@ -53,6 +53,13 @@ class FunctionalBackend:
         # True when fvp was left to its default and the distribution is known only from a batch:
         # one without a closed-form Fisher then takes the KL-Hessian product (set by the front end)
         self.automatic_fvp = False
+        # a policy with convolutions takes J v from a traced jvp (linearize): differentiating a
+        # convolution's backward again, the default transpose trick, costs more than the tracing
+        # (the Nature-CNN on 1 024 states: about 1.0 s per product instead of 1.7 s, for 0.7 s
+        # more set-up per step; benchmarks/cg.py --cnn); an MLP keeps the transpose trick
+        self.convolutional = any(
+            isinstance(m, torch.nn.modules.conv._ConvNd) for m in loss_module.actor_network.modules()
+        )
 
     def evaluate(
         self, batch: PolicyBatch, theta_old: torch.Tensor, buffers: dict[str, torch.Tensor]
@@ -144,7 +151,12 @@ class FunctionalBackend:
 
             # × M to undo that, and / d when the KL is averaged over d action dimensions
             product = gauss_newton_fisher_vector_product(
-                dist_fn, flat_theta, family, damping=self.damping, kl_scale=copies / loss.kl_divisor(dist)
+                dist_fn,
+                flat_theta,
+                family,
+                damping=self.damping,
+                kl_scale=copies / loss.kl_divisor(dist),
+                use_linearize=self.convolutional,
             )
         else:
             # the Hessian of Σ_m KL_m(θ_m) is exactly diag(F_1, ..., F_M)
@@ -181,6 +193,9 @@ class FunctionalEvaluation:
 
     def __init__(self, backend: FunctionalBackend, batch: PolicyBatch, theta_old: torch.Tensor, buffers):
         self.backend, self.batch, self.theta_old, self.buffers = backend, batch, theta_old, buffers
+        # a CNN on the CPU: each line-search candidate is a forward pass worth skipping, and a host
+        # read between passes is cheap (the engine's docstring); elsewhere all candidates at once
+        self.candidates_per_pass = 1 if backend.convolutional and theta_old.device.type == "cpu" else None
         theta = theta_old.clone().requires_grad_(True)
         if theta.dim() == 1:
             # one policy: keep the distribution, the Gauss-Newton product reads its family from it
