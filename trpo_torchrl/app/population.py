@@ -134,6 +134,10 @@ class PopulationTrainer:
                 return self._loop(total, stop)
         except KeyboardInterrupt:
             return [trainer.stop_interrupted() for trainer in self.members]
+        except BaseException:
+            for trainer in self.members:  # no environment worker process outlives a failed run
+                trainer.shutdown_after_error()
+            raise
         finally:
             if self.collection is not None:
                 self.collection.shutdown()
