@@ -19,6 +19,9 @@ generator state the two give the same batch bit for bit (tests/test_collect.py);
 M``) in one loop: their sub-environments stepped together, their actors run as one batched network,
 each member's draws on its own generator, each member's batch the one its own collector would give.
 
+With ``env_workers=N`` a collector's sub-environments step in worker processes (gymnasium's
+``AsyncVectorEnv``, forked from the live sub-environments): the same batches, bit for bit.
+
 At a step where an episode ends, ``("next", "observation")`` is the episode's real final
 observation (a truncated episode bootstraps from it) and the next step starts from the reset
 observation. One difference from TorchRL: when every environment ends at the same step, TorchRL
@@ -332,9 +335,10 @@ class _EnvWorkers:
     results into a :class:`_Rollout` (a :class:`PopulationCollector` sends every member's actions
     before it waits for any, so all members' workers run at once).
 
-    A worker's error becomes an :class:`EnvWorkersError` naming the environment; so does an
-    interruption (Ctrl-C) while a step is pending, after which the workers are stopped (their
-    state would no longer match the collector's carried step)."""
+    A worker's error becomes an :class:`EnvWorkersError` naming the environment, and the workers
+    are stopped. A KeyboardInterrupt while a step is pending propagates as it is, and also stops the
+    workers (their state would no longer match the collector's carried step); any later call is an
+    :class:`EnvWorkersError` that says so."""
 
     def __init__(self, venv: gym.vector.SyncVectorEnv, concurrency: int):
         self.name = _env_name(venv.envs[0])
