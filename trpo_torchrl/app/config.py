@@ -65,8 +65,8 @@ class TrainConfig:
     process; N >= 1 in worker processes (gymnasium's ``AsyncVectorEnv``, one per environment, all
     members' stepped at once under ``--seeds M``, at most N stepping at the same time). The results
     do not depend on it. On a 2-core machine a worker's pipe round trip costs more than the step it
-    runs, for every M: a HalfCheetah batch of 1,024 steps per environment takes 0.19 s in this
-    process and 0.58 s with workers at M = 1, 1.08 s and 3.32 s at M = 8
+    runs, for every M: a HalfCheetah batch of 1,024 steps per environment takes 0.17 s in this
+    process and 0.56 s with workers at M = 1, 1.03 s and 2.53 s at M = 8
     (``benchmarks/population.py --collection``), so 0 is the default; workers can pay off for
     environments whose step is slow, on free cores (docs/population.md)."""
     logdir: str = "runs"
