@@ -205,3 +205,62 @@ def test_ctrl_c_while_the_workers_step_stops_them_and_keeps_the_last_checkpoint(
     resumed = resume_trainer(trainer.run_dir, {"total_frames": 2 * 128})
     assert resumed.iteration == 1
     resumed.shutdown()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_process_group_stops_a_group_run_with_workers_and_leaves_no_process(tmp_path):
+    """A terminal's Ctrl-C reaches the workers too: they ignore it, the run stops at the iteration
+    boundary with its checkpoints (exit 130), and no process of the run's group is left."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tests._app_runs import TINY
+
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "trpo_torchrl", "train", "--logdir", str(tmp_path), "--run-name", "g", *TINY]
+    cmd += ["--seeds", "2", "--env-workers", "2", "--eval-episodes", "0", "--logger", "none"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+
+    def own_group_with_sigint():  # its own process group (as a terminal's job), Ctrl-C not ignored
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    child = subprocess.Popen(
+        [*cmd, "--total-frames", "100000000"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=own_group_with_sigint,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "g").glob("*/checkpoints/last.pt")):
+            if child.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("the group run ended, or wrote no checkpoint, before it was signalled")
+            time.sleep(0.2)
+        os.killpg(child.pid, signal.SIGINT)
+        out, err = child.communicate(timeout=120)
+        deadline = time.monotonic() + 10
+        while _group_alive(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = _group_alive(child.pid)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    assert child.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert f"--resume {tmp_path / 'g'}" in out, out
+    assert not left, "a process of the run's group outlived it"
