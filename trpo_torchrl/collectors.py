@@ -35,6 +35,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import signal
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -392,24 +393,27 @@ class _EnvWorkers:
 
     def _wait_for_answers(self) -> None:
         """Returns once every worker has answered the pending call; raises at once when a worker
-        process ended without answering (gymnasium's own wait would block on its pipe for ever when
-        the dead worker held the concurrency semaphore the others wait for)."""
+        process ends instead (workers end only when closed; gymnasium's own wait would block for
+        ever on the others when the one that ended held the concurrency semaphore they wait for)."""
         pipes = list(self.vector.parent_pipes)
         waiting = {pipe: process for pipe, process in zip(pipes, self.vector.processes) if pipe is not None}
+        sentinels = {process.sentinel: pipe for pipe, process in waiting.items()}
         while waiting:
-            sentinels = {process.sentinel: pipe for pipe, process in waiting.items()}
             for ready in multiprocessing.connection.wait([*waiting, *sentinels]):
-                pipe = sentinels.get(ready, ready)
-                if pipe not in waiting:
-                    continue
-                if ready is not pipe and not pipe.poll(0):  # the process ended and left no answer
-                    process = waiting[pipe]
-                    process.join(1)
-                    raise EOFError(
-                        f"the worker process of sub-environment {pipes.index(pipe)} ended "
-                        f"(exit code {process.exitcode}) without answering"
-                    )
-                del waiting[pipe]
+                if ready in sentinels:
+                    raise self._ended(pipes.index(sentinels[ready]))
+                waiting.pop(ready, None)
+
+    def _ended(self, index: int) -> RuntimeError:
+        """The error of worker ``index``, which ended: the exception it reported, else its exit code."""
+        process = self.vector.processes[index]
+        process.join(1)
+        try:
+            _, kind, value, _ = self.vector.error_queue.get(timeout=1)
+            detail = f"{getattr(kind, '__name__', kind)}: {value}"
+        except (queue.Empty, OSError, EOFError):
+            detail = f"exit code {process.exitcode}"
+        return RuntimeError(f"the worker process of sub-environment {index} ended ({detail})")
 
     def step_wait(self, rollout: _Rollout, t: int) -> None:
         """Step ``t``'s results into ``rollout``: observations, rewards, flags, final observations."""
