@@ -24,7 +24,7 @@ per member: `--seeds 4` <= 2.0x, `--seeds 8` <= 3.5x), and the machine's core co
 Warm-up calls are excluded; CUDA timings synchronise before reading the clock.
 Usage: python benchmarks/population.py [--quick] [--device cpu|cuda|all] [--states N] [--app-seeds N] [--out results.json]
        python benchmarks/population.py --end-to-end [--e2e-members 1,4] [--e2e-envs HalfCheetah-v5]
-              [--e2e-frames 40960] [--e2e-modes population,sequential,parallel] [--env-threads N]
+              [--e2e-frames 40960] [--e2e-modes population,sequential,parallel] [--env-threads N] [--env-workers N]
 """
 
 from __future__ import annotations
@@ -253,7 +253,8 @@ def bench_end_to_end(envs, members_list, frames, modes, extra) -> list[dict]:
 def bench_collection(envs, members_list, steps, reps) -> list[dict]:
     """One batch for each of M members (each its own preset-sized environments, app-built actor,
     generator): the members' own DirectCollectors one after another, against one PopulationCollector
-    with its sub-environments stepped in turn and on a thread pool of one thread per core. Best of
+    with its sub-environments stepped in turn, on a thread pool of one thread per core, and in worker
+    processes (``env_workers`` = cores: every member's AsyncVectorEnv stepped in lockstep). Best of
     ``reps`` (the least disturbed by other load on the machine)."""
     from trpo_torchrl.app.config import build_config
     from trpo_torchrl.app.envs import make_env
@@ -263,24 +264,39 @@ def bench_collection(envs, members_list, steps, reps) -> list[dict]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     rows = []
     print(f"\none batch per member, best of {reps}, ms ({cores} cores; {steps} steps per environment)")
-    print(f"{'env':>16} {'M':>3} {'envs':>5} {'own collectors':>15} {'one loop':>9} {'+ threads':>10} {'threads':>8}")
+    print(
+        f"{'env':>16} {'M':>3} {'envs':>5} {'own collectors':>15} {'one loop':>9} {'+ threads':>10} "
+        f"{'+ workers':>10} {'threads':>8}"
+    )
     for env_id in envs:
         for members in members_list:
             config = build_config({"env": env_id, "logger": "none", "progress": False})
-            collectors = []
-            for m in range(members):
-                env = make_env(env_id, config.num_envs, seed=m)
-                venv = gym_vector_env(env)
-                torch.manual_seed(m)
-                actor, _, normalizer = build_models(config, venv.single_observation_space, venv.single_action_space)
-                normalizer.update(torch.randn(64, venv.single_observation_space.shape[0]))
-                generator = torch.Generator().manual_seed(m)
-                collectors.append(
-                    DirectCollector(env, actor, frames_per_batch=config.num_envs * steps, generator=generator)
-                )
+
+            def member_collectors(env_workers):
+                collectors = []
+                for m in range(members):
+                    env = make_env(env_id, config.num_envs, seed=m)
+                    venv = gym_vector_env(env)
+                    torch.manual_seed(m)
+                    actor, _, normalizer = build_models(config, venv.single_observation_space, venv.single_action_space)
+                    normalizer.update(torch.randn(64, venv.single_observation_space.shape[0]))
+                    generator = torch.Generator().manual_seed(m)
+                    collectors.append(
+                        DirectCollector(
+                            env,
+                            actor,
+                            frames_per_batch=config.num_envs * steps,
+                            generator=generator,
+                            env_workers=env_workers,
+                        )
+                    )
+                return collectors
+
+            collectors, with_workers = member_collectors(0), member_collectors(cores)
             loops = {
                 "one loop": PopulationCollector(collectors, env_threads=1),
                 "+ threads": PopulationCollector(collectors, env_threads=cores),
+                "+ workers": PopulationCollector(with_workers),
             }
             best = {"own collectors": float("inf"), **{k: float("inf") for k in loops}}
             for _ in range(reps):  # interleaved, so a burst of load hits every variant alike
@@ -295,15 +311,23 @@ def bench_collection(envs, members_list, steps, reps) -> list[dict]:
             threads = loops["+ threads"].env_threads
             for loop in loops.values():
                 loop.shutdown()
-            for c in collectors:
+            for c in collectors + with_workers:
                 c.shutdown()
             ms = {k: 1000 * v for k, v in best.items()}
             rows.append(
-                dict(env=env_id, members=members, num_envs=config.num_envs, steps=steps, ms=ms, threads=threads)
+                dict(
+                    env=env_id,
+                    members=members,
+                    num_envs=config.num_envs,
+                    steps=steps,
+                    ms=ms,
+                    threads=threads,
+                    env_workers=cores,
+                )
             )
             print(
                 f"{env_id:>16} {members:>3} {config.num_envs:>5} {ms['own collectors']:>15.1f} {ms['one loop']:>9.1f} "
-                f"{ms['+ threads']:>10.1f} {threads:>8}",
+                f"{ms['+ threads']:>10.1f} {ms['+ workers']:>10.1f} {threads:>8}",
                 flush=True,
             )
     return rows
@@ -343,10 +367,11 @@ def main(argv=None):
         help="which of population (--seeds M), sequential (M in a row), parallel (M side by side) to time",
     )
     ap.add_argument("--env-threads", type=int, default=None, help="pass --env-threads N to every run of --end-to-end")
+    ap.add_argument("--env-workers", type=int, default=None, help="pass --env-workers N to every run of --end-to-end")
     ap.add_argument(
         "--collection",
         action="store_true",
-        help="time one batch per member: own DirectCollectors in turn vs one PopulationCollector (with/without threads)",
+        help="time one batch per member: own DirectCollectors in turn vs one PopulationCollector (in turn, threads, workers)",
     )
     ap.add_argument("--collect-steps", type=int, default=256, help="steps per environment of --collection")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -372,6 +397,7 @@ def main(argv=None):
                 f"--e2e-modes: unknown {', '.join(unknown)} (choose from population, sequential, parallel)"
             )
         extra = ["--env-threads", str(args.env_threads)] if args.env_threads is not None else []
+        extra += ["--env-workers", str(args.env_workers)] if args.env_workers is not None else []
         rows = bench_end_to_end(
             [e for e in args.e2e_envs.split(",") if e],
             [int(m) for m in args.e2e_members.split(",")],
@@ -379,7 +405,9 @@ def main(argv=None):
             modes,
             extra,
         )
-        write_json(args.out, dict(machine=info, end_to_end=rows, env_threads=args.env_threads))
+        write_json(
+            args.out, dict(machine=info, end_to_end=rows, env_threads=args.env_threads, env_workers=args.env_workers)
+        )
         return rows
     if args.threads:
         torch.set_num_threads(args.threads)

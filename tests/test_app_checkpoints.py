@@ -28,6 +28,13 @@ from trpo_torchrl.collectors import gym_vector_env
         ("Pendulum-v1", {"normalize_observations": True, "normalize_rewards": True}),
         # MuJoCo state, the float32 observation wrapper and the action clip inside each sub-env
         pytest.param("HalfCheetah-v5", {"normalize_observations": True, "normalize_rewards": True}, marks=needs_mujoco),
+        # the simulators stepped, read and restored in worker processes (env_workers)
+        ("CartPole-v1", {"env_workers": 1}),
+        pytest.param(
+            "HalfCheetah-v5",
+            {"normalize_observations": True, "normalize_rewards": True, "env_workers": 2},
+            marks=needs_mujoco,
+        ),
     ],
 )
 def test_resume_equals_uninterrupted_run(tmp_path, env, kw):

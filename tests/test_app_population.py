@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import multiprocessing
 
 import pytest
 import torch
@@ -196,11 +197,13 @@ def _float64_batch(batch):
     return batch.apply(lambda x: x.double() if x.dtype == torch.float32 else x)
 
 
+@pytest.mark.parametrize("env_workers", [0, 2])
 @pytest.mark.parametrize("env", ["CartPole-v1", "Pendulum-v1"])
-def test_each_member_takes_the_first_iteration_of_its_own_single_run(tmp_path, env):
+def test_each_member_takes_the_first_iteration_of_its_own_single_run(tmp_path, env, env_workers):
     """Member m of `--seeds 3` collects the batch, and takes the actor step and critic fit, of a
     single run with seed + m (float64, to 1e-10): its own environments, action draws, normaliser
-    and reward scaler, through the batched collection and the batched update."""
+    and reward scaler, through the batched collection and the batched update (with
+    ``env_workers``: the members' environments stepped in worker processes, the single runs' here)."""
     from trpo_torchrl.app.population import member_config
     from trpo_torchrl.app.train import Trainer
     from trpo_torchrl.collectors import PopulationCollector
@@ -221,6 +224,7 @@ def test_each_member_takes_the_first_iteration_of_its_own_single_run(tmp_path, e
         normalize_rewards=True,
         damping=0.1,
         cg_iters=5,
+        env_workers=env_workers,
     )
     group = tmp_path / "group"
     members = []
@@ -232,7 +236,8 @@ def test_each_member_takes_the_first_iteration_of_its_own_single_run(tmp_path, e
     batches = [_float64_batch(b) for b in population.next_batches()]
     population.step(batches)
     for m, member in enumerate(population.members):
-        single = _float64(Trainer(dataclasses.replace(member_config(config, m), run_name=f"single{m}")))
+        single_config = dataclasses.replace(member_config(config, m), run_name=f"single{m}", env_workers=0)
+        single = _float64(Trainer(single_config))
         batch = _float64_batch(single.next_batch())
         single.step(batch)
         # the whole batch after the iteration: observations, actions, log-probabilities, rewards
@@ -253,6 +258,7 @@ def test_each_member_takes_the_first_iteration_of_its_own_single_run(tmp_path, e
     population.collection.shutdown()
     for member in population.members:
         member.shutdown()
+    assert multiprocessing.active_children() == []
 
 
 @pytest.mark.slow

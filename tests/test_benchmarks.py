@@ -219,8 +219,20 @@ def test_population_collection_benchmark_tiny(tmp_path):
     argv = ["--collection", "--quick", "--e2e-envs", "CartPole-v1", "--e2e-members", "1,2", "--collect-steps", "8"]
     rows = load("population").main([*argv, "--out", str(out)])
     assert [r["members"] for r in rows] == [1, 2]
-    assert all(v > 0 for r in rows for v in r["ms"].values())
+    assert all(v > 0 for r in rows for v in r["ms"].values()) and "+ workers" in rows[0]["ms"]
     assert json.loads(out.read_text())["collection"] == rows
+
+
+def test_env_workers_layout_benchmark_tiny(tmp_path):
+    import multiprocessing
+
+    out = tmp_path / "layout.json"
+    argv = ["--env", "CartPole-v1", "--members", "1,2", "--steps", "8", "--reps", "1", "--out", str(out)]
+    rows = load("env_workers_layout").main(argv)
+    assert [r["members"] for r in rows] == [1, 2]
+    assert all(set(r["seconds"]) == {"here", "lockstep", "one"} for r in rows)
+    assert json.loads(out.read_text())["rows"] == rows
+    assert multiprocessing.active_children() == []
 
 
 @pytest.mark.slow

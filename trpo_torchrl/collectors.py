@@ -19,6 +19,9 @@ generator state the two give the same batch bit for bit (tests/test_collect.py);
 M``) in one loop: their sub-environments stepped together, their actors run as one batched network,
 each member's draws on its own generator, each member's batch the one its own collector would give.
 
+With ``env_workers=N`` a collector's sub-environments step in worker processes (gymnasium's
+``AsyncVectorEnv``, forked from the live sub-environments): the same batches, bit for bit.
+
 At a step where an episode ends, ``("next", "observation")`` is the episode's real final
 observation (a truncated episode bootstraps from it) and the next step starts from the reset
 observation. One difference from TorchRL: when every environment ends at the same step, TorchRL
@@ -29,10 +32,15 @@ entries are not collected.
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.connection
 import os
+import queue
+import signal
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from functools import partial
 
 import gymnasium as gym
 import numpy as np
@@ -47,7 +55,7 @@ from torchrl.modules import IndependentNormal, OneHotCategorical
 from trpo_torchrl.modules import describe_mlp, gaussian_heads
 from trpo_torchrl.policies import StateIndependentScale
 
-__all__ = ["DirectCollector", "PopulationCollector", "default_env_threads", "gym_vector_env"]
+__all__ = ["DirectCollector", "EnvWorkersError", "PopulationCollector", "default_env_threads", "gym_vector_env"]
 
 
 def gym_vector_env(env: EnvBase) -> gym.vector.SyncVectorEnv:
@@ -256,6 +264,213 @@ class _Stepper:
             self.pool = None
 
 
+# -- stepping the sub-environments in worker processes --------------------------------------------
+
+
+class EnvWorkersError(RuntimeError):
+    """A sub-environment failed in its worker process, or the workers were stopped mid-step (their
+    simulators' state is then out of reach)."""
+
+
+def _env_name(env: gym.Env) -> str:
+    spec = getattr(env, "spec", None)
+    return spec.id if spec is not None else type(getattr(env, "unwrapped", env)).__name__
+
+
+class _WorkerEnv(gym.Wrapper):
+    """Sub-environment ``index`` as its worker process runs it: the live object of this process,
+    copied into the worker when it forks, so the worker goes on from the very state (simulator, RNG,
+    step counters) the in-process object had. It returns empty info dicts (the collector reads only
+    the final observation, which the worker adds at an episode's end: no per-step pickling and
+    merging of the rest), runs ``fn(env, *args)`` for :meth:`DirectCollector.map_envs`, and closes
+    the environment only in the worker (this process's own copy is its owner's to close)."""
+
+    def __init__(self, env: gym.Env, index: int, owner: int):
+        super().__init__(env)
+        self.index = index
+        self.owner = owner
+        if os.getpid() != owner:
+            # a terminal's Ctrl-C reaches the whole process group: the worker leaves it to the main
+            # process, which stops at an iteration boundary and then closes the workers. (SIGTERM
+            # keeps its default: it is how gymnasium and multiprocessing stop a worker at once.)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, _ = self.env.step(action)
+        return obs, reward, terminated, truncated, {}
+
+    def reset(self, **kwargs):
+        obs, _ = self.env.reset(**kwargs)
+        return obs, {}
+
+    def run_on_env(self, fn: Callable, args_per_env: Sequence[tuple] | None):
+        return fn(self.env, *(() if args_per_env is None else args_per_env[self.index]))
+
+    def close(self) -> None:
+        if os.getpid() != self.owner:
+            self.env.close()
+
+
+def _check_env_workers(owner: str, env_workers) -> int:
+    if isinstance(env_workers, bool) or not isinstance(env_workers, int) or env_workers < 0:
+        raise ValueError(
+            f"{owner}: env_workers must be an int >= 0 (0: step the sub-environments in this process, "
+            f"N >= 1: in worker processes, at most N stepping at once), got {env_workers!r}"
+        )
+    if env_workers and "fork" not in multiprocessing.get_all_start_methods():
+        raise ValueError(
+            f"{owner}: env_workers needs the 'fork' start method (the workers start from this process's "
+            "live sub-environments), which this platform lacks; use env_workers=0"
+        )
+    return env_workers
+
+
+class _EnvWorkers:
+    """A vector env's sub-environments stepped in worker processes by gymnasium's ``AsyncVectorEnv``
+    (one process per sub-environment, observations in shared memory, same-step autoreset, at most
+    ``concurrency`` stepping at once). The workers are forked from this process after the
+    sub-environments were made, seeded and reset, each running its live sub-environment
+    (:class:`_WorkerEnv`): nothing is pickled but actions, rewards, flags, final observations and
+    :meth:`map` calls, and each sub-environment steps exactly as it would here, so the batches are
+    the same. :meth:`step_async` sends a step's actions and returns; :meth:`step_wait` writes the
+    results into a :class:`_Rollout` (a :class:`PopulationCollector` sends every member's actions
+    before it waits for any, so all members' workers run at once).
+
+    A worker's error becomes an :class:`EnvWorkersError` naming the environment, and the workers
+    are stopped. A KeyboardInterrupt while a step is pending propagates as it is, and also stops the
+    workers (their state would no longer match the collector's carried step); any later call is an
+    :class:`EnvWorkersError` that says so."""
+
+    def __init__(self, venv: gym.vector.SyncVectorEnv, concurrency: int):
+        self.name = _env_name(venv.envs[0])
+        self.num_envs = venv.num_envs
+        self.pending = False
+        self.failed: str | None = None
+        owner = os.getpid()
+        fns = [partial(_WorkerEnv, sub, i, owner) for i, sub in enumerate(venv.envs)]
+        try:
+            self.vector = gym.vector.AsyncVectorEnv(
+                fns,
+                shared_memory=True,
+                copy=False,  # step_wait's observations are copied into the batch's buffer at once
+                context="fork",
+                daemon=True,  # and closed by shutdown(); daemonic workers also end with this process
+                autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+                max_concurrency=min(concurrency, venv.num_envs),
+            )
+        except (EOFError, OSError) as err:  # a worker that died while starting: its pipe closed
+            raise EnvWorkersError(
+                f"{self.name}: a worker process stepping its sub-environments failed to start "
+                f"({type(err).__name__}: {err}); use env_workers=0 to step them in this process"
+            ) from None
+
+    @property
+    def processes(self) -> list:
+        return list(self.vector.processes)
+
+    def _check(self) -> None:
+        if self.failed is not None:
+            raise EnvWorkersError(self.failed)
+
+    def _fail(self, what: str, err: BaseException) -> str:
+        """Stops the workers at once; the message that names the environment and what failed."""
+        detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        self.failed = f"{self.name}: {what} ({detail}); its worker processes were stopped"
+        self.pending = False
+        self.close(terminate=True)
+        return self.failed
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._check()
+        self.pending = True
+        try:
+            self.vector.step_async(actions)
+        except KeyboardInterrupt as err:
+            self._fail("interrupted while its workers stepped", err)
+            raise
+        except Exception as err:  # noqa: BLE001 - e.g. a worker that died since the last step
+            raise EnvWorkersError(self._fail("a worker process failed", err)) from err
+
+    def _wait_for_answers(self) -> None:
+        """Returns once every worker has answered the pending call; raises at once when a worker
+        process ends instead (workers end only when closed; gymnasium's own wait would block for
+        ever on the others when the one that ended held the concurrency semaphore they wait for)."""
+        pipes = list(self.vector.parent_pipes)
+        waiting = {pipe: process for pipe, process in zip(pipes, self.vector.processes) if pipe is not None}
+        sentinels = {process.sentinel: pipe for pipe, process in waiting.items()}
+        while waiting:
+            for ready in multiprocessing.connection.wait([*waiting, *sentinels]):
+                if ready in sentinels:
+                    raise self._ended(pipes.index(sentinels[ready]))
+                waiting.pop(ready, None)
+
+    def _ended(self, index: int) -> RuntimeError:
+        """The error of worker ``index``, which ended: the exception it reported, else its exit code."""
+        process = self.vector.processes[index]
+        process.join(1)
+        try:
+            _, kind, value, _ = self.vector.error_queue.get(timeout=1)
+            detail = f"{getattr(kind, '__name__', kind)}: {value}"
+        except (queue.Empty, OSError, EOFError):
+            detail = f"exit code {process.exitcode}"
+        return RuntimeError(f"the worker process of sub-environment {index} ended ({detail})")
+
+    def step_wait(self, rollout: _Rollout, t: int) -> None:
+        """Step ``t``'s results into ``rollout``: observations, rewards, flags, final observations."""
+        try:
+            self._wait_for_answers()
+            obs, reward, terminated, truncated, info = self.vector.step_wait()
+        except KeyboardInterrupt as err:  # the step's results are lost: the workers cannot go on
+            self._fail("interrupted while its workers stepped", err)
+            raise
+        except Exception as err:  # noqa: BLE001 - any worker failure, named, instead of gymnasium's bare one
+            raise EnvWorkersError(self._fail("a sub-environment failed in its worker process", err)) from err
+        self.pending = False
+        rollout.obs[t + 1] = obs
+        rollout.reward[t] = reward
+        rollout.terminated[t] = terminated
+        rollout.truncated[t] = truncated
+        if "_final_obs" in info:
+            for i in np.flatnonzero(info["_final_obs"]):
+                rollout.finals.append((t, int(i), np.array(info["final_obs"][i], dtype=np.float32)))
+
+    def abort(self, err: BaseException) -> None:
+        """An interruption between :meth:`step_async` and :meth:`step_wait`: the workers are stopped."""
+        if self.pending:
+            self._fail("interrupted while its workers stepped", err)
+
+    def map(self, fn: Callable, args_per_env: Sequence[tuple] | None = None) -> list:
+        self._check()
+        try:
+            self.vector.call_async("run_on_env", fn, args_per_env)
+            self._wait_for_answers()
+            return list(self.vector.call_wait())
+        except Exception as err:  # noqa: BLE001
+            raise EnvWorkersError(self._fail(f"{getattr(fn, '__name__', fn)} failed in a worker process", err)) from err
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        self._check()
+        try:
+            self.vector.reset_async(seed=seed)
+            self._wait_for_answers()
+            obs, _ = self.vector.reset_wait()
+        except Exception as err:  # noqa: BLE001
+            raise EnvWorkersError(self._fail("reset failed in a worker process", err)) from err
+        return np.array(obs, dtype=np.float32)
+
+    def close(self, terminate: bool = False) -> None:
+        vector = getattr(self, "vector", None)
+        if vector is None or vector.closed:
+            return
+        try:
+            vector.close(terminate=terminate)
+        except Exception:  # noqa: BLE001 - a worker already gone: stop the others
+            for process in vector.processes:
+                if process.is_alive():
+                    process.terminate()
+                process.join()
+
+
 class _Rollout:
     """One batch of a :class:`DirectCollector` being collected: numpy buffers ``[steps(+1),
     num_envs, ...]`` filled a step at a time, then the batch's TensorDict. ``obs`` may be a view into
@@ -392,6 +607,14 @@ class DirectCollector(BaseCollector):
         env_threads (int): threads stepping the sub-environments: 1 (default) steps them in turn
             on this thread; 0 one per core for MuJoCo tasks (whose step releases the GIL), else 1;
             N > 1 that many. The results do not depend on it.
+        env_workers (int): 0 (default) steps the sub-environments in this process; N >= 1 in worker
+            processes (gymnasium's ``AsyncVectorEnv`` with shared memory and same-step autoreset, one
+            process per sub-environment, at most N stepping at once), forked from this process after
+            the env was made, so each worker runs the live sub-environment from its current state.
+            The results do not depend on it. A worker's pipe round trip costs more than a MuJoCo step
+            on a small machine (``benchmarks/population.py --collection`` measures both): workers pay
+            off only for sub-environments whose step is slow, on free cores. Needs the ``fork``
+            start method (Linux, macOS); not with ``env_threads`` > 1.
 
     Examples:
         >>> import gymnasium as gym
@@ -421,6 +644,7 @@ class DirectCollector(BaseCollector):
         device: str | torch.device | None = None,
         generator: torch.Generator | None = None,
         env_threads: int = 1,
+        env_workers: int = 0,
     ):
         super().__init__()
         env = create_env_fn if isinstance(create_env_fn, EnvBase) else create_env_fn()
@@ -475,13 +699,21 @@ class DirectCollector(BaseCollector):
             )
         self.generator = generator
         threads = _check_env_threads("DirectCollector", env_threads)
-        self.env_threads = threads or default_env_threads(self.venv.envs)
+        self.env_workers = _check_env_workers("DirectCollector", env_workers)
+        if self.env_workers and threads > 1:
+            raise ValueError(
+                f"DirectCollector: env_workers={env_workers} steps the sub-environments in worker processes; "
+                f"env_threads={env_threads} would step them on threads here: choose one"
+            )
+        self.env_threads = 1 if self.env_workers else threads or default_env_threads(self.venv.envs)
         self._stepper = _Stepper(self.env_threads)
         self._frames = 0
         self._iter = -1
         self.closed = False
         obs, _ = self.venv.reset()
         self._start_trajectories(obs)
+        # after the reset: the workers start from the sub-environments' current state
+        self._workers = _EnvWorkers(self.venv, self.env_workers) if self.env_workers else None
 
     @staticmethod
     def _transforms(env: EnvBase) -> list:
@@ -564,9 +796,26 @@ class DirectCollector(BaseCollector):
 
     def set_seed(self, seed: int, static_seed: bool = False) -> int:
         """Resets the vector env with ``seed`` (new trajectories start); returns the next seed."""
-        obs, _ = self.venv.reset(seed=seed)
+        if self._workers is not None:
+            obs = self._workers.reset(seed=seed)
+        else:
+            obs, _ = self.venv.reset(seed=seed)
         self._start_trajectories(obs)
         return seed if static_seed else seed_generator(seed)
+
+    def map_envs(self, fn: Callable, args_per_env: Sequence[tuple] | None = None) -> list:
+        """``[fn(sub_env, *args_per_env[i]) for each sub-environment i]``, run where the
+        sub-environments live: in this process, or in their worker processes (``env_workers``),
+        where ``fn`` (a module-level function), its arguments and its result travel pickled. This is
+        how a checkpoint reads and restores the simulators' state whichever way they are stepped."""
+        if self._workers is not None:
+            return self._workers.map(fn, args_per_env)
+        return [fn(sub, *(() if args_per_env is None else args_per_env[i])) for i, sub in enumerate(self.venv.envs)]
+
+    @property
+    def worker_processes(self) -> list:
+        """The worker processes stepping the sub-environments (empty with ``env_workers=0``)."""
+        return [] if self._workers is None else self._workers.processes
 
     def state_dict(self) -> OrderedDict:
         """The step carried from one batch to the next (current observations, running episode
@@ -598,6 +847,8 @@ class DirectCollector(BaseCollector):
             return
         self.closed = True
         self._stepper.shutdown()
+        if self._workers is not None:
+            self._workers.close()
         if close_env and not self.env.is_closed:
             self.env.close(raise_if_closed=raise_on_error)
 
@@ -673,7 +924,15 @@ class DirectCollector(BaseCollector):
             action, dist_params = self._sample(forward(self._input(rollout.obs[t])))
             action = action.cpu().numpy()
             rollout.record(t, action, dist_params)
-            self._stepper.step(chunks, t, [action])
+            if self._workers is not None:
+                try:
+                    self._workers.step_async(action)
+                    self._workers.step_wait(rollout, t)
+                except BaseException as err:  # a Ctrl-C between the two: the workers are left mid-step
+                    self._workers.abort(err)
+                    raise
+            else:
+                self._stepper.step(chunks, t, [action])
             rollout.end_step(t)
         return rollout.finish()
 
@@ -701,6 +960,10 @@ class PopulationCollector:
             in turn on this thread; N > 1 on N threads (this one and a pool of N - 1); 0 one per
             core for MuJoCo tasks (whose step releases the GIL), else 1. The results do not depend
             on it.
+
+    Members whose collectors step their sub-environments in worker processes (``env_workers``) are
+    stepped in lockstep: at each step every member's actions go to its workers before any member's
+    results are read, so all members' workers run at once while this process waits.
     """
 
     def __init__(self, collectors: Sequence[DirectCollector], *, env_threads: int = 1):
@@ -730,8 +993,13 @@ class PopulationCollector:
         ):
             raise ValueError("PopulationCollector: each member needs its own collector and its own environments")
         self.collectors = collectors
-        envs = [e for c in collectors for e in c.venv.envs]
         threads = _check_env_threads("PopulationCollector", env_threads)
+        envs = [e for c in collectors if c._workers is None for e in c.venv.envs]
+        if threads > 1 and len(envs) < sum(c.num_envs for c in collectors):
+            raise ValueError(
+                f"PopulationCollector: env_threads={env_threads}, but members step their sub-environments in worker "
+                "processes (env_workers): choose one"
+            )
         self.env_threads = threads or default_env_threads(envs)
         self._stepper = _Stepper(self.env_threads)
 
@@ -779,7 +1047,10 @@ class PopulationCollector:
         rollouts = [_Rollout(c, obs[:, m]) for m, c in enumerate(members)]
         forward, stacked = self._forward()
         own_generators = all(c.generator is not None for c in members)
-        chunks = self._stepper.chunks([w for m, (c, r) in enumerate(zip(members, rollouts)) for w in c._work(r, m)])
+        # members whose sub-environments live in worker processes step there, the others here
+        workers = [(c._workers, r) for c, r in zip(members, rollouts) if c._workers is not None]
+        here = [w for m, (c, r) in enumerate(zip(members, rollouts)) if c._workers is None for w in c._work(r, m)]
+        chunks = self._stepper.chunks(here) if here else []
         for t in range(steps):
             out = forward(first._input(obs[t]))
             if stacked and own_generators:
@@ -792,10 +1063,29 @@ class PopulationCollector:
             actions = actions.cpu().numpy()
             for r, action, dist_params in zip(rollouts, actions, params):
                 r.record(t, action, dist_params)
-            self._stepper.step(chunks, t, actions)
+            if workers:
+                self._step_with_workers(workers, chunks, t, actions)
+            else:
+                self._stepper.step(chunks, t, actions)
             for r in rollouts:
                 r.end_step(t)
         return [r.finish() for r in rollouts]
+
+    def _step_with_workers(self, workers: list, chunks: list, t: int, actions: np.ndarray) -> None:
+        """Every member's step ``t`` with workers in lockstep: each member's actions sent to its
+        workers first, so all of them step at once (and the members stepped here meanwhile), then
+        each member's results read."""
+        members = {id(c._workers): m for m, c in enumerate(self.collectors)}
+        try:
+            for engine, _ in workers:
+                engine.step_async(actions[members[id(engine)]])
+            self._stepper.step(chunks, t, actions)
+            for engine, rollout in workers:
+                engine.step_wait(rollout, t)
+        except BaseException as err:  # a member's failure or a Ctrl-C: no member's workers are left mid-step
+            for engine, _ in workers:
+                engine.abort(err)
+            raise
 
     def _draw_stacked(self, out) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
         """Every member's actions from the stacked output ``[M, n, ...]``: the elementwise and

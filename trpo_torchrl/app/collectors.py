@@ -87,7 +87,17 @@ class _OneProcess(CollectorAdapter):
 
 class DirectAdapter(_OneProcess):
     """``collector='direct'``: :class:`~trpo_torchrl.collectors.DirectCollector`, which runs the actor
-    itself (nothing to sync)."""
+    itself (nothing to sync). The simulators' state is read and restored where they step (in this
+    process, or in the collector's worker processes: ``env_workers``)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"env_state": env_state(self.env, self.collector.map_envs), "carrier": self._carried_step()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("env_state") is None:
+            return
+        load_env_state(self.env, state["env_state"], self.collector.map_envs)
+        self._load_carried_step(state["carrier"])
 
     def _carried_step(self):
         return self.collector.state_dict()
@@ -160,6 +170,7 @@ def make_collector(
             device=device,
             generator=generator,
             env_threads=config.env_threads,
+            env_workers=config.env_workers,
         )
         return DirectAdapter(collector, device, env)
     if config.collector == "sync":

@@ -60,6 +60,15 @@ class TrainConfig:
     MuJoCo tasks (whose simulator releases the GIL while it steps) and 1 for others (a pure-Python
     step such as CartPole's only slows down on threads). The results do not depend on it; on the
     shared 2-core machine measured, threads mostly cost time (docs/population.md)."""
+    env_workers: int = 0
+    """Worker processes stepping the ``direct`` collector's environments: 0 steps them in this
+    process; N >= 1 in worker processes (gymnasium's ``AsyncVectorEnv``, one per environment, all
+    members' stepped at once under ``--seeds M``, at most N stepping at the same time). The results
+    do not depend on it. On a 2-core machine a worker's pipe round trip costs more than the step it
+    runs, for every M: a HalfCheetah batch of 1,024 steps per environment takes 0.17 s in this
+    process and 0.56 s with workers at M = 1, 1.03 s and 2.53 s at M = 8
+    (``benchmarks/population.py --collection``), so 0 is the default; workers can pay off for
+    environments whose step is slow, on free cores (docs/population.md)."""
     logdir: str = "runs"
     """Folder under which each run gets its own directory."""
     run_name: str | None = None
@@ -187,6 +196,7 @@ class TrainConfig:
             ("seeds", self.seeds >= 1, "must be >= 1"),
             ("threads", self.threads >= 0, "must be >= 0 (0: torch's default)"),
             ("env_threads", self.env_threads >= 0, "must be >= 0 (0: one per core for MuJoCo tasks, 1: none)"),
+            ("env_workers", self.env_workers >= 0, "must be >= 0 (0: none, N: worker processes, N stepping at once)"),
             ("num_envs", self.num_envs >= 1, "must be >= 1"),
             ("steps_per_env", self.steps_per_env >= 1, "must be >= 1"),
             ("workers", self.workers >= 1, "must be >= 1"),
@@ -231,6 +241,16 @@ class TrainConfig:
         for name, ok, why in checks:
             if not ok:
                 raise ConfigError(f"config: {name}={getattr(self, name)!r} {why}")
+        if self.env_workers and self.env_threads > 1:
+            raise ConfigError(
+                f"config: env_workers={self.env_workers} steps the environments in worker processes, "
+                f"env_threads={self.env_threads} on threads here: choose one"
+            )
+        if self.env_workers and self.collector != "direct":
+            raise ConfigError(
+                f"config: env_workers={self.env_workers} needs collector='direct' (the workers of "
+                f"collector={self.collector!r} are set with workers)"
+            )
         if self.collector in ("direct", "sync") and self.workers != 1:
             raise ConfigError(f"config: workers={self.workers} needs collector='multisync' or 'ray'")
         if self.policy in RECURRENT_POLICIES:

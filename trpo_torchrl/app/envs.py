@@ -303,42 +303,59 @@ def _mujoco_state(env: Any) -> np.ndarray | None:
     return state
 
 
-def env_state(env: TransformedEnv) -> dict[str, Any]:
+def sub_env_state(sub: gym.Env) -> dict[str, Any]:
+    """A picklable snapshot of one sub-environment: the plain attributes of it and its wrappers
+    (positions, step counters, RNGs), the full MuJoCo integration state, an Atari emulator's state."""
+    chain = _wrapper_chain(sub)
+    return {
+        "attributes": [_plain_attributes(obj) for obj in chain],
+        "mujoco": _mujoco_state(sub.unwrapped),
+        "atari": atari_state(sub),  # the emulator and frame buffers (None unless an Atari game)
+    }
+
+
+def load_sub_env_state(sub: gym.Env, saved: dict[str, Any]) -> None:
+    """Restores a :func:`sub_env_state` snapshot into a sub-environment made the same way."""
+    chain = _wrapper_chain(sub)
+    if len(chain) != len(saved["attributes"]):
+        raise EnvError("the saved environment state does not match this environment's wrappers")
+    for obj, attrs in zip(chain, saved["attributes"]):
+        for name, value in attrs.items():
+            setattr(obj, name, copy.deepcopy(value))
+    if saved["mujoco"] is not None:
+        import mujoco
+
+        u = sub.unwrapped
+        mujoco.mj_setState(u.model, u.data, saved["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
+        mujoco.mj_forward(u.model, u.data)
+    if saved.get("atari") is not None:
+        load_atari_state(sub, saved["atari"])
+
+
+def _in_this_process(venv: gym.vector.SyncVectorEnv):
+    def map_envs(fn, args_per_env=None):
+        return [fn(sub, *(() if args_per_env is None else args_per_env[i])) for i, sub in enumerate(venv.envs)]
+
+    return map_envs
+
+
+def env_state(env: TransformedEnv, map_envs=None) -> dict[str, Any]:
     """A picklable snapshot of every simulator in ``env``: the plain attributes of each env and
-    wrapper (positions, step counters, RNGs) and, for MuJoCo tasks, the full integration state."""
+    wrapper (positions, step counters, RNGs) and, for MuJoCo tasks, the full integration state.
+    ``map_envs(fn)`` runs ``fn`` on each sub-environment where it lives
+    (:meth:`~trpo_torchrl.collectors.DirectCollector.map_envs`: in worker processes with
+    ``env_workers``); by default on ``env``'s own sub-environments in this process."""
     venv = gym_vector_env(env)
-    envs = []
-    for sub in venv.envs:
-        chain = _wrapper_chain(sub)
-        envs.append(
-            {
-                "attributes": [_plain_attributes(obj) for obj in chain],
-                "mujoco": _mujoco_state(sub.unwrapped),
-                "atari": atari_state(sub),  # the emulator and frame buffers (None unless an Atari game)
-            }
-        )
+    envs = (map_envs or _in_this_process(venv))(sub_env_state)
     return {"vector": _plain_attributes(venv), "envs": envs}
 
 
-def load_env_state(env: TransformedEnv, state: dict[str, Any]) -> None:
-    """Restores a snapshot taken by :func:`env_state` on an env made with the same id and size."""
+def load_env_state(env: TransformedEnv, state: dict[str, Any], map_envs=None) -> None:
+    """Restores a snapshot taken by :func:`env_state` on an env made with the same id and size
+    (``map_envs`` as there)."""
     venv = gym_vector_env(env)
     if len(state["envs"]) != len(venv.envs):
         raise EnvError(f"the saved state has {len(state['envs'])} environments, this env has {len(venv.envs)}")
     for name, value in state["vector"].items():
         setattr(venv, name, copy.deepcopy(value))
-    for sub, saved in zip(venv.envs, state["envs"]):
-        chain = _wrapper_chain(sub)
-        if len(chain) != len(saved["attributes"]):
-            raise EnvError("the saved environment state does not match this environment's wrappers")
-        for obj, attrs in zip(chain, saved["attributes"]):
-            for name, value in attrs.items():
-                setattr(obj, name, copy.deepcopy(value))
-        if saved["mujoco"] is not None:
-            import mujoco
-
-            u = sub.unwrapped
-            mujoco.mj_setState(u.model, u.data, saved["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
-            mujoco.mj_forward(u.model, u.data)
-        if saved.get("atari") is not None:
-            load_atari_state(sub, saved["atari"])
+    (map_envs or _in_this_process(venv))(load_sub_env_state, [(saved,) for saved in state["envs"]])

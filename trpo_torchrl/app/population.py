@@ -66,7 +66,9 @@ class PopulationTrainer:
                 members.append(Trainer(member, run_dir=self.group_dir / member.run_name))
         self.members: list[Trainer] = members
         # what the members run: a space the direct collector does not step switches each to "sync"
-        self.config = dataclasses.replace(self.config, collector=members[0].config.collector)
+        # (and to stepping in this process)
+        ran = members[0].config
+        self.config = dataclasses.replace(self.config, collector=ran.collector, env_workers=ran.env_workers)
         actors = [t.actor for t in self.members]
         # the stack is the update's working copy; each member's actor stays the one its collector runs
         self.params = TensorDict.from_modules(*actors, as_module=True)
@@ -137,6 +139,10 @@ class PopulationTrainer:
                 return self._loop(total, stop)
         except KeyboardInterrupt:
             return [trainer.stop_interrupted() for trainer in self.members]
+        except BaseException:
+            for trainer in self.members:  # no environment worker process outlives a failed run
+                trainer.shutdown_after_error()
+            raise
         finally:
             if self.collection is not None:
                 self.collection.shutdown()

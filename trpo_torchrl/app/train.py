@@ -28,6 +28,7 @@ import dataclasses
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -42,7 +43,7 @@ import torch
 from tensordict import TensorDictBase
 
 from trpo_torchrl import CriticFit, TRPOLoss, TrustRegionUpdate
-from trpo_torchrl.collectors import gym_vector_env
+from trpo_torchrl.collectors import EnvWorkersError, gym_vector_env
 from trpo_torchrl.distributed import all_gather_cat, all_reduce_mean
 
 from .atari import game_score_reader
@@ -205,7 +206,7 @@ class Trainer:
             self.env.append_transform(transform)
         if transforms and config.collector == "direct":
             # the hidden state rides in the env's TensorDicts, which only TorchRL's Collector carries
-            self.config = config = dataclasses.replace(config, collector="sync")
+            self.config = config = dataclasses.replace(config, collector="sync", env_workers=0)
             if self.ranks.is_main:
                 say_once(
                     f"collector: the recurrent policy (--policy {config.policy}) goes through TorchRL's "
@@ -215,7 +216,7 @@ class Trainer:
             venv.single_observation_space, venv.single_action_space, config.policy
         ):
             # DirectCollector runs a flat observation and a one-hot or Gaussian actor only
-            self.config = config = dataclasses.replace(config, collector="sync")
+            self.config = config = dataclasses.replace(config, collector="sync", env_workers=0)
             if self.ranks.is_main:
                 say_once(
                     f"collector: sync (TorchRL's Collector), as the direct collector steps a flat Box "
@@ -276,6 +277,11 @@ class Trainer:
         )
         # an Atari run reports whole games' unclipped scores, not the batch's clipped per-life sums
         self.game_scores = game_score_reader(config.env, config.collector)
+        if self.game_scores is not None and config.env_workers:
+            self.collection.shutdown()
+            raise ConfigError(
+                f"{config.env}: the game scores are read from the environments in this process; use env_workers=0"
+            )
         self.iteration = 0
         self.frames = 0
         self.elapsed = 0.0
@@ -301,6 +307,13 @@ class Trainer:
     def shutdown(self) -> None:
         """Stops the collector's workers (and the Ray runtime this run started)."""
         self.collection.shutdown()
+
+    def shutdown_after_error(self) -> None:
+        """:meth:`shutdown` while an error propagates: a second failure there does not hide the first."""
+        try:
+            self.shutdown()
+        except Exception:  # noqa: BLE001
+            pass
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -516,7 +529,10 @@ class Trainer:
         the last checkpoint (only without learner ranks: they may have stopped at different points,
         so no collective is safe) and the collector stopped."""
         if self.ranks.group is None:
-            self.save("last.pt")
+            try:
+                self.save("last.pt")
+            except EnvWorkersError as err:  # stopped mid-step: the simulators' state went with the workers
+                print(f"\nno checkpoint of this iteration: {err}; the last periodic one is kept", file=sys.stderr)
         self.shutdown()
         return RunResult(
             self.run_dir, self.run_dir / CHECKPOINT_DIR / "last.pt", self.frames, self.iteration, None, None, True
@@ -554,6 +570,9 @@ class Trainer:
         except (CheckpointWriteError, RunDirError):
             bar.close()
             self.shutdown()  # the run stops; what was logged and checkpointed before stays
+            raise
+        except BaseException:
+            self.shutdown_after_error()  # no environment worker process outlives a failed run
             raise
         finally:
             bar.close()
@@ -608,6 +627,7 @@ def resume_trainer(
         "logger",
         "threads",
         "env_threads",
+        "env_workers",
     }
     if overrides:
         bad = sorted(set(k.replace("-", "_") for k in overrides) - allowed)
