@@ -55,7 +55,14 @@ from torchrl.modules import IndependentNormal, OneHotCategorical
 from trpo_torchrl.modules import describe_mlp, gaussian_heads
 from trpo_torchrl.policies import StateIndependentScale
 
-__all__ = ["DirectCollector", "EnvWorkersError", "PopulationCollector", "default_env_threads", "gym_vector_env"]
+__all__ = [
+    "DirectCollector",
+    "EnvWorkersError",
+    "FrozenStandardize",
+    "PopulationCollector",
+    "default_env_threads",
+    "gym_vector_env",
+]
 
 
 def gym_vector_env(env: EnvBase) -> gym.vector.SyncVectorEnv:
@@ -83,6 +90,32 @@ def _has_frozen_forward(module: torch.nn.Module) -> bool:
         return False
     owner = lambda name: next(c for c in kind.__mro__ if name in vars(c))  # noqa: E731
     return owner("forward") is owner("frozen_forward")
+
+
+class FrozenStandardize:
+    """``((x - mean) / std).clamp(-clip, clip)`` with fixed statistics: what an observation
+    normaliser's ``frozen_forward`` returns, so that :class:`PopulationCollector` applies its
+    members' normalisers as one operation over ``[M, n, features]`` (the same elementwise
+    operations, so the same values)."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, clip: float):
+        self.mean, self.std, self.clip = mean, std, clip
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) / self.std).clamp(-self.clip, self.clip)
+
+    @staticmethod
+    def stacked(steps: list) -> FrozenStandardize | None:
+        """The members' standardisations as one over ``[M, n, features]`` (statistics ``[M, 1,
+        features]``), or ``None`` unless every step is a FrozenStandardize with one clip."""
+        if not all(type(step) is FrozenStandardize for step in steps) or len({s.clip for s in steps}) != 1:
+            return None
+        shapes = {(s.mean.shape, s.std.shape, s.mean.dtype, s.mean.device) for s in steps}
+        if len(shapes) != 1:
+            return None
+        mean = torch.stack([s.mean for s in steps]).unsqueeze(1)
+        std = torch.stack([s.std for s in steps]).unsqueeze(1)
+        return FrozenStandardize(mean, std, steps[0].clip)
 
 
 _ACTIVATION_FNS = {"tanh": torch.tanh, "relu": torch.relu}
@@ -161,6 +194,9 @@ class _StackedForward:
     def __init__(self, plans: list[_Plan]):
         self.plans = plans
         self.has_prefix = any(p.prefix for p in plans)
+        # every member's prefix one standardisation (the app's normaliser): one operation for all
+        one_step = all(len(p.prefix) == 1 for p in plans)
+        self.prefix = FrozenStandardize.stacked([p.prefix[0] for p in plans]) if one_step else None
         depth = len(plans[0].layers)
         # baddbmm(bias [M, 1, out], x [M, n, in], weightᵀ [M, in, out]): each member's F.linear
         self.weights = [torch.stack([p.layers[i][0] for p in plans]).transpose(1, 2) for i in range(depth)]
@@ -184,7 +220,9 @@ class _StackedForward:
         return _StackedForward(plans)
 
     def __call__(self, x: torch.Tensor):
-        if self.has_prefix:
+        if self.prefix is not None:
+            x = self.prefix(x)
+        elif self.has_prefix:
             x = torch.stack([p.run_prefix(x[m]) for m, p in enumerate(self.plans)])
         last = len(self.weights) - 1
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):

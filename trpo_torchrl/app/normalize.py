@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trpo_torchrl.collectors import FrozenStandardize
 from trpo_torchrl.distributed import all_gather_cat
 
 
@@ -66,8 +67,7 @@ class ObservationNormalizer(nn.Module):
             return None
         mean = self.moments.mean.to(dtype)
         std = (self.moments.var + self.eps).sqrt().to(dtype)
-        clip = self.clip
-        return lambda x: ((x - mean) / std).clamp(-clip, clip)
+        return FrozenStandardize(mean, std, self.clip)
 
     def update(self, x: torch.Tensor) -> None:
         if self.enabled:
