@@ -417,8 +417,9 @@ def test_minigrid_is_a_flat_vector_of_the_grid_and_the_direction(policy):
 
 def test_flat_minigrid_refuses_another_observation():
     from trpo_torchrl.app.minigrid import FlatMiniGrid
+    from trpo_torchrl.app.spaces import SpaceError
 
-    with pytest.raises(ValueError, match="FlatMiniGrid needs MiniGrid's Dict of 'image' and 'direction'"):
+    with pytest.raises(SpaceError, match="FlatMiniGrid needs MiniGrid's Dict of 'image' and 'direction'"):
         FlatMiniGrid(gym.make("CartPole-v1"))
 
 

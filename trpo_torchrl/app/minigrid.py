@@ -20,7 +20,8 @@ from collections.abc import Callable
 import gymnasium as gym
 import numpy as np
 
-KEPT_KEYS = ["direction", "image"]
+from .spaces import SpaceError
+
 _INSTALL = "pip install 'trpo-torchrl[minigrid]'"
 
 
@@ -63,7 +64,10 @@ class FlatMiniGrid(gym.ObservationWrapper):
             and isinstance(space.spaces.get("image"), gym.spaces.Box)
             and isinstance(space.spaces.get("direction"), gym.spaces.Discrete)
         ):
-            raise ValueError(f"FlatMiniGrid needs MiniGrid's Dict of 'image' and 'direction', got {space}")
+            raise SpaceError(
+                f"FlatMiniGrid needs MiniGrid's Dict of 'image' and 'direction', got {space}; "
+                "--policy cnn keeps a Dict observation as it is"
+            )
         image = space["image"]
         self.directions = int(space["direction"].n)
         high = np.concatenate([np.asarray(image.high, np.float32).reshape(-1), np.ones(self.directions, np.float32)])

@@ -54,11 +54,7 @@ class ObservationNormalizer(nn.Module):
         self.enabled = enabled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.enabled:
-            return x
-        mean = self.moments.mean.to(x.dtype)
-        std = (self.moments.var + self.eps).sqrt().to(x.dtype)
-        return ((x - mean) / std).clamp(-self.clip, self.clip)
+        return x if not self.enabled else self.frozen_forward(x.dtype)(x)
 
     def frozen_forward(self, dtype: torch.dtype):
         """:meth:`forward` for the current statistics, computed once (``None`` when disabled: the
