@@ -15,16 +15,19 @@ batched actor steps) against N single runs one after another, same configuration
 
 With --end-to-end it times whole `trpo-torchrl train` processes instead (interpreter start, env
 construction, collection, updates, checkpoints; no evaluation): for each environment (its preset;
-default HalfCheetah-v5 and CartPole-v1) and each M (default 1, 2, 4, 8, 16), `train --seeds M` (one
-process: one collection loop and one batched actor step for all members) against M single runs one
-after another and M single processes side by side. Columns: seconds of wall time, each against
-`--seeds 1` of the same environment (the issue's targets on 2 cores, HalfCheetah at 40,960 frames
-per member: `--seeds 4` <= 2.0x, `--seeds 8` <= 3.5x), and the machine's core count.
+default HalfCheetah-v5 and CartPole-v1) and each M (default 1, 2, 4, 8, 16), `train --seeds M` (its
+members in `procs` processes, one per core with two members or more each, every process one
+collection loop and one batched actor step for its members), `--seeds M --member-processes 1` (all
+in one process), M single runs one after another and M single processes side by side. Columns:
+seconds of wall time, each against `--seeds 1` of the same environment (the issue's targets on 2
+cores, HalfCheetah at 40,960 frames per member: `--seeds 4` <= 2.0x, `--seeds 8` <= 3.5x), and the
+machine's core count.
 
 Warm-up calls are excluded; CUDA timings synchronise before reading the clock.
 Usage: python benchmarks/population.py [--quick] [--device cpu|cuda|all] [--states N] [--app-seeds N] [--out results.json]
        python benchmarks/population.py --end-to-end [--e2e-members 1,4] [--e2e-envs HalfCheetah-v5]
-              [--e2e-frames 40960] [--e2e-modes population,sequential,parallel] [--env-threads N] [--env-workers N]
+              [--e2e-frames 40960] [--e2e-modes population,one_process,sequential,parallel]
+              [--env-threads N] [--env-workers N] [--member-processes P]
 """
 
 from __future__ import annotations
@@ -203,25 +206,41 @@ def _run(commands: list[list[str]]) -> float:
     return seconds
 
 
-def bench_end_to_end(envs, members_list, frames, modes, extra) -> list[dict]:
-    """Whole ``trpo-torchrl train`` processes: ``--seeds M`` against M single runs in a row and M
-    single processes side by side."""
+def bench_end_to_end(envs, members_list, frames, modes, extra, member_processes=None) -> list[dict]:
+    """Whole ``trpo-torchrl train`` processes: ``--seeds M`` (its members in the processes it
+    chooses, ``procs``), ``--seeds M --member-processes 1`` (all in one process), M single runs in
+    a row and M single processes side by side."""
+    from trpo_torchrl.app.config import build_config
+    from trpo_torchrl.app.member_processes import resolve_member_processes
+
     rows = []
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"\nwhole training processes, wall clock in s ({cores} cores; {frames} frames per member)")
     print(
-        f"{'env':>16} {'M':>3} {'--seeds M':>10} {'vs M=1':>7} {'M in a row':>11} {'vs M=1':>7} "
-        f"{'M side by side':>15} {'vs M=1':>7}"
+        f"{'env':>16} {'M':>3} {'procs':>5} {'--seeds M':>10} {'vs M=1':>7} {'one process':>12} {'vs M=1':>7} "
+        f"{'M in a row':>11} {'vs M=1':>7} {'M side by side':>15} {'vs M=1':>7}"
     )
+    flags = {extra[i].lstrip("-").replace("-", "_"): extra[i + 1] for i in range(0, len(extra), 2)}
     for env in envs:
-        one = None  # this environment's --seeds 1 (the three modes are then the same single run)
+        one = None  # this environment's --seeds 1 (every mode is then the same single run)
         for members in members_list:
             times = {}
+            group_extra = (
+                [*extra, "--member-processes", str(member_processes)] if member_processes is not None else extra
+            )
+            procs = resolve_member_processes(
+                build_config({**flags, "env": env, "seeds": members, "member_processes": member_processes or 0})
+            )
             with tempfile.TemporaryDirectory() as logdir:
                 logdir = Path(logdir)
                 if "population" in modes or members == 1:
-                    command = _train_command(env, frames, logdir, "group", seeds=members, extra=extra)
+                    command = _train_command(env, frames, logdir, "group", seeds=members, extra=group_extra)
                     times["population"] = _run([command])
+                if members > 1 and "one_process" in modes:
+                    single = [*extra, "--member-processes", "1"]
+                    times["one_process"] = _run(
+                        [_train_command(env, frames, logdir, "one", seeds=members, extra=single)]
+                    )
                 if members > 1 and "sequential" in modes:
                     times["sequential"] = sum(
                         _run([_train_command(env, frames, logdir, f"single{k}", seed=k, extra=extra)])
@@ -233,7 +252,7 @@ def bench_end_to_end(envs, members_list, frames, modes, extra) -> list[dict]:
                     )
             if members == 1:
                 one = times["population"]
-            row = dict(env=env, members=members, frames_per_member=frames, cores=cores, seconds=times)
+            row = dict(env=env, members=members, processes=procs, frames_per_member=frames, cores=cores, seconds=times)
             row["over_seeds1"] = {k: v / one for k, v in times.items()} if one else {}
             rows.append(row)
 
@@ -244,7 +263,8 @@ def bench_end_to_end(envs, members_list, frames, modes, extra) -> list[dict]:
                 return f"{times[k]:>{width}.1f} {ratio}"
 
             print(
-                f"{env:>16} {members:>3} {cell('population', 10)} {cell('sequential', 11)} {cell('parallel', 15)}",
+                f"{env:>16} {members:>3} {procs:>5} {cell('population', 10)} {cell('one_process', 12)} "
+                f"{cell('sequential', 11)} {cell('parallel', 15)}",
                 flush=True,
             )
     return rows
@@ -363,11 +383,15 @@ def main(argv=None):
     ap.add_argument("--e2e-frames", type=int, default=40_960, help="frames per member of --end-to-end")
     ap.add_argument(
         "--e2e-modes",
-        default="population,sequential,parallel",
-        help="which of population (--seeds M), sequential (M in a row), parallel (M side by side) to time",
+        default="population,one_process,sequential,parallel",
+        help="which of population (--seeds M), one_process (--seeds M --member-processes 1), sequential "
+        "(M in a row), parallel (M side by side) to time",
     )
     ap.add_argument("--env-threads", type=int, default=None, help="pass --env-threads N to every run of --end-to-end")
     ap.add_argument("--env-workers", type=int, default=None, help="pass --env-workers N to every run of --end-to-end")
+    ap.add_argument(
+        "--member-processes", type=int, default=None, help="pass --member-processes P to the --seeds M runs"
+    )
     ap.add_argument(
         "--collection",
         action="store_true",
@@ -391,10 +415,10 @@ def main(argv=None):
         info = machine()
         print("machine:", json.dumps(info))
         modes = [m for m in args.e2e_modes.split(",") if m]
-        unknown = sorted(set(modes) - {"population", "sequential", "parallel"})
+        unknown = sorted(set(modes) - {"population", "one_process", "sequential", "parallel"})
         if unknown:
             raise SystemExit(
-                f"--e2e-modes: unknown {', '.join(unknown)} (choose from population, sequential, parallel)"
+                f"--e2e-modes: unknown {', '.join(unknown)} (choose from population, one_process, sequential, parallel)"
             )
         extra = ["--env-threads", str(args.env_threads)] if args.env_threads is not None else []
         extra += ["--env-workers", str(args.env_workers)] if args.env_workers is not None else []
@@ -404,9 +428,17 @@ def main(argv=None):
             args.e2e_frames,
             modes,
             extra,
+            args.member_processes,
         )
         write_json(
-            args.out, dict(machine=info, end_to_end=rows, env_threads=args.env_threads, env_workers=args.env_workers)
+            args.out,
+            dict(
+                machine=info,
+                end_to_end=rows,
+                env_threads=args.env_threads,
+                env_workers=args.env_workers,
+                member_processes=args.member_processes,
+            ),
         )
         return rows
     if args.threads:

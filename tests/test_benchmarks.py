@@ -237,11 +237,13 @@ def test_env_workers_layout_benchmark_tiny(tmp_path):
 
 @pytest.mark.slow
 def test_population_end_to_end_benchmark_tiny(tmp_path):
-    # whole `trpo-torchrl train` processes: --seeds 1, --seeds 2 and two single runs side by side
+    # whole `trpo-torchrl train` processes: --seeds 1, --seeds 2 (as chosen, and in one process) and two
+    # single runs side by side
     out = tmp_path / "e2e.json"
     argv = ["--end-to-end", "--e2e-envs", "CartPole-v1", "--e2e-members", "1,2", "--e2e-frames", "1024"]
-    rows = load("population").main([*argv, "--e2e-modes", "population,parallel", "--out", str(out)])
-    assert [sorted(r["seconds"]) for r in rows] == [["population"], ["parallel", "population"]]
+    rows = load("population").main([*argv, "--e2e-modes", "population,one_process,parallel", "--out", str(out)])
+    assert [sorted(r["seconds"]) for r in rows] == [["population"], ["one_process", "parallel", "population"]]
+    assert [r["processes"] for r in rows] == [1, 1]  # two members: one slice of two
     assert rows[0]["over_seeds1"]["population"] == 1.0 and rows[1]["cores"] >= 1
     assert json.loads(out.read_text())["end_to_end"][1]["seconds"] == rows[1]["seconds"]
 

@@ -104,13 +104,10 @@ def _train(args: argparse.Namespace) -> int:
     if args._resume:
         if args._config:
             raise ConfigError("--resume keeps the run's configuration; --config cannot be combined with it")
-        from .population import population_group, resume_population, run_population
+        from .population import population_group, resume_group
 
         if population_group(args._resume) is not None:  # a --seeds M group folder: every member goes on
-            population = resume_population(args._resume, cli, trust=args._trust_checkpoint)
-            first = population.members[0]
-            print(f"resuming {population.group_dir} at iteration {first.iteration} ({first.frames} frames each)")
-            return run_population(population)
+            return resume_group(args._resume, cli, trust=args._trust_checkpoint)
         trainer = resume_trainer(args._resume, cli, trust=args._trust_checkpoint)
         if trainer.ranks.is_main:
             print(f"resuming {trainer.run_dir} at iteration {trainer.iteration} ({trainer.frames} frames)")

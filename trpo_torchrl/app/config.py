@@ -46,7 +46,14 @@ class TrainConfig:
     seed: int = 0
     """Seed of the environments, the policy's sampling and every other random draw."""
     seeds: int = 1
-    """Train this many independent members (seeds seed, seed+1, ...) in one process, the actor steps batched into one update; each writes its own run directory."""
+    """Train this many independent members (seeds seed, seed+1, ...) with one command, their
+    collection, actor steps and critic fits batched (see ``member_processes``); each writes its own
+    run directory."""
+    member_processes: int = 0
+    """Processes ``--seeds M`` trains its members in, each a population of a contiguous slice of at
+    least two of them; member m's results are the same in any slicing. 0 takes one per core (at
+    most M / 2) for the ``direct`` collector on the CPU and 1 otherwise; 1 trains every member in
+    this process; P > 1, P processes."""
     device: str = "cpu"
     """Device of the networks and the update (``cpu`` or ``cuda``)."""
     threads: int = 1
@@ -195,6 +202,7 @@ class TrainConfig:
             ("total_frames", self.total_frames >= 1, "must be >= 1"),
             ("seeds", self.seeds >= 1, "must be >= 1"),
             ("threads", self.threads >= 0, "must be >= 0 (0: torch's default)"),
+            ("member_processes", self.member_processes >= 0, "must be >= 0 (0: one per core, 1: this process)"),
             ("env_threads", self.env_threads >= 0, "must be >= 0 (0: one per core for MuJoCo tasks, 1: none)"),
             ("env_workers", self.env_workers >= 0, "must be >= 0 (0: none, N: worker processes, N stepping at once)"),
             ("num_envs", self.num_envs >= 1, "must be >= 1"),
@@ -263,6 +271,23 @@ class TrainConfig:
                 raise ConfigError(
                     f"config: collector={self.collector!r} with policy={self.policy!r}: only the one-process "
                     "collector (sync, which direct becomes) carries the recurrent state; use --collector sync"
+                )
+        if self.member_processes > 1:
+            if self.seeds < 2 * self.member_processes:
+                raise ConfigError(
+                    f"config: member_processes={self.member_processes} needs at least two members per process "
+                    f"(seeds >= {2 * self.member_processes}), got seeds={self.seeds}: a one-member population "
+                    "rounds differently from a larger one, and a member's results do not depend on its process"
+                )
+            if self.device != "cpu":
+                raise ConfigError(
+                    f"config: member_processes={self.member_processes} with device={self.device!r}: on a GPU the "
+                    "members train batched in one process (member_processes 0 or 1)"
+                )
+            if self.collector == "ray":
+                raise ConfigError(
+                    f"config: member_processes={self.member_processes} with collector='ray': the members' Ray "
+                    "workers are Ray's to place; train them in one process (member_processes 0 or 1)"
                 )
         if self.ray_address is not None and self.collector != "ray":
             raise ConfigError(f"config: ray_address={self.ray_address!r} needs collector='ray'")

@@ -30,18 +30,20 @@ from trpo_torchrl import PopulationTrustRegionUpdate, fit_critics
 from trpo_torchrl.collectors import DirectCollector, PopulationCollector
 
 from .checkpoint import CHECKPOINT_DIR, CheckpointError, load_checkpoint, resolve_checkpoint
-from .config import ConfigError, TrainConfig, config_from_dict, load_yaml, save_yaml
+from .config import ConfigError, TrainConfig, apply_overrides, config_from_dict, load_yaml, save_yaml
 from .rundir import env_slug
 from .train import ACTOR_METRICS, RunResult, StopRequest, Trainer, resume_trainer
 
-__all__ = ["PopulationTrainer", "resume_population", "train_population"]
+__all__ = ["PopulationTrainer", "resume_group", "resume_population", "train_population"]
 
 
 def member_config(config: TrainConfig, m: int) -> TrainConfig:
     """Member ``m``'s own config: seed ``seed + m`` and ``seeds=1``, so its checkpoint resumes and
     evaluates as a single run; its run directory is ``<group>/<env>__seed<seed + m>``."""
     seed = config.seed + m
-    return dataclasses.replace(config, seed=seed, seeds=1, run_name=f"{env_slug(config.env)}__seed{seed}")
+    return dataclasses.replace(
+        config, seed=seed, seeds=1, member_processes=0, run_name=f"{env_slug(config.env)}__seed{seed}"
+    )
 
 
 def default_group_name(config: TrainConfig) -> str:
@@ -53,18 +55,31 @@ class PopulationTrainer:
     """Trains ``config.seeds`` members side by side; see the module docstring.
 
     The run directories are ``<logdir>/<group>/<env>__seed<k>``; ``<group>`` is ``run_name`` when
-    given, else ``<env>__seeds<first>-<last>__<time>``.
+    given, else ``<env>__seeds<first>-<last>__<time>``. ``member_range`` trains only those members
+    of the group (one slice of :mod:`~trpo_torchrl.app.member_processes`); ``on_iteration(iteration,
+    total, rows)`` replaces the printed progress line, and ``at_boundary(signum)``, when set, decides
+    at each iteration boundary which signal stops the run there (0: none) from the one this process
+    received.
     """
 
-    def __init__(self, config: TrainConfig, *, group_dir: Path | None = None, members: list[Trainer] | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        group_dir: Path | None = None,
+        members: list[Trainer] | None = None,
+        member_range: range | None = None,
+    ):
         self.config = config.validate()
         self.group_dir = Path(group_dir or Path(config.logdir) / (config.run_name or default_group_name(config)))
         if members is None:
             members = []
-            for m in range(config.seeds):
+            for m in member_range or range(config.seeds):
                 member = member_config(config, m)
                 members.append(Trainer(member, run_dir=self.group_dir / member.run_name))
         self.members: list[Trainer] = members
+        self.on_iteration = None
+        self.at_boundary = None
         # what the members run: a space the direct collector does not step switches each to "sync"
         # (and to stepping in this process)
         ran = members[0].config
@@ -125,7 +140,8 @@ class PopulationTrainer:
         """Trains every member to ``total_frames``; checkpoints and logs as single runs do."""
         config = self.config
         self.group_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(config, self.group_dir / "config.yaml")
+        if len(self.members) == config.seeds:  # a slice's process leaves the group's file to its parent
+            save_yaml(config, self.group_dir / "config.yaml")
         for trainer in self.members:
             save_yaml(trainer.config, trainer.run_dir / "config.yaml")
         total = self.members[0].total_iterations
@@ -151,8 +167,9 @@ class PopulationTrainer:
         """The iterations; between two of them, a stop that SIGTERM or a first Ctrl-C asked for."""
         config = self.config
         while self.members[0].iteration < total:
-            if stop.signum:
-                return [trainer.stop_at_boundary(stop.signum) for trainer in self.members]
+            signum = stop.signum if self.at_boundary is None else self.at_boundary(stop.signum)
+            if signum:
+                return [trainer.stop_at_boundary(signum) for trainer in self.members]
             start = time.perf_counter()
             batches = self.next_batches()
             rows = self.step(batches)
@@ -161,14 +178,18 @@ class PopulationTrainer:
             for trainer, batch, row in zip(self.members, batches, rows):
                 # the members share the wall clock: each is charged its share of the iteration
                 trainer.record(row, batch.numel(), dt / len(self.members), frames / dt)
-            if config.progress:
-                mean = sum(r["train_return"] for r in rows) / len(rows)
-                print(
-                    f"iteration {self.members[0].iteration}/{total}: mean train return {mean:.1f}, "
-                    f"accepted {sum(r['step_accepted'] for r in rows):.0f}/{len(rows)}",
-                    flush=True,
-                )
+            if self.on_iteration is not None:
+                self.on_iteration(self.members[0].iteration, total, rows)
+            elif config.progress:
+                print(progress_line(self.members[0].iteration, total, rows), flush=True)
         return [trainer.finish() for trainer in self.members]
+
+
+def progress_line(iteration: int, total: int, rows: list[dict]) -> str:
+    """The population's line of one iteration: the members' mean train return, steps accepted."""
+    mean = sum(r["train_return"] for r in rows) / len(rows)
+    accepted = sum(r["step_accepted"] for r in rows)
+    return f"iteration {iteration}/{total}: mean train return {mean:.1f}, accepted {accepted:.0f}/{len(rows)}"
 
 
 def population_group(path: str | Path) -> TrainConfig | None:
@@ -183,53 +204,116 @@ def population_group(path: str | Path) -> TrainConfig | None:
     return config_from_dict(data)
 
 
-def resume_population(
-    group_dir: str | Path, overrides: dict[str, Any] | None = None, *, trust: bool = False
-) -> PopulationTrainer:
-    """The population saved under ``group_dir``, every member in the state of its own checkpoint
-    (``final.pt``, else ``last.pt``), training on in its run directory: it continues exactly as the
-    uninterrupted population would. ``overrides`` are those a single run's resume takes."""
+def group_checkpoints(group_dir: str | Path, *, trust: bool = False) -> tuple[TrainConfig, list[Path], dict]:
+    """The ``--seeds M`` group saved under ``group_dir``: its config, each member's checkpoint
+    (``final.pt``, else ``last.pt``), and the iteration and frames they are all at. The members step
+    together, so they continue as one population only from one iteration: anything else is an error."""
     group_dir = Path(group_dir).resolve()
     group = population_group(group_dir)
     if group is None:
         raise ConfigError(f"{str(group_dir)!r} is not a --seeds group folder (its config.yaml does not say seeds > 1)")
     dirs = [group_dir / member_config(group, m).run_name for m in range(group.seeds)]
     checkpoints = [resolve_checkpoint(d) for d in dirs]
-    # the members step together: they continue as one population only from one iteration
-    iterations = {d.name: load_checkpoint(c, trust=trust)["iteration"] for d, c in zip(dirs, checkpoints)}
+    states = {d.name: load_checkpoint(c, trust=trust) for d, c in zip(dirs, checkpoints)}
+    iterations = {name: state["iteration"] for name, state in states.items()}
     if len(set(iterations.values())) > 1:
         found = ", ".join(f"{name} at {it}" for name, it in iterations.items())
         raise CheckpointError(
             f"the members of {str(group_dir)!r} have checkpoints at different iterations ({found}); "
             f"resume each member's run directory on its own, or train the group anew"
         )
-    members = [resume_trainer(c, overrides, trust=trust) for c in checkpoints]
+    first = next(iter(states.values()))
+    return group, checkpoints, {"iteration": first["iteration"], "frames": first["frames"]}
+
+
+def resume_population(
+    group_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    *,
+    trust: bool = False,
+    member_range: range | None = None,
+) -> PopulationTrainer:
+    """The population saved under ``group_dir`` (or the members ``member_range`` of it), every member
+    in the state of its own checkpoint, training on in its run directory: it continues exactly as the
+    uninterrupted population would. ``overrides`` are those a single run's resume takes, and
+    ``member_processes``."""
+    group_dir = Path(group_dir).resolve()
+    group, checkpoints, _ = group_checkpoints(group_dir, trust=trust)
+    member_overrides = {k: v for k, v in (overrides or {}).items() if k.replace("-", "_") != "member_processes"}
+    picked = member_range or range(group.seeds)
+    members = [resume_trainer(checkpoints[m], member_overrides, trust=trust) for m in picked]
     config = dataclasses.replace(members[0].config, seed=group.seed, seeds=group.seeds, run_name=group_dir.name)
-    config = dataclasses.replace(config, logdir=str(group_dir.parent))
-    return PopulationTrainer(config, group_dir=group_dir, members=members)
+    config = dataclasses.replace(config, logdir=str(group_dir.parent), member_processes=group.member_processes)
+    if "member_processes" in {k.replace("-", "_") for k in overrides or {}}:
+        config = apply_overrides(config, {"member_processes": _override(overrides, "member_processes")}, "--resume")
+    return PopulationTrainer(config.validate(), group_dir=group_dir, members=members)
+
+
+def _override(overrides: dict[str, Any], name: str) -> Any:
+    return next(v for k, v in overrides.items() if k.replace("-", "_") == name)
 
 
 def train_population(config: TrainConfig) -> int:
-    """The ``train --seeds M`` command: trains, plots the group, prints where everything is."""
-    trainer = PopulationTrainer(config)
-    print(
+    """The ``train --seeds M`` command: trains (in ``member_processes`` processes), plots the group,
+    prints where everything is."""
+    from .member_processes import member_slices, resolve_member_processes, train_in_processes
+
+    processes = resolve_member_processes(config)
+    where = ""
+    if processes > 1:
+        slices = ", ".join(_seed_range(config, r) for r in member_slices(config.seeds, processes))
+        where = f" in {processes} processes (seeds {slices})"
+    note = (
         f"training {config.env} with {config.seeds} seeds ({config.seed}..{config.seed + config.seeds - 1}) "
-        f"for {config.frames_note()} each -> {trainer.group_dir}"
+        f"for {config.frames_note()} each{where}"
     )
-    return run_population(trainer)
+    if processes == 1:
+        trainer = PopulationTrainer(config)
+        print(f"{note} -> {trainer.group_dir}")
+        return run_population(trainer)
+    group_dir = Path(config.logdir) / (config.run_name or default_group_name(config))
+    print(f"{note} -> {group_dir}", flush=True)
+    return report_population(train_in_processes(config, group_dir, processes), group_dir)
+
+
+def resume_group(group_dir: str | Path, overrides: dict[str, Any], *, trust: bool = False) -> int:
+    """``train --resume GROUP_DIR``: every member of the group goes on from its checkpoint (in
+    ``member_processes`` processes, the group's own or the one given now)."""
+    from .member_processes import resolve_member_processes, train_in_processes
+
+    group, _, at = group_checkpoints(group_dir, trust=trust)
+    config = group
+    if "member_processes" in {k.replace("-", "_") for k in overrides}:
+        config = apply_overrides(group, {"member_processes": _override(overrides, "member_processes")}, "--resume")
+        config = config.validate()
+    processes = resolve_member_processes(config)
+    group_dir = Path(group_dir).resolve()
+    print(f"resuming {group_dir} at iteration {at['iteration']} ({at['frames']} frames each)", flush=True)
+    if processes == 1:
+        return run_population(resume_population(group_dir, overrides, trust=trust))
+    resume = (dict(overrides), trust)
+    return report_population(train_in_processes(config, group_dir, processes, resume=resume), group_dir)
+
+
+def _seed_range(config: TrainConfig, members: range) -> str:
+    first, last = config.seed + members.start, config.seed + members.stop - 1
+    return str(first) if first == last else f"{first}-{last}"
 
 
 def run_population(trainer: PopulationTrainer) -> int:
-    """Trains a (new or resumed) population, plots the group, prints where everything is."""
-    results = trainer.train()
+    """Trains a (new or resumed) population in this process, plots the group, prints where
+    everything is."""
+    return report_population(trainer.train(), trainer.group_dir)
+
+
+def report_population(results: list[RunResult], group_dir: Path) -> int:
+    """After training: the stop's status, or the group's curves and each member's line."""
     if any(r.interrupted for r in results):
-        print(
-            f"\ninterrupted: checkpoints written under {trainer.group_dir} (continue with --resume {trainer.group_dir})"
-        )
-        return results[0].exit_status  # 130 after Ctrl-C, 143 after SIGTERM
+        print(f"\ninterrupted: checkpoints written under {group_dir} (continue with --resume {group_dir})")
+        return next(r for r in results if r.interrupted).exit_status  # 130 after Ctrl-C, 143 after SIGTERM
     from .plot import curve_after_training
 
-    curve = curve_after_training([trainer.group_dir], trainer.group_dir / "curves.png")
+    curve = curve_after_training([group_dir], group_dir / "curves.png")
     for r in results:
         line = f"{r.run_dir.name}: {r.frames} frames, checkpoint {r.checkpoint}"
         if r.eval_mean is not None:
