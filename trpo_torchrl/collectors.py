@@ -941,10 +941,12 @@ class DirectCollector(BaseCollector):
         first = next(self._net.parameters())
         return _FrozenForward.freeze(self._net, first.dtype) or self._net
 
-    def _input(self, obs: np.ndarray) -> torch.Tensor:
-        """One step's observations as the network's input (its device and dtype)."""
+    def _input(self) -> Callable[[np.ndarray], torch.Tensor]:
+        """This batch's conversion of one step's observations into the network's input (its device
+        and dtype, read once per batch rather than at every step)."""
         first = next(self._net.parameters())
-        return torch.from_numpy(obs).to(device=first.device, dtype=first.dtype)
+        device, dtype = first.device, first.dtype
+        return lambda obs: torch.from_numpy(obs).to(device=device, dtype=dtype)
 
     def _work(self, rollout: _Rollout, member: int = 0) -> list[tuple[_Rollout, int, int]]:
         return [(rollout, member, i) for i in range(self.num_envs)]
@@ -958,8 +960,9 @@ class DirectCollector(BaseCollector):
         rollout = _Rollout(self)
         forward = self._forward()
         chunks = self._stepper.chunks(self._work(rollout))
+        as_input = self._input()
         for t in range(self.steps):
-            action, dist_params = self._sample(forward(self._input(rollout.obs[t])))
+            action, dist_params = self._sample(forward(as_input(rollout.obs[t])))
             action = action.cpu().numpy()
             rollout.record(t, action, dist_params)
             if self._workers is not None:
@@ -1089,8 +1092,9 @@ class PopulationCollector:
         workers = [(c._workers, r) for c, r in zip(members, rollouts) if c._workers is not None]
         here = [w for m, (c, r) in enumerate(zip(members, rollouts)) if c._workers is None for w in c._work(r, m)]
         chunks = self._stepper.chunks(here) if here else []
+        as_input = first._input()
         for t in range(steps):
-            out = forward(first._input(obs[t]))
+            out = forward(as_input(obs[t]))
             if stacked and own_generators:
                 actions, params = self._draw_stacked(out)
             else:
