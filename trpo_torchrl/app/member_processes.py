@@ -35,6 +35,7 @@ from typing import Any
 
 from .config import ConfigError, TrainConfig, save_yaml
 from .errors import AppError
+from .train import StopRequest
 
 __all__ = ["MemberProcessError", "member_slices", "resolve_member_processes", "train_in_processes"]
 
@@ -125,27 +126,17 @@ def _train_slice(conn, job: _Slice) -> None:
         conn.close()
 
 
-class _Signals:
+class _GroupStop(StopRequest):
     """The parent's signal handlers while the slices train: the first SIGINT or SIGTERM is the
-    group's stop request, passed to the slices at their next boundary (a signal it ignores stays
-    ignored)."""
+    group's stop request, passed to the slices at their next boundary; later ones change nothing
+    here (a second Ctrl-C in the terminal reaches the slices themselves). A signal the process
+    ignores stays ignored."""
 
-    def __init__(self):
-        self.signum = 0
-        self.previous = {}
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = self.signum or signum
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, previous in self.previous.items():
-            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+    def _handle(self, signum: int, frame) -> None:
+        if not self.signum:
+            self.signum = signum
+            name = signal.Signals(signum).name
+            os.write(2, f"\n{name}: stopping every member after this iteration to write checkpoints\n".encode())
 
 
 def train_in_processes(
@@ -176,7 +167,7 @@ def train_in_processes(
     rows: dict[int, dict] = {}  # each iteration's (train return, accepted) of each slice's members
     waiting: dict = {}  # the slices at this boundary -> the signal each received
     ended = 0  # the signal a slice that ended early (interrupted, failed) stops the others with
-    with _Signals() as signals:
+    with _GroupStop() as signals:
         while running:
             for conn in wait(list(running)):
                 process, members = running[conn]
