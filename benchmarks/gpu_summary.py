@@ -1,5 +1,5 @@
 """Markdown summary of the JSON files benchmarks/run_gpu.sh writes (gae.json, cg.json,
-critic_fit.json, update_cuda.json, update_cpu.json, population.json): the machine, then one table per list of
+critic_fit.json, update_cuda.json, update_cpu.json, population.json, population_vmas.json): the machine, then one table per list of
 result rows.
 
     python benchmarks/gpu_summary.py bench_out/gpu > bench_out/gpu/results.md
@@ -28,7 +28,7 @@ def table(rows: list[dict]) -> str:
 def main(folder: str) -> None:
     folder = Path(folder)
     print(f"# GPU benchmarks ({folder})\n")
-    for name in ("gae", "cg", "critic_fit", "update_cuda", "update_cpu", "population"):
+    for name in ("gae", "cg", "critic_fit", "update_cuda", "update_cpu", "population", "population_vmas"):
         path = folder / f"{name}.json"
         if not path.exists():
             print(f"## {name}\n\nnot run (no {path.name})\n")
@@ -51,7 +51,7 @@ def main(folder: str) -> None:
             )
             print()
             continue
-        for key in ("rows", "cg", "fvp"):
+        for key in ("rows", "cg", "fvp", "vmas"):
             if data.get(key):
                 print(f"### {key}\n\n{table(data[key])}\n")
 

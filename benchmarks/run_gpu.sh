@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command on a CUDA machine: install the missing Python packages from wheels carried in .whl/,
 # build the extension (C++ and CUDA) against the machine's own torch, run the CUDA tests, then the
-# GAE, CG, critic-fit, update and population benchmarks on the GPU; JSON per benchmark and a
+# GAE, CG, critic-fit, update, population and VMAS-population benchmarks on the GPU; JSON per benchmark and a
 # markdown summary in $OUT_DIR.
 #
 # The target: our GPU test machines (H100/H200, Python 3.12, torch 2.11 + CUDA 13, nvcc, ninja,
@@ -17,6 +17,7 @@
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl NAME==VERSION
 #
+# and builds wheels of the source-only pure-Python packages in BUILT (`pip wheel --no-deps`).
 # (.whl/ is in .gitignore; keep one version of each package there.) Then, on the GPU machine:
 #
 #   bash benchmarks/run_gpu.sh                 # OUT_DIR defaults to $OUT (the device tool's) or bench_out/gpu
@@ -32,7 +33,10 @@ WHEELS=(
   torchrl==0.14.1 tensordict==0.14.3 pyvers==0.2.3 hoptorch==0.1.4 importlib_metadata==10.2.0 orjson==3.13.0
   gymnasium==1.4.0 farama-notifications==0.0.6
   mujoco==4.0.0 mujoco-core==4.0.0 mujoco-studio==4.0.0 glfw==2.11.0 pyopengl==3.1.10 websockets==17.4
+  gym-notices==0.0.8 pyglet==1.5.27 six==1.17.0
 )
+# pure-Python packages published as source only: built into wheels by the download step
+BUILT=(vmas==1.5.2 gym==0.26.2)
 
 if [ "${1:-}" = "download" ]; then
   mkdir -p .whl
@@ -41,6 +45,7 @@ if [ "${1:-}" = "download" ]; then
       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "$spec"
   done
+  "$PYTHON" -m pip wheel -q --no-deps -w .whl "${BUILT[@]}"
   ls -la .whl
   exit 0
 fi
@@ -54,7 +59,7 @@ echo "run_gpu: $(date -u '+%Y-%m-%d %H:%M UTC') on $(hostname), results in $OUT_
 
 # 1. packages: from the carried wheels into a private target folder (nothing installed system-wide)
 SITE=${SITE:-/tmp/trpo_torchrl_site}
-if ! "$PYTHON" -c "import torchrl, tensordict, gymnasium, mujoco" 2>/dev/null; then
+if ! "$PYTHON" -c "import torchrl, tensordict, gymnasium, mujoco, vmas" 2>/dev/null; then
   if ! ls .whl/*.whl >/dev/null 2>&1; then
     echo "run_gpu: torchrl/tensordict/gymnasium/mujoco are missing and .whl/ holds no wheels;"
     echo "         run 'bash benchmarks/run_gpu.sh download' where a registry is reachable, then carry .whl/"
@@ -98,6 +103,8 @@ step update_cuda "$PYTHON" benchmarks/update.py --device cuda --no-peer "${QUICK
 step update_cpu "$PYTHON" benchmarks/update.py --device cpu --no-peer "${QUICK_FLAG[@]}" --out "$OUT_DIR/update_cpu.json"
 # populations (issue 8's CUDA target: 64 members in one update at most 2x one member)
 step population "$PYTHON" benchmarks/population.py --device cuda "${QUICK_FLAG[@]}" --out "$OUT_DIR/population.json"
+# seeds on a simulator on the GPU (issue 21: M = 64 members of VMAS navigation against M = 1)
+step population_vmas "$PYTHON" benchmarks/population_vmas.py --device cuda --out "$OUT_DIR/population_vmas.json"
 
 # 5. one markdown summary of the JSON files
 "$PYTHON" benchmarks/gpu_summary.py "$OUT_DIR" > "$OUT_DIR/results.md"

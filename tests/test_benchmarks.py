@@ -258,3 +258,16 @@ def test_learning_recurrent_benchmark_tiny(tmp_path):
         # the tiny runs' evaluation is the CLI's: a return of whole steps within CartPole's 500
         assert 1 <= row["eval_mean"] <= 500 and row["frames"] == 512
         assert (tmp_path / "runs" / f"CartPoleNoVel-v1__{row['policy']}__seed0" / "progress.csv").is_file()
+
+
+@pytest.mark.slow
+def test_population_vmas_benchmark_tiny(tmp_path):
+    # M seeds on one VMAS env on the CPU: every phase timed, each M a row, the JSON as printed
+    pytest.importorskip("vmas")
+    out = tmp_path / "vmas.json"
+    argv = ["--device", "cpu", "--members", "1,2", "--envs", "2", "--steps", "8", "--iterations", "1"]
+    rows = load("population_vmas").main([*argv, "--out", str(out)])
+    assert [r["members"] for r in rows] == [1, 2]
+    assert all(set(r["phases"]) == {"collect", "advantages", "actor", "critic"} for r in rows)
+    assert all(r["seconds_per_iteration"] > 0 for r in rows) and rows[0]["over_m1"] == 1.0
+    assert json.loads(out.read_text())["vmas"] == rows
