@@ -234,3 +234,13 @@ def test_sigterm_to_every_process_while_the_slices_are_built_stops_the_group_cle
     assert child.returncode == 143, err[-3000:]
     assert "Traceback" not in err
     assert {s["iteration"] for s in _states(tmp_path / "g", "last.pt")} == {0}
+
+
+@pytest.mark.slow
+def test_a_group_resumed_in_processes_takes_the_overrides(tmp_path, capsys):
+    assert main(_argv(tmp_path, "g", 1, "--member-processes", "2", "--progress", "true")) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "g"), "--total-frames", str(2 * FRAMES), "--progress", "false"]) == 0
+    assert "iteration 2/2" not in capsys.readouterr().out  # no progress lines, as asked
+    group = build_config({}, tmp_path / "g" / "config.yaml")
+    assert (group.total_frames, group.progress) == (2 * FRAMES, False)
