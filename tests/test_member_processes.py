@@ -212,3 +212,35 @@ def test_a_signal_stops_every_slice_after_the_same_iteration(tmp_path, to_group)
     iterations = {s["iteration"] for s in states}
     # every member stopped after the same iteration, with every row it logged in its checkpoint
     assert len(iterations) == 1 and iterations == {len(_rows(group / "CartPole-v1__seed3"))}
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_while_the_slices_are_built_stops_the_group_cleanly(tmp_path):
+    # the slices are built after the parent prints its first line: a signal to every process then
+    # reaches slices that have no training handlers yet (a scheduler stopping the whole job)
+    child = _start_group(tmp_path, "--member-processes", "2")
+    try:
+        assert child.stdout.readline().startswith("training ")
+        deadline = time.monotonic() + 60
+        while len(subprocess.run(["pgrep", "-P", str(child.pid)], capture_output=True, text=True).stdout.split()) < 2:
+            assert time.monotonic() < deadline and child.poll() is None
+            time.sleep(0.005)
+        os.killpg(child.pid, signal.SIGTERM)
+        out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    assert child.returncode == 143, err[-3000:]
+    assert "Traceback" not in err
+    assert {s["iteration"] for s in _states(tmp_path / "g", "last.pt")} == {0}
+
+
+@pytest.mark.slow
+def test_a_group_resumed_in_processes_takes_the_overrides(tmp_path, capsys):
+    assert main(_argv(tmp_path, "g", 1, "--member-processes", "2", "--progress", "true")) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "g"), "--total-frames", str(2 * FRAMES), "--progress", "false"]) == 0
+    assert "iteration 2/2" not in capsys.readouterr().out  # no progress lines, as asked
+    group = build_config({}, tmp_path / "g" / "config.yaml")
+    assert (group.total_frames, group.progress) == (2 * FRAMES, False)

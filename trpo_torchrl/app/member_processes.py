@@ -101,8 +101,11 @@ class _Slice:
 def _train_slice(conn, job: _Slice) -> None:
     """A slice's process: trains its members, reporting each iteration's rows and meeting the other
     slices at each iteration boundary (through the parent), then sends its results."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # the parent's handlers are not ours
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # from the start, a first SIGINT or SIGTERM (a Ctrl-C, or SIGTERM to the whole group while the
+    # slice is still being built) asks for a stop at the first boundary, as once training; a signal
+    # the process ignores stays ignored, and a second Ctrl-C stops at once
+    early = StopRequest()
+    early.__enter__()
     try:
         trainer = job.trainer()
 
@@ -110,7 +113,7 @@ def _train_slice(conn, job: _Slice) -> None:
             conn.send(("rows", iteration, total, [(r["train_return"], r["step_accepted"]) for r in rows]))
 
         def at_boundary(signum):
-            conn.send(("boundary", signum))
+            conn.send(("boundary", signum or early.signum))
             return conn.recv()  # the signal that stops every slice here, or 0
 
         trainer.on_iteration = report
@@ -153,21 +156,23 @@ def train_in_processes(
     context = multiprocessing.get_context("fork")
     sys.stdout.flush()
     sys.stderr.flush()
-    running = {}  # the parent's end of each slice's pipe -> (process, members)
-    for members in member_slices(config.seeds, processes):
-        here, there = context.Pipe()
-        job = _Slice(config, group_dir, members, resume)
-        process = context.Process(target=_train_slice, args=(there, job), name=f"trpo-members-{members.start}")
-        process.start()
-        there.close()
-        running[here] = (process, members)
-    processes_started = [process for process, _ in running.values()]
-    results: dict[int, list] = {}  # each slice's RunResults, by its first member
-    failed: dict[int, BaseException] = {}  # each failed slice's error, in the order they failed
-    rows: dict[int, dict] = {}  # each iteration's (train return, accepted) of each slice's members
-    waiting: dict = {}  # the slices at this boundary -> the signal each received
-    ended = 0  # the signal a slice that ended early (interrupted, failed) stops the others with
+    # the group's handlers before the first fork: a signal to this process while the slices start
+    # stops them at their first boundary
     with _GroupStop() as signals:
+        running = {}  # the parent's end of each slice's pipe -> (process, members)
+        for members in member_slices(config.seeds, processes):
+            here, there = context.Pipe()
+            job = _Slice(config, group_dir, members, resume)
+            process = context.Process(target=_train_slice, args=(there, job), name=f"trpo-members-{members.start}")
+            process.start()
+            there.close()
+            running[here] = (process, members)
+        processes_started = [process for process, _ in running.values()]
+        results: dict[int, list] = {}  # each slice's RunResults, by its first member
+        failed: dict[int, BaseException] = {}  # each failed slice's error, in the order they failed
+        rows: dict[int, dict] = {}  # each iteration's (train return, accepted) of each slice's members
+        waiting: dict = {}  # the slices at this boundary -> the signal each received
+        ended = 0  # the signal a slice that ended early (interrupted, failed) stops the others with
         while running:
             for conn in wait(list(running)):
                 process, members = running[conn]
@@ -200,7 +205,10 @@ def train_in_processes(
             if waiting and len(waiting) == len(running):  # every slice still training is at the boundary
                 signum = signals.signum or next((s for s in waiting.values() if s), 0) or ended
                 for conn in waiting:
-                    conn.send(signum)
+                    try:
+                        conn.send(signum)
+                    except OSError:  # the slice ended meanwhile (a second Ctrl-C, killed): its EOF comes next
+                        pass
                 waiting.clear()
     for process in processes_started:
         process.join()

@@ -32,7 +32,7 @@ from trpo_torchrl.collectors import DirectCollector, PopulationCollector
 from .checkpoint import CHECKPOINT_DIR, CheckpointError, load_checkpoint, resolve_checkpoint
 from .config import ConfigError, TrainConfig, apply_overrides, config_from_dict, load_yaml, save_yaml
 from .rundir import env_slug
-from .train import ACTOR_METRICS, RunResult, StopRequest, Trainer, resume_trainer
+from .train import ACTOR_METRICS, RESUME_OVERRIDES, RunResult, StopRequest, Trainer, resume_trainer
 
 __all__ = ["PopulationTrainer", "resume_group", "resume_population", "train_population"]
 
@@ -282,10 +282,11 @@ def resume_group(group_dir: str | Path, overrides: dict[str, Any], *, trust: boo
     from .member_processes import resolve_member_processes, train_in_processes
 
     group, _, at = group_checkpoints(group_dir, trust=trust)
-    config = group
-    if "member_processes" in {k.replace("-", "_") for k in overrides}:
-        config = apply_overrides(group, {"member_processes": _override(overrides, "member_processes")}, "--resume")
-        config = config.validate()
+    # what the command's process uses (progress lines, the group's config.yaml, how many processes)
+    # with the overrides a resume takes; the members refuse any other
+    resumable = RESUME_OVERRIDES | {"member_processes"}
+    changes = {k: v for k, v in overrides.items() if k.replace("-", "_") in resumable}
+    config = apply_overrides(group, changes, "--resume").validate()
     processes = resolve_member_processes(config)
     group_dir = Path(group_dir).resolve()
     print(f"resuming {group_dir} at iteration {at['iteration']} ({at['frames']} frames each)", flush=True)

@@ -598,6 +598,12 @@ class Trainer:
         return self.finish()
 
 
+# what --resume may change: nothing of the run's past
+RESUME_OVERRIDES = frozenset(
+    {"total_frames", "checkpoint_every", "progress", "eval_episodes", "eval_every", "logger", "threads", "env_threads", "env_workers"}
+)
+
+
 def resume_trainer(
     checkpoint_path: str | Path, overrides: dict[str, Any] | None = None, trust: bool = False
 ) -> Trainer:
@@ -618,17 +624,7 @@ def resume_trainer(
         )
     state = load_checkpoint(checkpoint_path, trust=trust)
     config = config_from_dict(state["config"])
-    allowed = {
-        "total_frames",
-        "checkpoint_every",
-        "progress",
-        "eval_episodes",
-        "eval_every",
-        "logger",
-        "threads",
-        "env_threads",
-        "env_workers",
-    }
+    allowed = RESUME_OVERRIDES
     if overrides:
         bad = sorted(set(k.replace("-", "_") for k in overrides) - allowed)
         if bad:
