@@ -240,7 +240,25 @@ def test_sigterm_to_every_process_while_the_slices_are_built_stops_the_group_cle
 def test_a_group_resumed_in_processes_takes_the_overrides(tmp_path, capsys):
     assert main(_argv(tmp_path, "g", 1, "--member-processes", "2", "--progress", "true")) == 0
     capsys.readouterr()
-    assert main(["train", "--resume", str(tmp_path / "g"), "--total-frames", str(2 * FRAMES), "--progress", "false"]) == 0
+    assert (
+        main(["train", "--resume", str(tmp_path / "g"), "--total-frames", str(2 * FRAMES), "--progress", "false"]) == 0
+    )
     assert "iteration 2/2" not in capsys.readouterr().out  # no progress lines, as asked
     group = build_config({}, tmp_path / "g" / "config.yaml")
     assert (group.total_frames, group.progress) == (2 * FRAMES, False)
+
+
+@pytest.mark.slow
+def test_a_killed_slice_is_named_and_the_others_stop(tmp_path, monkeypatch):
+    next_batches = PopulationTrainer.next_batches
+
+    def killed(self):  # the out-of-memory killer takes the slice of seeds 2-3 in its third iteration
+        if self.members[0].config.seed == 2 and self.members[0].iteration == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return next_batches(self)
+
+    monkeypatch.setattr(PopulationTrainer, "next_batches", killed)
+    with pytest.raises(MemberProcessError, match=r"seeds 2\.\.3 was killed by SIGKILL(.|\n)*on its own"):
+        main(_argv(tmp_path, "g", 50, "--member-processes", "2", "--checkpoint-every", "0"))
+    stopped = [load_checkpoint(tmp_path / "g" / f"CartPole-v1__seed{s}" / "checkpoints" / "last.pt") for s in (0, 1)]
+    assert [s["iteration"] for s in stopped] == [3, 3]

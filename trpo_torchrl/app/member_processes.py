@@ -229,7 +229,15 @@ def _failed(trace: str, members: range, config: TrainConfig) -> MemberProcessErr
 
 
 def _died(process, members: range, config: TrainConfig) -> MemberProcessError:
+    code = process.exitcode
+    if code is not None and code < 0:
+        how = f"was killed by {signal.Signals(-code).name}"
+        if -code == signal.SIGKILL:
+            how += " (the kernel's out-of-memory killer sends it)"
+    else:
+        how = f"ended (exit code {code})"
     return MemberProcessError(
-        f"the process training {_seeds(members, config)} ended (exit code {process.exitcode}) without its results; "
-        "the other members stopped at their iteration boundary with checkpoints"
+        f"the process training {_seeds(members, config)} {how} without its results; the other members stopped at "
+        "their next iteration boundary with checkpoints, so the group's members are at different iterations: "
+        "resume each member's run directory on its own (--resume RUN_DIR)"
     )

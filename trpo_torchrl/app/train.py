@@ -600,7 +600,17 @@ class Trainer:
 
 # what --resume may change: nothing of the run's past
 RESUME_OVERRIDES = frozenset(
-    {"total_frames", "checkpoint_every", "progress", "eval_episodes", "eval_every", "logger", "threads", "env_threads", "env_workers"}
+    {
+        "total_frames",
+        "checkpoint_every",
+        "progress",
+        "eval_episodes",
+        "eval_every",
+        "logger",
+        "threads",
+        "env_threads",
+        "env_workers",
+    }
 )
 
 
