@@ -3,6 +3,9 @@ from keywords, and a trainer's parameters by name."""
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 from trpo_torchrl.app.cli import main
 from trpo_torchrl.app.config import build_config
 
@@ -52,3 +55,12 @@ def trainer_parameters(trainer):
         **{f"a.{k}": v for k, v in trainer.actor.state_dict().items()},
         **{f"c.{k}": v for k, v in trainer.critic.state_dict().items()},
     }
+
+
+def progress_rows(run: Path) -> list[dict]:
+    """The iteration rows of ``run``'s progress.csv (none while it does not exist yet)."""
+    path = Path(run) / "progress.csv"
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return [row for row in csv.DictReader(f) if row["frames"]]

@@ -5,7 +5,6 @@ every rank stops at the same iteration and the resumed run continues exactly."""
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests._app_runs import TINY, app_config, trainer_parameters
+from tests._app_runs import TINY, app_config, progress_rows, trainer_parameters
 from tests._support import free_port
 from trpo_torchrl.app import train as train_module
 from trpo_torchrl.app.checkpoint import load_checkpoint
@@ -28,18 +27,10 @@ from trpo_torchrl.app.train import Trainer, resume_trainer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _rows(run: Path) -> list[dict]:
-    path = run / "progress.csv"
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        return [row for row in csv.DictReader(f) if row["frames"]]
-
-
 def _wait_for_rows(run: Path, n: int, procs, timeout: float = 300.0) -> None:
     """Waits until ``run``'s progress.csv holds ``n`` rows (the loop is running), or fails."""
     deadline = time.monotonic() + timeout
-    while len(_rows(run)) < n:
+    while len(progress_rows(run)) < n:
         if any(p.poll() is not None if hasattr(p, "poll") else not p.is_alive() for p in procs):
             pytest.fail("the training run ended before it was signalled")
         if time.monotonic() > deadline:
@@ -76,13 +67,13 @@ def test_a_signal_stops_the_cli_run_at_an_iteration_with_a_checkpoint(tmp_path, 
     assert f"{sig.name}: stopped after iteration" in out and f"--resume {last}" in out, out
     state = load_checkpoint(last)
     # the checkpoint is the state after its last logged iteration: nothing logged is missing from it
-    assert state["iteration"] == len(_rows(run)) >= 2
+    assert state["iteration"] == len(progress_rows(run)) >= 2
     iterations = state["iteration"]
 
     code = main(["train", "--resume", str(run), "--total-frames", str((iterations + 1) * 128), "--progress", "false"])
     assert code == 0, capsys.readouterr().err
     assert load_checkpoint(run / "checkpoints" / "final.pt")["iteration"] == iterations + 1
-    assert [int(r["iteration"]) for r in _rows(run)] == list(range(1, iterations + 2))
+    assert [int(r["iteration"]) for r in progress_rows(run)] == list(range(1, iterations + 2))
 
 
 def test_sigterm_stops_at_the_boundary_and_a_second_signal_waits_for_the_write(tmp_path, monkeypatch):
@@ -249,7 +240,9 @@ def test_sigterm_stops_a_seeds_group_at_one_iteration_and_the_group_resumes(tmp_
     )
     try:
         deadline = time.monotonic() + 300
-        while not sorted(group.glob("*/progress.csv")) or not _rows(sorted(group.glob("*/progress.csv"))[0].parent):
+        while not sorted(group.glob("*/progress.csv")) or not progress_rows(
+            sorted(group.glob("*/progress.csv"))[0].parent
+        ):
             if child.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("the group run ended, or logged nothing, before it was signalled")
             time.sleep(0.2)
@@ -266,7 +259,7 @@ def test_sigterm_stops_a_seeds_group_at_one_iteration_and_the_group_resumes(tmp_
     assert len(members) == 2
     iterations = {load_checkpoint(m / "checkpoints" / "last.pt")["iteration"] for m in members}
     # every member stopped after the same iteration, with all its logged rows in its checkpoint
-    assert len(iterations) == 1 and iterations == {len(_rows(members[0]))}
+    assert len(iterations) == 1 and iterations == {len(progress_rows(members[0]))}
     done = iterations.pop() + 1
     frames = done * int(TINY[TINY.index("--num-envs") + 1]) * int(TINY[TINY.index("--steps-per-env") + 1])
     resumed = subprocess.run(
@@ -278,4 +271,4 @@ def test_sigterm_stops_a_seeds_group_at_one_iteration_and_the_group_resumes(tmp_
         timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert all(len(_rows(m)) == done for m in members)
+    assert all(len(progress_rows(m)) == done for m in members)

@@ -4,7 +4,6 @@ group that resumes in any number of processes, and a failing slice that stops th
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests._app_runs import TINY
+from tests._app_runs import TINY, progress_rows
 from trpo_torchrl.app import member_processes as mp_module
 from trpo_torchrl.app.checkpoint import load_checkpoint
 from trpo_torchrl.app.cli import main
@@ -63,14 +62,6 @@ def _assert_same_members(a: list[dict], b: list[dict]) -> None:
                 assert torch.equal(x[part][key], y[part][key]), (m, part, key)
         for k, v in x["critic_optimizer"]["state"].items():
             assert torch.equal(v["exp_avg_sq"], y["critic_optimizer"]["state"][k]["exp_avg_sq"]), (m, k)
-
-
-def _rows(run: Path) -> list[dict]:
-    path = run / "progress.csv"
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        return [row for row in csv.DictReader(f) if row["frames"]]
 
 
 def test_slices_and_how_many_processes(monkeypatch):
@@ -147,17 +138,33 @@ def test_an_interrupted_group_resumes_exactly_in_another_number_of_processes(tmp
     _assert_same_members(_states(tmp_path / "full"), _states(tmp_path / "part"))
 
 
+def _raise(self):
+    raise RuntimeError("the simulator broke")
+
+
+def _killed(self):  # what the out-of-memory killer does
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 @pytest.mark.slow
-def test_a_failing_slice_stops_the_others_at_their_next_boundary(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "end,match",
+    [
+        (_raise, r"seeds 2\.\.3 failed(.|\n)*the simulator broke"),
+        (_killed, r"seeds 2\.\.3 was killed by SIGKILL(.|\n)*own"),
+    ],
+    ids=["raises", "killed"],
+)
+def test_a_slice_that_fails_stops_the_others_at_their_next_boundary(tmp_path, monkeypatch, end, match):
     next_batches = PopulationTrainer.next_batches
 
-    def failing(self):  # the slice of seeds 2-3 fails while its third iteration collects
+    def failing(self):  # the slice of seeds 2-3 ends while its third iteration collects
         if self.members[0].config.seed == 2 and self.members[0].iteration == 2:
-            raise RuntimeError("the simulator broke")
+            end(self)
         return next_batches(self)
 
     monkeypatch.setattr(PopulationTrainer, "next_batches", failing)
-    with pytest.raises(MemberProcessError, match=r"seeds 2\.\.3 failed(.|\n)*the simulator broke"):
+    with pytest.raises(MemberProcessError, match=match):
         main(_argv(tmp_path, "g", 50, "--member-processes", "2", "--checkpoint-every", "0"))
     # the other slice went on to the next boundary and stopped there with its checkpoints
     stopped = [load_checkpoint(tmp_path / "g" / f"CartPole-v1__seed{s}" / "checkpoints" / "last.pt") for s in (0, 1)]
@@ -190,7 +197,7 @@ def test_a_signal_stops_every_slice_after_the_same_iteration(tmp_path, to_group)
     group = tmp_path / "g"
     try:
         deadline = time.monotonic() + 300
-        while min((len(_rows(group / f"CartPole-v1__seed{s}")) for s in range(4)), default=0) < 2:
+        while min((len(progress_rows(group / f"CartPole-v1__seed{s}")) for s in range(4)), default=0) < 2:
             if child.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(
                     f"the group run ended, or logged too little, before it was signalled:\n{child.stderr.read()}"
@@ -211,7 +218,7 @@ def test_a_signal_stops_every_slice_after_the_same_iteration(tmp_path, to_group)
     states = _states(group, "last.pt")
     iterations = {s["iteration"] for s in states}
     # every member stopped after the same iteration, with every row it logged in its checkpoint
-    assert len(iterations) == 1 and iterations == {len(_rows(group / "CartPole-v1__seed3"))}
+    assert len(iterations) == 1 and iterations == {len(progress_rows(group / "CartPole-v1__seed3"))}
 
 
 @pytest.mark.slow
@@ -246,19 +253,3 @@ def test_a_group_resumed_in_processes_takes_the_overrides(tmp_path, capsys):
     assert "iteration 2/2" not in capsys.readouterr().out  # no progress lines, as asked
     group = build_config({}, tmp_path / "g" / "config.yaml")
     assert (group.total_frames, group.progress) == (2 * FRAMES, False)
-
-
-@pytest.mark.slow
-def test_a_killed_slice_is_named_and_the_others_stop(tmp_path, monkeypatch):
-    next_batches = PopulationTrainer.next_batches
-
-    def killed(self):  # the out-of-memory killer takes the slice of seeds 2-3 in its third iteration
-        if self.members[0].config.seed == 2 and self.members[0].iteration == 2:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return next_batches(self)
-
-    monkeypatch.setattr(PopulationTrainer, "next_batches", killed)
-    with pytest.raises(MemberProcessError, match=r"seeds 2\.\.3 was killed by SIGKILL(.|\n)*on its own"):
-        main(_argv(tmp_path, "g", 50, "--member-processes", "2", "--checkpoint-every", "0"))
-    stopped = [load_checkpoint(tmp_path / "g" / f"CartPole-v1__seed{s}" / "checkpoints" / "last.pt") for s in (0, 1)]
-    assert [s["iteration"] for s in stopped] == [3, 3]
