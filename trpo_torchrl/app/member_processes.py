@@ -31,7 +31,6 @@ import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any
 
 from .config import ConfigError, TrainConfig, save_yaml
 from .errors import AppError
@@ -87,15 +86,15 @@ class _Slice:
     config: TrainConfig
     group_dir: Path
     members: range
-    resume: tuple[dict[str, Any], bool] | None  # (the --resume overrides, trust), or a new run
+    resume: tuple | None  # (the --resume overrides, trust, group_checkpoints' result), or a new run
 
     def trainer(self):
         from .population import PopulationTrainer, resume_population
 
         if self.resume is None:
             return PopulationTrainer(self.config, group_dir=self.group_dir, member_range=self.members)
-        overrides, trust = self.resume
-        return resume_population(self.group_dir, overrides, trust=trust, member_range=self.members)
+        overrides, trust, checked = self.resume
+        return resume_population(self.group_dir, overrides, trust=trust, member_range=self.members, checked=checked)
 
 
 def _train_slice(conn, job: _Slice) -> None:
@@ -142,10 +141,8 @@ class _GroupStop(StopRequest):
             os.write(2, f"\n{name}: stopping every member after this iteration to write checkpoints\n".encode())
 
 
-def train_in_processes(
-    config: TrainConfig, group_dir: Path, processes: int, *, resume: tuple[dict[str, Any], bool] | None = None
-) -> list:
-    """Trains (or, with ``resume=(overrides, trust)``, resumes) the group's members in ``processes``
+def train_in_processes(config: TrainConfig, group_dir: Path, processes: int, *, resume: tuple | None = None) -> list:
+    """Trains (or, with ``resume=(overrides, trust, group_checkpoints(...))``, resumes) the group's members in ``processes``
     forked processes; returns every member's :class:`~trpo_torchrl.app.train.RunResult` in member
     order. Raises the first slice's error once every slice has stopped."""
     from .population import progress_line

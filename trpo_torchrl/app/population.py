@@ -232,25 +232,36 @@ def resume_population(
     *,
     trust: bool = False,
     member_range: range | None = None,
+    checked: tuple[TrainConfig, list[Path], dict] | None = None,
 ) -> PopulationTrainer:
     """The population saved under ``group_dir`` (or the members ``member_range`` of it), every member
     in the state of its own checkpoint, training on in its run directory: it continues exactly as the
     uninterrupted population would. ``overrides`` are those a single run's resume takes, and
-    ``member_processes``."""
+    ``member_processes``; ``checked`` is what :func:`group_checkpoints` returned, when the caller
+    already read the group."""
     group_dir = Path(group_dir).resolve()
-    group, checkpoints, _ = group_checkpoints(group_dir, trust=trust)
-    member_overrides = {k: v for k, v in (overrides or {}).items() if k.replace("-", "_") != "member_processes"}
+    group, checkpoints, _ = checked or group_checkpoints(group_dir, trust=trust)
+    overrides = overrides or {}
+    member_overrides = {k: v for k, v in overrides.items() if k.replace("-", "_") != "member_processes"}
     picked = member_range or range(group.seeds)
     members = [resume_trainer(checkpoints[m], member_overrides, trust=trust) for m in picked]
-    config = dataclasses.replace(members[0].config, seed=group.seed, seeds=group.seeds, run_name=group_dir.name)
-    config = dataclasses.replace(config, logdir=str(group_dir.parent), member_processes=group.member_processes)
-    if "member_processes" in {k.replace("-", "_") for k in overrides or {}}:
-        config = apply_overrides(config, {"member_processes": _override(overrides, "member_processes")}, "--resume")
+    config = dataclasses.replace(
+        members[0].config,
+        seed=group.seed,
+        seeds=group.seeds,
+        run_name=group_dir.name,
+        logdir=str(group_dir.parent),
+        member_processes=resumed_group_config(group, overrides).member_processes,
+    )
     return PopulationTrainer(config.validate(), group_dir=group_dir, members=members)
 
 
-def _override(overrides: dict[str, Any], name: str) -> Any:
-    return next(v for k, v in overrides.items() if k.replace("-", "_") == name)
+def resumed_group_config(group: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """The group's config with the overrides a resume takes (a single run's, and ``member_processes``);
+    the members refuse any other."""
+    resumable = RESUME_OVERRIDES | {"member_processes"}
+    changes = {k: v for k, v in overrides.items() if k.replace("-", "_") in resumable}
+    return apply_overrides(group, changes, "--resume").validate()
 
 
 def train_population(config: TrainConfig) -> int:
@@ -281,18 +292,16 @@ def resume_group(group_dir: str | Path, overrides: dict[str, Any], *, trust: boo
     ``member_processes`` processes, the group's own or the one given now)."""
     from .member_processes import resolve_member_processes, train_in_processes
 
-    group, _, at = group_checkpoints(group_dir, trust=trust)
-    # what the command's process uses (progress lines, the group's config.yaml, how many processes)
-    # with the overrides a resume takes; the members refuse any other
-    resumable = RESUME_OVERRIDES | {"member_processes"}
-    changes = {k: v for k, v in overrides.items() if k.replace("-", "_") in resumable}
-    config = apply_overrides(group, changes, "--resume").validate()
-    processes = resolve_member_processes(config)
     group_dir = Path(group_dir).resolve()
+    checked = group_checkpoints(group_dir, trust=trust)  # every checkpoint read once, here
+    # what the command's process uses: progress lines, the group's config.yaml, how many processes
+    config = resumed_group_config(checked[0], overrides)
+    processes = resolve_member_processes(config)
+    at = checked[2]
     print(f"resuming {group_dir} at iteration {at['iteration']} ({at['frames']} frames each)", flush=True)
     if processes == 1:
-        return run_population(resume_population(group_dir, overrides, trust=trust))
-    resume = (dict(overrides), trust)
+        return run_population(resume_population(group_dir, overrides, trust=trust, checked=checked))
+    resume = (dict(overrides), trust, checked)
     return report_population(train_in_processes(config, group_dir, processes, resume=resume), group_dir)
 
 
