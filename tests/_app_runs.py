@@ -4,6 +4,9 @@ from keywords, and a trainer's parameters by name."""
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from trpo_torchrl.app.cli import main
@@ -64,3 +67,21 @@ def progress_rows(run: Path) -> list[dict]:
         return []
     with path.open() as f:
         return [row for row in csv.DictReader(f) if row["frames"]]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_cli(argv: list[str], **popen) -> subprocess.Popen:
+    """``python -m trpo_torchrl *argv`` started from the repository root, this checkout first on the
+    path, its output piped as text; ``popen`` adds Popen's own arguments (a ``preexec_fn``, a session)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "trpo_torchrl", *argv],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )

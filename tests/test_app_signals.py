@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -17,14 +15,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests._app_runs import TINY, app_config, progress_rows, trainer_parameters
+from tests._app_runs import TINY, app_config, progress_rows, start_cli, trainer_parameters
 from tests._support import free_port
 from trpo_torchrl.app import train as train_module
 from trpo_torchrl.app.checkpoint import load_checkpoint
 from trpo_torchrl.app.cli import main
 from trpo_torchrl.app.train import Trainer, resume_trainer
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _wait_for_rows(run: Path, n: int, procs, timeout: float = 300.0) -> None:
@@ -47,12 +43,9 @@ def _reset_sigint():
 @pytest.mark.parametrize("sig,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_stops_the_cli_run_at_an_iteration_with_a_checkpoint(tmp_path, capsys, sig, status):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "trpo_torchrl", "train", "--logdir", str(tmp_path), "--run-name", "run", *TINY]
+    cmd = ["train", "--logdir", str(tmp_path), "--run-name", "run", *TINY]
     cmd += ["--total-frames", "100000000", "--checkpoint-every", "0", "--eval-episodes", "0", "--logger", "none"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_reset_sigint
-    )
+    child = start_cli(cmd, preexec_fn=_reset_sigint)
     try:
         _wait_for_rows(run, 2, [child])
         child.send_signal(sig)
@@ -226,18 +219,9 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_iteration(tmp_path):
 @pytest.mark.slow
 def test_sigterm_stops_a_seeds_group_at_one_iteration_and_the_group_resumes(tmp_path):
     group = tmp_path / "group"
-    cmd = [sys.executable, "-m", "trpo_torchrl", "train", "--logdir", str(tmp_path), "--run-name", "group", *TINY]
+    cmd = ["train", "--logdir", str(tmp_path), "--run-name", "group", *TINY]
     cmd += ["--seeds", "2", "--checkpoint-every", "0", "--eval-episodes", "0", "--logger", "none"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.Popen(
-        [*cmd, "--total-frames", "100000000"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_reset_sigint,
-    )
+    child = start_cli([*cmd, "--total-frames", "100000000"], preexec_fn=_reset_sigint)
     try:
         deadline = time.monotonic() + 300
         while not sorted(group.glob("*/progress.csv")) or not progress_rows(
@@ -262,13 +246,7 @@ def test_sigterm_stops_a_seeds_group_at_one_iteration_and_the_group_resumes(tmp_
     assert len(iterations) == 1 and iterations == {len(progress_rows(members[0]))}
     done = iterations.pop() + 1
     frames = done * int(TINY[TINY.index("--num-envs") + 1]) * int(TINY[TINY.index("--steps-per-env") + 1])
-    resumed = subprocess.run(
-        [sys.executable, "-m", "trpo_torchrl", "train", "--resume", str(group), "--total-frames", str(frames)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = start_cli(["train", "--resume", str(group), "--total-frames", str(frames)])
+    _, resumed_err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, resumed_err[-3000:]
     assert all(len(progress_rows(m)) == done for m in members)

@@ -219,31 +219,18 @@ def _group_alive(pgid: int) -> bool:
 def test_ctrl_c_to_the_process_group_stops_a_group_run_with_workers_and_leaves_no_process(tmp_path):
     """A terminal's Ctrl-C reaches the workers too: they ignore it, the run stops at the iteration
     boundary with its checkpoints (exit 130), and no process of the run's group is left."""
-    import subprocess
-    import sys
     import time
-    from pathlib import Path
 
-    from tests._app_runs import TINY
+    from tests._app_runs import TINY, start_cli
 
-    root = Path(__file__).resolve().parent.parent
-    cmd = [sys.executable, "-m", "trpo_torchrl", "train", "--logdir", str(tmp_path), "--run-name", "g", *TINY]
+    cmd = ["train", "--logdir", str(tmp_path), "--run-name", "g", *TINY]
     cmd += ["--seeds", "2", "--env-workers", "2", "--eval-episodes", "0", "--logger", "none"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
 
     def own_group_with_sigint():  # its own process group (as a terminal's job), Ctrl-C not ignored
         os.setsid()
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    child = subprocess.Popen(
-        [*cmd, "--total-frames", "100000000"],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=own_group_with_sigint,
-    )
+    child = start_cli([*cmd, "--total-frames", "100000000"], preexec_fn=own_group_with_sigint)
     try:
         deadline = time.monotonic() + 300
         while not list((tmp_path / "g").glob("*/checkpoints/last.pt")):

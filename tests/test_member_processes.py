@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests._app_runs import TINY, progress_rows
+from tests._app_runs import TINY, progress_rows, start_cli
 from trpo_torchrl.app import member_processes as mp_module
 from trpo_torchrl.app.checkpoint import load_checkpoint
 from trpo_torchrl.app.cli import main
@@ -22,7 +21,6 @@ from trpo_torchrl.app.config import ConfigError, build_config
 from trpo_torchrl.app.member_processes import MemberProcessError, member_slices, resolve_member_processes
 from trpo_torchrl.app.population import PopulationTrainer
 
-ROOT = Path(__file__).resolve().parent.parent
 FRAMES = 128  # one iteration of TINY
 
 
@@ -182,12 +180,8 @@ def test_a_slices_app_error_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 def _start_group(tmp_path, *extra):
-    cmd = [sys.executable, "-m", "trpo_torchrl", *_argv(tmp_path, "g", 100_000, "--checkpoint-every", "0", *extra)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     # its own session: a signal for "the terminal's process group" reaches the group run and no one else
-    return subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    return start_cli(_argv(tmp_path, "g", 100_000, "--checkpoint-every", "0", *extra), start_new_session=True)
 
 
 @pytest.mark.slow
